@@ -1,0 +1,231 @@
+"""The one error tree of imagegate.
+
+Every failure a caller can see is one of these classes::
+
+    ImagegateError
+     ├── ConfigError            a config file, key or value is wrong (names file, key, allowed)
+     ├── MissingDependency      an optional extra is not installed (names the pip line)
+     ├── Cancelled              the caller cancelled the request or job
+     ├── AllProvidersFailed     every provider on the route failed (carries each attempt)
+     └── ProviderError          one provider failed one attempt
+          ├── InvalidRequest     the request breaks a limit (names the field and the limit)
+          ├── ConnectError       refused, reset, DNS failure
+          ├── Timeout            a stage ran past its budget (stage: dns, connect, tls,
+          │                      first_byte, read, total)
+          ├── AuthError          the key or token was refused
+          ├── RateLimited        slow down (retry_after)
+          ├── QuotaExceeded      the account is out of credit or quota
+          ├── ContentFiltered    the provider's own safety filter refused the prompt or image
+          ├── Unavailable        sleeping, building, paused, loading, queue full (retry_after)
+          ├── UpstreamError      the provider answered 5xx
+          └── ProtocolError      the answer was malformed or truncated
+
+Two properties belong to each class, and the router reads only these:
+
+- ``retryable``: trying the same provider again may succeed.
+- ``failover``: trying the next provider on the route may succeed.
+
+``may_have_been_billed`` tells whether a paid provider may have charged for the attempt, in
+which case the router does not resend the request elsewhere unless the config allows it.
+
+Every message ends with what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from imagegate.request import Attempt
+
+Stage = Literal["config", "dns", "connect", "tls", "first_byte", "read", "total", "runtime"]
+
+__all__ = [
+    "AllProvidersFailed",
+    "AuthError",
+    "Cancelled",
+    "ConfigError",
+    "ConnectError",
+    "ContentFiltered",
+    "ImagegateError",
+    "InvalidRequest",
+    "MissingDependency",
+    "ProtocolError",
+    "ProviderError",
+    "QuotaExceeded",
+    "RateLimited",
+    "Stage",
+    "Timeout",
+    "Unavailable",
+    "UpstreamError",
+]
+
+
+class ImagegateError(Exception):
+    """The root of every error imagegate raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ImagegateError):
+    """A config file, key or value is wrong; names the file, the key and the allowed values."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        allowed: Sequence[str] | None = None,
+    ) -> None:
+        where = f"{file}: " if file else ""
+        what = f"{key}: " if key else ""
+        tail = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        super().__init__(f"{where}{what}{message}{tail}")
+        self.file = file
+        self.key = key
+        self.allowed = list(allowed) if allowed else None
+
+
+class MissingDependency(ImagegateError):
+    """An optional extra is not installed; the message is the exact pip line to run."""
+
+    exit_code = 2
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(
+            f"{module} is not installed; it comes with the {extra!r} extra: "
+            f"pip install 'imagegate[{extra}]'"
+        )
+        self.extra = extra
+        self.module = module
+
+
+class Cancelled(ImagegateError):
+    """The caller cancelled the request or the job before it finished."""
+
+
+class ProviderError(ImagegateError):
+    """One provider failed one attempt."""
+
+    retryable: ClassVar[bool] = False
+    failover: ClassVar[bool] = True
+    billable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        stage: Stage | None = None,
+        elapsed_s: float | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.stage = stage
+        self.elapsed_s = elapsed_s
+        self.retry_after = retry_after
+
+    @property
+    def may_have_been_billed(self) -> bool:
+        """Whether a paid provider may have charged for this attempt."""
+        return self.billable
+
+    def __str__(self) -> str:
+        prefix = f"{self.provider}: " if self.provider else ""
+        return f"{prefix}{self.message}"
+
+
+class InvalidRequest(ProviderError):
+    """The request breaks a limit; names the field and the limit."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        limit: str | None = None,
+        provider: str | None = None,
+        elapsed_s: float | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, elapsed_s=elapsed_s)
+        self.field = field
+        self.limit = limit
+
+
+class ConnectError(ProviderError):
+    """The connection was refused or reset, or the host name did not resolve."""
+
+    retryable = True
+
+
+class Timeout(ProviderError):
+    """A stage ran past its budget; ``stage`` says which."""
+
+    retryable = True
+
+    @property
+    def may_have_been_billed(self) -> bool:
+        """Only a timeout after the request body went out may have been billed."""
+        return self.stage not in ("dns", "connect", "tls", "config")
+
+
+class AuthError(ProviderError):
+    """The provider refused the key or token."""
+
+
+class RateLimited(ProviderError):
+    """The provider asked us to slow down, for ``retry_after`` seconds when it said."""
+
+    retryable = True
+
+
+class QuotaExceeded(ProviderError):
+    """The account is out of credit or quota."""
+
+
+class ContentFiltered(ProviderError):
+    """The provider's own safety filter refused the prompt or the image."""
+
+    failover = False
+
+
+class Unavailable(ProviderError):
+    """The provider is sleeping, building, paused, loading a model or its queue is full."""
+
+    retryable = True
+
+
+class UpstreamError(ProviderError):
+    """The provider answered with a server error."""
+
+    retryable = True
+
+
+class ProtocolError(ProviderError):
+    """The provider's answer was malformed, truncated or of the wrong type."""
+
+    billable = True
+
+
+class AllProvidersFailed(ImagegateError):
+    """Every provider on the route failed; ``attempts`` holds each one."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, attempts: Sequence[Attempt]) -> None:
+        super().__init__(message)
+        self.attempts = list(attempts)

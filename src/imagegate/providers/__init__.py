@@ -1,0 +1,1 @@
+"""Providers: one module per backend, all behind the protocol in ``base``."""

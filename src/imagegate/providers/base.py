@@ -1,0 +1,165 @@
+"""The provider protocol, the settings every provider shares, and the entry-point registry.
+
+A provider is one class in one module. It declares its ``type`` (the config's ``type =``),
+its ``Config`` (a pydantic model that forbids unknown keys), and implements ``generate``.
+Built-in providers register through the ``imagegate.providers`` entry-point group exactly
+like third-party ones, so ``imagegate providers`` shows each one's origin.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr
+
+from imagegate.errors import ConfigError, Timeout
+from imagegate.request import GeneratedImage, ImageRequest
+
+ENTRY_POINT_GROUP = "imagegate.providers"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of one generation, as a provider reports it."""
+
+    step: int
+    steps: int
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.steps if self.steps else 0.0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Deadline:
+    """A point in monotonic time by which something must be done."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def within(self, seconds: float | None) -> Deadline:
+        """A deadline no later than this one and at most ``seconds`` from now."""
+        child = Deadline(0)
+        child.at = self.at if seconds is None else min(self.at, time.monotonic() + seconds)
+        return child
+
+    def check(self, provider: str | None = None, started: float | None = None) -> None:
+        """Raise Timeout(total) when the deadline has passed."""
+        if self.expired:
+            elapsed = time.monotonic() - started if started is not None else None
+            raise Timeout(
+                "the request deadline passed; raise gateway.deadline_s or the provider's "
+                "timeout_s",
+                provider=provider,
+                stage="total",
+                elapsed_s=elapsed,
+            )
+
+
+class ProviderConfig(BaseModel):
+    """Settings every provider takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    enabled: bool = True
+    paid: bool = False
+    cost_per_image: float = Field(default=0.0, ge=0)
+    timeout_s: PositiveFloat | None = None
+    concurrency: int = Field(default=1, ge=1, le=64)
+
+
+class RemoteConfig(ProviderConfig):
+    """Settings every provider reached over the network takes; a timeout of 0 is refused."""
+
+    url: str | None = None
+    connect_timeout_s: PositiveFloat = 2.0
+    tls_timeout_s: PositiveFloat = 2.0
+    first_byte_timeout_s: PositiveFloat = 120.0
+    read_timeout_s: PositiveFloat = 30.0
+
+
+def read_secret(env_name: str | None, *, provider: str, key: str) -> SecretStr | None:
+    """The secret held by environment variable ``env_name``; never read from a file."""
+    if not env_name:
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise ConfigError(
+            f"the environment variable {env_name} is not set; export it with the provider's "
+            "key, or change the setting",
+            key=f"providers.{provider}.{key}",
+        )
+    return SecretStr(value)
+
+
+class Provider(ABC):
+    """One backend. Subclasses set ``type`` and ``Config`` and implement ``generate``."""
+
+    type: ClassVar[str]
+    Config: ClassVar[type[ProviderConfig]] = ProviderConfig
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+
+    @property
+    def paid(self) -> bool:
+        return self.config.paid
+
+    @property
+    def model(self) -> str:
+        """The model this provider uses when the request names none."""
+        return str(getattr(self.config, "model", None) or self.type)
+
+    @abstractmethod
+    async def generate(
+        self, request: ImageRequest, deadline: Deadline, progress: ProgressCallback | None
+    ) -> list[GeneratedImage]:
+        """Make ``request.n`` images before ``deadline``, reporting steps to ``progress``."""
+
+    async def probe(self, deadline: Deadline) -> None:  # noqa: B027 - optional hook
+        """A cheap check that the provider answers; raises a ProviderError when it does not."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections, threads and models."""
+
+    def describe(self) -> dict[str, Any]:
+        """What ``imagegate providers`` shows; never a secret."""
+        return {"name": self.name, "type": self.type, "model": self.model, "paid": self.paid}
+
+
+@dataclass(frozen=True)
+class ProviderType:
+    """A provider class found through the entry-point group, and who ships it."""
+
+    name: str
+    cls: type[Provider]
+    origin: str
+
+
+@cache
+def provider_types() -> dict[str, ProviderType]:
+    """Every provider type registered in the ``imagegate.providers`` entry-point group."""
+    found: dict[str, ProviderType] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        origin = ep.dist.name if ep.dist is not None else "unknown"
+        found[ep.name] = ProviderType(ep.name, cls, "built-in" if origin == "imagegate" else origin)
+    return found

@@ -1,0 +1,157 @@
+"""The request and result models: validated once, at the edge."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from imagegate.errors import InvalidRequest
+
+MAX_PROMPT_CHARS = 4000
+MIN_SIDE = 64
+MAX_SIDE = 2048
+MAX_STEPS = 150
+MAX_N = 8
+MAX_GUIDANCE = 30.0
+MAX_SEED = 2**32 - 1
+
+Outcome = Literal["ok", "error", "skipped", "cancelled"]
+
+
+class ImageRequest(BaseModel):
+    """One text-to-image request; every limit is checked here and named when broken."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] = ""
+    width: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)] | None = None
+    height: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)] | None = None
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+    guidance: Annotated[float, Field(ge=0.0, le=MAX_GUIDANCE)] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    sampler: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    provider: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    safety: bool = True
+    output_format: Literal["png"] = "png"
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> ImageRequest:
+        """Validate ``data``, raising InvalidRequest that names the field and the limit."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise invalid_request_from(exc) from None
+
+
+def invalid_request_from(exc: ValidationError) -> InvalidRequest:
+    """Turn pydantic's first complaint into one InvalidRequest naming the field and limit."""
+    err = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in err["loc"]) or "request"
+    limit = _describe_limit(err)
+    return InvalidRequest(
+        f"{field}: {limit}; got {_short(err.get('input'))}. Change {field} and try again.",
+        field=field,
+        limit=limit,
+    )
+
+
+def _describe_limit(err: Any) -> str:
+    ctx = err.get("ctx") or {}
+    kind = err["type"]
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else str(err["msg"]).lower()
+    if kind == "multiple_of":
+        return f"must be a multiple of {ctx['multiple_of']}"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        bounds = {
+            "width": (MIN_SIDE, MAX_SIDE),
+            "height": (MIN_SIDE, MAX_SIDE),
+            "steps": (1, MAX_STEPS),
+            "n": (1, MAX_N),
+            "guidance": (0.0, MAX_GUIDANCE),
+            "seed": (0, MAX_SEED),
+        }.get(str(err["loc"][0]))
+        if bounds:
+            return f"must be between {bounds[0]} and {bounds[1]}"
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return str(err["msg"]).lower()
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class AttemptError(BaseModel):
+    """Why one attempt failed."""
+
+    type: str
+    stage: str | None = None
+    message: str
+
+
+class Attempt(BaseModel):
+    """One try on one provider, whatever its outcome."""
+
+    provider: str
+    outcome: Outcome
+    error: AttemptError | None = None
+    elapsed_s: float
+
+
+class GeneratedImage(BaseModel):
+    """One image: PNG bytes and what made it; ``id`` and ``path`` once stored."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    png: bytes = Field(repr=False, exclude=True)
+    width: int
+    height: int
+    seed: int
+    sha256: str = ""
+    id: str | None = None
+    path: str | None = None
+
+    def model_post_init(self, context: Any, /) -> None:
+        if not self.sha256:
+            self.sha256 = hashlib.sha256(self.png).hexdigest()
+
+
+class ImageResult(BaseModel):
+    """What a generation returns: the images and how they were made."""
+
+    images: list[GeneratedImage]
+    provider: str
+    model: str
+    attempts: list[Attempt]
+    elapsed_s: float
+    request: ImageRequest
+    job_id: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The design's JSON shape of a result (CLI ``--json``)."""
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "images": [
+                img.model_dump(include={"id", "path", "width", "height", "seed", "sha256"})
+                for img in self.images
+            ],
+            "attempts": [a.model_dump() for a in self.attempts],
+        }
