@@ -70,6 +70,7 @@ class ImagegateError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.attempts: list[Attempt] = []
 
     def __str__(self) -> str:
         return self.message
@@ -226,6 +227,9 @@ class AllProvidersFailed(ImagegateError):
 
     exit_code = 3
 
-    def __init__(self, message: str, attempts: Sequence[Attempt]) -> None:
+    def __init__(
+        self, message: str, attempts: Sequence[Attempt], last: ProviderError | None = None
+    ) -> None:
         super().__init__(message)
         self.attempts = list(attempts)
+        self.last = last

@@ -8,6 +8,7 @@ like third-party ones, so ``imagegate providers`` shows each one's origin.
 
 from __future__ import annotations
 
+import builtins
 import importlib.metadata
 import os
 import time
@@ -64,8 +65,7 @@ class Deadline:
         if self.expired:
             elapsed = time.monotonic() - started if started is not None else None
             raise Timeout(
-                "the request deadline passed; raise gateway.deadline_s or the provider's "
-                "timeout_s",
+                "the request deadline passed; raise gateway.deadline_s or the provider's timeout_s",
                 provider=provider,
                 stage="total",
                 elapsed_s=elapsed,
@@ -113,7 +113,7 @@ class Provider(ABC):
     """One backend. Subclasses set ``type`` and ``Config`` and implement ``generate``."""
 
     type: ClassVar[str]
-    Config: ClassVar[type[ProviderConfig]] = ProviderConfig
+    Config: ClassVar[builtins.type[ProviderConfig]] = ProviderConfig
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
@@ -134,6 +134,14 @@ class Provider(ABC):
     ) -> list[GeneratedImage]:
         """Make ``request.n`` images before ``deadline``, reporting steps to ``progress``."""
 
+    def effective_params(self, request: ImageRequest) -> dict[str, Any]:
+        """The steps, sampler and guidance this provider uses for ``request``, where known.
+
+        Written into the stored image's A1111 infotext; providers with their own defaults
+        override this so the record shows what really ran.
+        """
+        return {"steps": request.steps, "sampler": request.sampler, "guidance": request.guidance}
+
     async def probe(self, deadline: Deadline) -> None:  # noqa: B027 - optional hook
         """A cheap check that the provider answers; raises a ProviderError when it does not."""
 
@@ -147,11 +155,16 @@ class Provider(ABC):
 
 @dataclass(frozen=True)
 class ProviderType:
-    """A provider class found through the entry-point group, and who ships it."""
+    """A provider type found in the entry-point group, and who ships it; loaded on use."""
 
     name: str
-    cls: type[Provider]
+    entry_point: importlib.metadata.EntryPoint
     origin: str
+
+    @property
+    def cls(self) -> type[Provider]:
+        loaded: type[Provider] = self.entry_point.load()
+        return loaded
 
 
 @cache
@@ -159,7 +172,6 @@ def provider_types() -> dict[str, ProviderType]:
     """Every provider type registered in the ``imagegate.providers`` entry-point group."""
     found: dict[str, ProviderType] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
-        origin = ep.dist.name if ep.dist is not None else "unknown"
-        found[ep.name] = ProviderType(ep.name, cls, "built-in" if origin == "imagegate" else origin)
+        dist = ep.dist.name if ep.dist is not None else "unknown"
+        found[ep.name] = ProviderType(ep.name, ep, "built-in" if dist == "imagegate" else dist)
     return found

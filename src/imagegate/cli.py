@@ -1,0 +1,309 @@
+"""The command line: it parses arguments and prints results, nothing else.
+
+Exit codes: 0 ok, 2 invalid input or config, 3 every provider failed, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from imagegate.config import Settings, load_config
+from imagegate.console import Console
+from imagegate.errors import ImagegateError, InvalidRequest
+from imagegate.providers.base import Progress, provider_types
+from imagegate.request import ImageRequest, ImageResult
+
+EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_FAILED = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage in one line through our writer, with exit code 2."""
+
+    console: Console
+
+    def error(self, message: str) -> NoReturn:
+        Console().error(f"{message} (see `{self.prog} --help`)")
+        raise SystemExit(EXIT_INVALID)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    parser = _Parser(prog="imagegate", description="A text-to-image gateway that never hangs.")
+    parser.add_argument("--version", action="version", version=f"imagegate {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = sub.add_parser("generate", help="generate images from a prompt")
+    gen.add_argument("prompt")
+    gen.add_argument("--negative", default="", help="negative prompt")
+    gen.add_argument("--size", help="WIDTHxHEIGHT, e.g. 512x512 (multiples of 8)")
+    gen.add_argument("--steps", type=int)
+    gen.add_argument("--guidance", type=float)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("-n", type=int, default=1, help="number of images (1-8)")
+    gen.add_argument("--sampler", help='AUTOMATIC1111 sampler name, e.g. "Euler a"')
+    gen.add_argument("--provider", help="use only this provider")
+    gen.add_argument("--model")
+    gen.add_argument("--out", type=Path, help="output file (or folder when -n > 1)")
+    _common(gen, json_flag=True)
+
+    prov = sub.add_parser("providers", help="list the configured providers")
+    _common(prov, json_flag=True)
+
+    hist = sub.add_parser("history", help="list recent generations")
+    hist.add_argument("--limit", type=int, default=20)
+    _common(hist, json_flag=True)
+
+    models = sub.add_parser("models", help="download and list local models")
+    models_sub = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    pull = models_sub.add_parser("pull", help="download a model into the local cache")
+    pull.add_argument("model")
+    models_sub.add_parser("list", help="list the models in the local cache").add_argument(
+        "--json", action="store_true"
+    )
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:
+    parser.add_argument("--config", type=Path, help="config file (default: imagegate.toml)")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``imagegate`` entry point."""
+    console = Console()
+    args = build_parser().parse_args(argv)
+    handler = {
+        "generate": _generate,
+        "providers": _providers,
+        "history": _history,
+        "models": _models,
+    }[args.command]
+    try:
+        return handler(args, console)
+    except ImagegateError as exc:
+        if getattr(args, "json", False) and exc.attempts:
+            console.json({"error": _error_json(exc)})
+        console.error(str(exc))
+        for attempt in exc.attempts:
+            if attempt.error is not None:
+                stage = f" [{attempt.error.stage}]" if attempt.error.stage else ""
+                console.info(
+                    f"  {attempt.provider}: {attempt.outcome}{stage} after "
+                    f"{attempt.elapsed_s:.2f}s: {attempt.error.type}: {attempt.error.message}"
+                )
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        return 130
+    except Exception as exc:  # the one place that turns surprises into a line, not a traceback
+        if os.environ.get("IMAGEGATE_DEBUG"):
+            raise
+        console.error(f"{type(exc).__name__}: {exc} (set IMAGEGATE_DEBUG=1 for a traceback)")
+        return EXIT_ERROR
+
+
+def _error_json(exc: ImagegateError) -> dict[str, Any]:
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "attempts": [a.model_dump() for a in exc.attempts],
+    }
+
+
+def _parse_size(size: str | None) -> dict[str, int]:
+    if size is None:
+        return {}
+    match = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", size)
+    if not match:
+        raise InvalidRequest(
+            f"--size: must look like WIDTHxHEIGHT, e.g. 512x512; got {size!r}",
+            field="size",
+            limit="WIDTHxHEIGHT",
+        )
+    return {"width": int(match[1]), "height": int(match[2])}
+
+
+def _generate(args: argparse.Namespace, console: Console) -> int:
+    fields: dict[str, Any] = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "n": args.n,
+        "sampler": args.sampler,
+        "provider": args.provider,
+        "model": args.model,
+        **_parse_size(args.size),
+    }
+    request = ImageRequest.parse({k: v for k, v in fields.items() if v is not None})
+    settings = load_config(args.config)
+    result = asyncio.run(_run_generate(settings, request, console))
+    if args.out is not None:
+        _write_out(result, args.out)
+    if args.json:
+        console.json(result.summary())
+        return EXIT_OK
+    for attempt in result.attempts:
+        if attempt.outcome != "ok" and attempt.error is not None:
+            stage = f" [{attempt.error.stage}]" if attempt.error.stage else ""
+            console.info(
+                f"{attempt.provider}: {attempt.outcome}{stage}: {attempt.error.type}: "
+                f"{attempt.error.message}"
+            )
+    for image in result.images:
+        console.line(f"{image.path}  seed={image.seed}  {image.width}x{image.height}")
+    console.info(f"{result.provider} ({result.model}) in {result.elapsed_s:.2f}s")
+    return EXIT_OK
+
+
+async def _run_generate(settings: Settings, request: ImageRequest, console: Console) -> ImageResult:
+    from imagegate.gateway import Gateway  # the gateway pulls in the store; keep --help fast
+
+    with console.progress("generating") as bar:
+        task = bar.task_ids[0]
+
+        def on_step(step: Progress) -> None:
+            bar.update(task, total=step.steps, completed=step.step, description="denoising")
+
+        async with Gateway(settings) as gateway:
+            return await gateway.generate(request, progress=on_step, source="cli")
+
+
+def _write_out(result: ImageResult, out: Path) -> None:
+    """Copy the stored images to ``out`` (a file, or a folder when there are several)."""
+    if len(result.images) == 1 and out.suffix:
+        targets = [out]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        targets = [out / f"image-{i + 1}-seed{img.seed}.png" for i, img in enumerate(result.images)]
+    for image, target in zip(result.images, targets, strict=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if image.path is not None:
+            shutil.copyfile(image.path, target)
+        else:
+            target.write_bytes(image.png)
+        image.path = str(target.resolve())
+
+
+def _providers(args: argparse.Namespace, console: Console) -> int:
+    settings = load_config(args.config)
+    types = provider_types()
+    rows: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "type": cfg.type,
+            "origin": types[cfg.type].origin,
+            "model": getattr(cfg, "model", None),
+            "paid": cfg.paid,
+            "enabled": cfg.enabled,
+            "route_position": (
+                settings.gateway.route.index(name) + 1 if name in settings.gateway.route else None
+            ),
+            "breaker": "closed",
+        }
+        for name, cfg in settings.providers.items()
+    ]
+    if args.json:
+        console.json({"route": settings.gateway.route, "providers": rows})
+        return EXIT_OK
+    console.table(
+        ["name", "type", "origin", "model", "paid", "route", "breaker"],
+        [
+            [
+                str(r["name"]),
+                str(r["type"]),
+                str(r["origin"]),
+                str(r["model"] or "-"),
+                "yes" if r["paid"] else "no",
+                str(r["route_position"] or "-"),
+                str(r["breaker"]),
+            ]
+            for r in rows
+        ],
+    )
+    return EXIT_OK
+
+
+def _history(args: argparse.Namespace, console: Console) -> int:
+    from imagegate.store import Store
+
+    if args.limit < 1 or args.limit > 1000:
+        raise InvalidRequest(
+            f"--limit: must be between 1 and 1000; got {args.limit}", field="limit"
+        )
+    settings = load_config(args.config)
+
+    async def fetch() -> list[Any]:
+        async with Store(settings.data_dir) as store:
+            return list(await store.list_jobs(limit=args.limit))
+
+    jobs = asyncio.run(fetch())
+    if args.json:
+        console.json([job.model_dump(mode="json") for job in jobs])
+        return EXIT_OK
+    console.table(
+        ["created", "status", "provider", "seed", "prompt", "image"],
+        [
+            [
+                job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                job.status,
+                job.provider or "-",
+                str(job.seed if job.seed is not None else "-"),
+                _clip(job.request.get("prompt", ""), 40),
+                job.images[0].path if job.images else (job.error or {}).get("type", "-"),
+            ]
+            for job in jobs
+        ],
+    )
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace, console: Console) -> int:
+    from imagegate import models
+
+    if args.models_command == "pull":
+        with console.progress(f"pulling {args.model}"):
+            path = models.pull(args.model)
+        console.line(f"{args.model}: {path}")
+        return EXIT_OK
+    cached = models.list_cached()
+    if args.json:
+        console.json([m.model_dump(mode="json") for m in cached])
+        return EXIT_OK
+    console.table(
+        ["model", "size", "pipeline", "path"],
+        [
+            [
+                m.repo_id,
+                f"{m.size_bytes / 1e9:.2f} GB",
+                "yes" if m.is_pipeline else "no",
+                str(m.path),
+            ]
+            for m in cached
+        ],
+    )
+    return EXIT_OK
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _version() -> str:
+    from imagegate import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Settings: imagegate.toml + environment + .env, validated into one object.
+
+Lookup order: an explicit path > ``IMAGEGATE_CONFIG`` > ``./imagegate.toml`` > the user config
+dir > the built-in default (``route = ["local"]`` and a ``diffusers`` provider named
+``local``). ``IMAGEGATE_ROUTE="a,b"`` overrides the route and ``IMAGEGATE_DATA_DIR`` the data
+dir. Secrets never live here: providers name the environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from dotenv import load_dotenv
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
+
+from imagegate.errors import ConfigError
+from imagegate.providers.base import ProviderConfig, provider_types
+
+APP_NAME = "imagegate"
+CONFIG_FILE = "imagegate.toml"
+DEFAULT_PROVIDER = "local"
+
+
+class GatewaySettings(BaseModel):
+    """The ``[gateway]`` table: routing, deadlines and retries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    route: list[str] = Field(default_factory=lambda: [DEFAULT_PROVIDER], min_length=1)
+    deadline_s: PositiveFloat = 180.0
+    retry_budget: float = Field(default=0.2, ge=0.0, le=1.0)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    hedge_connect_after_s: float = Field(default=0.5, ge=0.0)
+    hedge_after_s: float = Field(default=0.0, ge=0.0)
+    failover_after_send: bool = False
+    data_dir: Path | None = None
+
+
+class ServerSettings(BaseModel):
+    """The ``[server]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_keys_env: str = "IMAGEGATE_API_KEYS"
+    max_queue: int = Field(default=100, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+
+
+class ScaleSettings(BaseModel):
+    """The ``[scale]`` table: where jobs and history live when scaled out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backplane: str | None = None
+
+
+class Settings(BaseModel):
+    """Everything imagegate reads from configuration, validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    scale: ScaleSettings = Field(default_factory=ScaleSettings)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    source: str | None = Field(default=None, exclude=True)
+
+    @property
+    def data_dir(self) -> Path:
+        """Where images and the database live."""
+        env = os.environ.get("IMAGEGATE_DATA_DIR")
+        if env:
+            return Path(env).expanduser()
+        if self.gateway.data_dir is not None:
+            return self.gateway.data_dir.expanduser()
+        return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def config_path(explicit: str | Path | None = None) -> Path | None:
+    """The config file the lookup order picks, or None for the built-in default."""
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError("the config file does not exist", file=str(path))
+        return path
+    env = os.environ.get("IMAGEGATE_CONFIG")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError("IMAGEGATE_CONFIG names a file that does not exist", file=str(path))
+        return path
+    for candidate in (
+        Path.cwd() / CONFIG_FILE,
+        Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / CONFIG_FILE,
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: str | Path | None = None) -> Settings:
+    """Read, merge and validate the configuration; raises ConfigError naming file and key."""
+    load_dotenv(Path.cwd() / ".env", override=False)
+    source = config_path(path)
+    raw: dict[str, Any] = {}
+    if source is not None:
+        try:
+            raw = tomllib.loads(source.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", file=str(source)) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read the file: {exc.strerror}", file=str(source)) from None
+    return parse_settings(raw, source=str(source) if source else None)
+
+
+def parse_settings(raw: dict[str, Any], *, source: str | None = None) -> Settings:
+    """Validate a config mapping (as read from TOML) into Settings."""
+    raw = dict(raw)
+    providers_raw = raw.pop("providers", {})
+    if not isinstance(providers_raw, dict):
+        raise ConfigError("must be a table of providers", file=source, key="providers")
+    gateway = dict(raw.get("gateway", {}))
+    route_env = os.environ.get("IMAGEGATE_ROUTE")
+    if route_env:
+        gateway["route"] = [name.strip() for name in route_env.split(",") if name.strip()]
+    raw["gateway"] = gateway
+    try:
+        settings = Settings.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        raise _config_error(exc, source, Settings) from None
+
+    providers = {name: _provider_config(name, cfg, source) for name, cfg in providers_raw.items()}
+    if DEFAULT_PROVIDER not in providers and (
+        not providers or DEFAULT_PROVIDER in settings.gateway.route
+    ):
+        providers[DEFAULT_PROVIDER] = _provider_config(
+            DEFAULT_PROVIDER, {"type": "diffusers"}, source
+        )
+    for name in settings.gateway.route:
+        if name not in providers:
+            raise ConfigError(
+                f"names the provider {name!r}, which is not configured; add a "
+                f"[providers.{name}] table or change the route",
+                file=source,
+                key="gateway.route",
+                allowed=sorted(providers),
+            )
+    return settings.model_copy(update={"providers": providers})
+
+
+def _provider_config(name: str, cfg: Any, source: str | None) -> ProviderConfig:
+    key = f"providers.{name}"
+    if not isinstance(cfg, dict):
+        raise ConfigError("must be a table", file=source, key=key)
+    types = provider_types()
+    kind = cfg.get("type")
+    if kind not in types:
+        raise ConfigError(
+            f"unknown provider type {kind!r}" if kind else "the provider needs a type",
+            file=source,
+            key=f"{key}.type",
+            allowed=sorted(types),
+        )
+    model = types[kind].cls.Config
+    try:
+        return model.model_validate(cfg)
+    except ValidationError as exc:
+        raise _config_error(exc, source, model, prefix=key) from None
+
+
+def _config_error(
+    exc: ValidationError, source: str | None, model: type[BaseModel], prefix: str = ""
+) -> ConfigError:
+    err = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join([prefix, *loc] if prefix else loc)
+    allowed: list[str] | None = None
+    if err["type"] == "extra_forbidden":
+        allowed = sorted(_fields_at(model, loc[:-1]))
+        message = "is not a known key"
+    elif err["type"] == "literal_error":
+        message = f"{err['msg']}; got {err.get('input')!r}"
+    else:
+        message = f"{err['msg']}; got {err.get('input')!r}"
+    return ConfigError(message, file=source, key=key, allowed=allowed)
+
+
+def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The keys allowed at ``path`` inside ``model`` (for 'unknown key' errors)."""
+    current: Any = model
+    for part in path:
+        field = current.model_fields.get(part) if hasattr(current, "model_fields") else None
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        current = annotation
+    return list(current.model_fields) if hasattr(current, "model_fields") else []

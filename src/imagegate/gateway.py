@@ -1,0 +1,224 @@
+"""The Gateway: one request in, images out, every attempt explained and stored.
+
+``Gateway`` is the async core; ``SyncGateway`` runs one on a private event loop thread for
+code that is not async; ``generate()`` is the one-line form on the default configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+import time
+from collections.abc import Coroutine, Mapping
+from concurrent.futures import Future
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from imagegate.config import Settings, load_config
+from imagegate.errors import Cancelled, ImagegateError, InvalidRequest
+from imagegate.providers.base import Deadline, ProgressCallback, Provider, provider_types
+from imagegate.request import ImageRequest, ImageResult
+from imagegate.router import Router
+
+if TYPE_CHECKING:
+    from imagegate.store import Store
+
+T = TypeVar("T")
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    """One provider instance per enabled provider in the configuration."""
+    types = provider_types()
+    return {
+        name: types[cfg.type].cls(name, cfg)
+        for name, cfg in settings.providers.items()
+        if cfg.enabled
+    }
+
+
+class Gateway:
+    """The async gateway: validate, route, generate, store."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: bool = True,
+        providers: Mapping[str, Provider] | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_config()
+        self.providers: dict[str, Provider] = (
+            dict(providers) if providers is not None else build_providers(self.settings)
+        )
+        self.router = Router(self.settings.gateway, self.providers)
+        self.store: Store | None = None
+        if store:
+            from imagegate.store import Store  # SQLAlchemy loads only when storing
+
+            self.store = Store(self.settings.data_dir)
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Open the store (creating and migrating it when needed)."""
+        if self.store is not None:
+            await self.store.open()
+
+    async def aclose(self) -> None:
+        """Stop probes, close providers and the store."""
+        await self.router.aclose()
+        for provider in self.providers.values():
+            await provider.aclose()
+        if self.store is not None:
+            await self.store.close()
+
+    def route_for(self, request: ImageRequest) -> list[str]:
+        """The providers to try, in order: the pinned one, or the configured route."""
+        if request.provider is None:
+            return [name for name in self.settings.gateway.route if name in self.providers]
+        if request.provider not in self.providers:
+            allowed = ", ".join(sorted(self.providers))
+            raise InvalidRequest(
+                f"provider: {request.provider!r} is not configured (allowed: {allowed}); "
+                "pick one of those or leave it out to use the route",
+                field="provider",
+                limit=f"one of {allowed}",
+            )
+        return [request.provider]
+
+    async def generate(
+        self,
+        request: ImageRequest | str,
+        *,
+        progress: ProgressCallback | None = None,
+        source: str = "library",
+        **fields: Any,
+    ) -> ImageResult:
+        """Generate images for ``request`` (or a prompt plus fields), and store them."""
+        if isinstance(request, str):
+            request = ImageRequest.parse({"prompt": request, **fields})
+        route = self.route_for(request)
+        started = time.monotonic()
+        job_id = (
+            await self.store.create_job(request, route=route, source=source)
+            if self.store is not None
+            else None
+        )
+        try:
+            outcome = await self.router.run(
+                request, route, Deadline(self.settings.gateway.deadline_s), progress
+            )
+        except ImagegateError as exc:
+            if self.store is not None and job_id is not None:
+                await self.store.fail_job(job_id, exc, exc.attempts, time.monotonic() - started)
+            raise
+        except asyncio.CancelledError:
+            if self.store is not None and job_id is not None:
+                await asyncio.shield(
+                    self.store.fail_job(
+                        job_id,
+                        Cancelled("cancelled by the caller"),
+                        [],
+                        time.monotonic() - started,
+                        status="cancelled",
+                    )
+                )
+            raise
+        provider = outcome.provider
+        result = ImageResult(
+            images=outcome.images,
+            provider=provider.name,
+            model=request.model or provider.model,
+            attempts=outcome.attempts,
+            elapsed_s=round(time.monotonic() - started, 4),
+            request=request,
+            job_id=job_id,
+        )
+        if self.store is not None and job_id is not None:
+            result = await self.store.finish_job(
+                job_id,
+                result,
+                cost=provider.config.cost_per_image * len(result.images),
+                effective=provider.effective_params(request),
+            )
+        return result
+
+
+class SyncGateway:
+    """A Gateway for synchronous code: it runs on a private event loop in a thread."""
+
+    def __init__(self, settings: Settings | None = None, *, store: bool = True) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="imagegate-loop", daemon=True
+        )
+        self._thread.start()
+        self._gateway = Gateway(settings, store=store)
+        self._call(self._gateway.open())
+
+    @property
+    def settings(self) -> Settings:
+        return self._gateway.settings
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result()
+
+    def generate(
+        self,
+        request: ImageRequest | str,
+        *,
+        progress: ProgressCallback | None = None,
+        source: str = "library",
+        **fields: Any,
+    ) -> ImageResult:
+        """Generate images; blocks until they are stored."""
+        return self._call(
+            self._gateway.generate(request, progress=progress, source=source, **fields)
+        )
+
+    def close(self) -> None:
+        """Close the gateway and stop its loop thread."""
+        if self._loop.is_closed():
+            return
+        self._call(self._gateway.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_default: SyncGateway | None = None
+_default_lock = threading.Lock()
+
+
+def generate(prompt: str, **fields: Any) -> ImageResult:
+    """Generate on the default configuration: ``imagegate.generate("a fox", seed=1)``."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = SyncGateway()
+            atexit.register(_default.close)
+        gateway = _default
+    return gateway.generate(prompt, **fields)

@@ -1,0 +1,22 @@
+"""Fixtures shared by every test: an isolated user environment, offline hub access."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point data, config and cwd at a temp folder so no test sees the user's files."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("IMAGEGATE_DATA_DIR", str(home / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "share"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("IMAGEGATE_CONFIG", "IMAGEGATE_ROUTE", "IMAGEGATE_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(home)
+    return home
