@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
+# huggingface_hub reads these once, at import: set them before anything imports it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="imagegate-test-hf-")
+
 import pytest
+from tiny_pipeline import tiny_model, tiny_vae
+
+__all__ = ["isolated_env", "tiny_model", "tiny_vae"]
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ encode, and JSON is always written as ASCII.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -22,10 +23,8 @@ def _safe(stream: IO[str]) -> IO[str]:
     """Make ``stream`` replace characters its encoding cannot show instead of raising."""
     reconfigure = getattr(stream, "reconfigure", None)
     if reconfigure is not None:
-        try:
+        with contextlib.suppress(ValueError, OSError):  # a closed or detached stream
             reconfigure(errors="replace")
-        except (ValueError, OSError):  # pragma: no cover - a closed or detached stream
-            pass
     return stream
 
 

@@ -1,0 +1,67 @@
+"""What the store hands out: frozen copies of rows, detached from any database session."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ImageRecord(BaseModel):
+    """One stored image; ``path`` is relative to the data dir (``Store.image_path`` resolves)."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    id: str
+    job_id: str
+    sha256: str
+    path: str
+    width: int
+    height: int
+    seed: int
+    provider: str
+    model: str
+    prompt: str
+    created_at: datetime
+
+
+class JobRecord(BaseModel):
+    """One job as stored, with its images in the order they were made."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    id: str
+    status: str
+    request: dict[str, Any]
+    route: list[str]
+    provider: str | None
+    model: str | None
+    seed: int | None
+    progress: float
+    step: int | None
+    steps: int | None
+    attempts: list[dict[str, Any]]
+    error: dict[str, Any] | None
+    cost: float
+    priority: int
+    queue: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    elapsed_s: float | None
+    source: str
+    retries: int
+    images: list[ImageRecord] = []
+
+
+class EventRecord(BaseModel):
+    """One job event; ``id`` increases, so a subscriber resumes after the last one it saw."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    id: int
+    job_id: str
+    kind: str
+    data: dict[str, Any]
+    created_at: datetime
