@@ -159,6 +159,10 @@ class Router:
         self.settings = settings
         self.providers = providers
         self.breakers = {name: Breaker() for name in providers}
+        self.slots = {
+            name: asyncio.Semaphore(provider.config.concurrency)
+            for name, provider in providers.items()
+        }
         self.budget = RetryBudget(settings.retry_budget)
         self._sleep = sleep
         self._rand = rand
@@ -193,7 +197,7 @@ class Router:
                 break
             started = time.monotonic()
             try:
-                images = await _bounded(provider, request, deadline, progress)
+                images = await _bounded(provider, self.slots[name], request, deadline, progress)
             except ProviderError as exc:
                 exc.provider = exc.provider or name
                 exc.elapsed_s = exc.elapsed_s if exc.elapsed_s is not None else _since(started)
@@ -273,15 +277,19 @@ class Router:
 
 async def _bounded(
     provider: Provider,
+    slot: asyncio.Semaphore,
     request: ImageRequest,
     deadline: Deadline,
     progress: ProgressCallback | None,
 ) -> list[GeneratedImage]:
-    """One attempt, cut off at the attempt's deadline even if the provider ignores it."""
+    """One attempt, cut off at the attempt's deadline even if the provider ignores it.
+
+    Waiting for one of the provider's ``concurrency`` slots counts against the same deadline.
+    """
     attempt = deadline.within(provider.config.timeout_s)
     started = time.monotonic()
     try:
-        async with asyncio.timeout(attempt.remaining()):
+        async with asyncio.timeout(attempt.remaining()), slot:
             return await provider.generate(request, attempt, progress)
     except TimeoutError:
         raise Timeout(
