@@ -198,3 +198,18 @@ def test_providers_json_shows_origin_and_breaker(isolated_env: Path) -> None:
     assert doc["route"] == ["local"]
     assert doc["providers"][0]["origin"] == "built-in"
     assert doc["providers"][0]["breaker"] == "closed"
+
+
+def test_models_list_json_on_an_empty_cache(isolated_env: Path) -> None:
+    """`imagegate models list --json` in a fresh process prints a JSON list."""
+    run = cli("models", "list", "--json", cwd=isolated_env, env={"HF_HOME": str(isolated_env)})
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == []
+
+
+def test_models_pull_offline_fails_fast_with_the_fix(isolated_env: Path) -> None:
+    """Pulling with the hub offline names the model and what to do, without a traceback."""
+    run = cli("models", "pull", "stabilityai/sd-turbo", cwd=isolated_env)
+    assert run.returncode != 0
+    assert "stabilityai/sd-turbo" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import ipaddress
 import os
 import re
 import shutil
@@ -15,13 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from imagegate.allocator import reexec_tuned
 from imagegate.config import Settings, load_config
 from imagegate.console import Console
-from imagegate.errors import ImagegateError, InvalidRequest
+from imagegate.errors import ConfigError, ImagegateError, InvalidRequest
 from imagegate.providers.base import Progress, provider_types
 from imagegate.request import ImageRequest, ImageResult
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_FAILED = 0, 1, 2, 3
+TUNED_COMMANDS = frozenset({"generate", "serve", "worker"})  # may run a local pipeline
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, help="output file (or folder when -n > 1)")
     _common(gen, json_flag=True)
 
+    serve = sub.add_parser("serve", help="run the HTTP server (OpenAI, A1111 and jobs APIs)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    _common(serve, json_flag=False)
+
     prov = sub.add_parser("providers", help="list the configured providers")
     _common(prov, json_flag=True)
 
@@ -80,9 +89,14 @@ def _common(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``imagegate`` entry point."""
     console = Console()
+    as_program = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if as_program and args.command in TUNED_COMMANDS:
+        reexec_tuned(argv)
     handler = {
         "generate": _generate,
+        "serve": _serve,
         "providers": _providers,
         "history": _history,
         "models": _models,
@@ -195,6 +209,53 @@ def _write_out(result: ImageResult, out: Path) -> None:
         image.path = str(target.resolve())
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"must be a port number between 1 and 65535; got {text!r}")
+    return int(text)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args: argparse.Namespace, console: Console) -> int:
+    from imagegate.server.auth import keys_from_env
+
+    settings = load_config(args.config)
+    keys_env = settings.server.api_keys_env
+    auth = bool(keys_from_env(keys_env))
+    if not auth and not _is_loopback(args.host):
+        raise ConfigError(
+            f"refusing to listen on {args.host} without API keys; set {keys_env} to one or "
+            "more comma-separated keys, or bind 127.0.0.1",
+            key="--host",
+        )
+    import uvicorn
+
+    from imagegate.server import create_app
+
+    app = create_app(settings)
+    console.info(
+        f"imagegate on http://{args.host}:{args.port} (auth {'on' if auth else 'off'}, "
+        f"route {', '.join(settings.gateway.route)}, data {settings.data_dir})"
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return EXIT_OK
+
+
 def _providers(args: argparse.Namespace, console: Console) -> int:
     settings = load_config(args.config)
     types = provider_types()
@@ -272,13 +333,13 @@ def _models(args: argparse.Namespace, console: Console) -> int:
     from imagegate import models
 
     if args.models_command == "pull":
-        with console.progress(f"pulling {args.model}"):
-            path = models.pull(args.model)
+        # The hub client draws a byte-level progress bar per file on stderr.
+        path = models.pull(args.model, progress=console.info)
         console.line(f"{args.model}: {path}")
         return EXIT_OK
     cached = models.list_cached()
     if args.json:
-        console.json([m.model_dump(mode="json") for m in cached])
+        console.json([{**dataclasses.asdict(m), "path": str(m.path)} for m in cached])
         return EXIT_OK
     console.table(
         ["model", "size", "pipeline", "path"],

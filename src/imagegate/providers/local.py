@@ -1,0 +1,695 @@
+"""The embedded local provider (``type = "diffusers"``): a diffusers pipeline kept warm.
+
+One pipeline per provider, loaded once (lazily on first use, or through :meth:`load`) with
+``AutoPipelineForText2Image.from_pretrained`` from a hub id or a folder, and run on one
+dedicated worker thread so generations never block the event loop and never overlap.
+
+The worker reports each step through ``callback_on_step_end``; the same callback stops the
+run within one step when the awaiting task is cancelled or the deadline passes. On CPU the
+defaults aim at speed: bfloat16 only where the CPU has native bf16 (AMX or AVX512-BF16), the
+tiny VAE (TAESD), inference mode and threads capped to the CPUs this process may use
+(``benchmarks/local_speed.py`` measures the gain against plain diffusers). The model's own
+safety checker stays on; a flagged image is an error.
+
+torch and diffusers are imported inside functions only, so ``import imagegate`` stays light.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field
+
+from imagegate import models
+from imagegate.errors import (
+    AuthError,
+    ConfigError,
+    ContentFiltered,
+    ImagegateError,
+    InvalidRequest,
+    MissingDependency,
+    ProviderError,
+    Timeout,
+    Unavailable,
+    UpstreamError,
+)
+from imagegate.models import DEFAULT_MODEL, DEFAULT_TINY_VAE
+from imagegate.providers.base import (
+    Deadline,
+    Progress,
+    ProgressCallback,
+    Provider,
+    ProviderConfig,
+)
+from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODEL_DEFAULTS",
+    "SAMPLERS",
+    "DiffusersConfig",
+    "DiffusersProvider",
+    "ModelDefaults",
+    "cpu_flags",
+    "resolve_device_dtype",
+]
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+VaeChoice = Literal["auto", "full", "tiny"]
+T = TypeVar("T")
+
+TINY_VAE_XL = "madebyollin/taesdxl"
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a model is meant to be run with when neither request nor config says."""
+
+    width: int | None
+    height: int | None
+    steps: int
+    guidance: float
+
+
+MODEL_DEFAULTS: dict[str, ModelDefaults] = {
+    "stabilityai/sd-turbo": ModelDefaults(512, 512, 1, 0.0),
+    "stabilityai/sdxl-turbo": ModelDefaults(512, 512, 1, 0.0),
+    "IDKiro/sdxs-512-0.9": ModelDefaults(512, 512, 1, 0.0),
+    "nota-ai/bk-sdm-tiny": ModelDefaults(512, 512, 25, 7.5),
+    "segmind/tiny-sd": ModelDefaults(512, 512, 25, 7.5),
+}
+"""Models whose cards give a recipe. Any other model gets ``OTHER_MODEL_DEFAULTS``."""
+
+OTHER_MODEL_DEFAULTS = ModelDefaults(None, None, 25, 7.5)
+"""A model without a known recipe: the pipeline's own size (U-Net sample size times the VAE
+factor, what diffusers itself uses), 25 steps (half diffusers' 50, ample for the usual
+schedulers and twice as quick on CPU) and diffusers' default guidance of 7.5."""
+
+# AUTOMATIC1111 sampler name -> (diffusers scheduler class, extra config for from_config).
+SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "LMS": ("LMSDiscreteScheduler", {}),
+    "LMS Karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
+    "DPM2": ("KDPM2DiscreteScheduler", {}),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ 2M SDE Karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "DPM++ SDE": ("DPMSolverSinglestepScheduler", {}),
+    "DDIM": ("DDIMScheduler", {}),
+    "PLMS": ("PNDMScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+    "LCM": ("LCMScheduler", {}),
+}
+_NEEDS_SCIPY = frozenset({"LMS", "LMS Karras"})
+
+
+class DiffusersConfig(ProviderConfig):
+    """Settings of the embedded diffusers provider; width..guidance None = the model's own."""
+
+    type: Literal["diffusers"] = "diffusers"
+    model: str = Field(default=DEFAULT_MODEL, min_length=1)
+    device: Device = "auto"
+    dtype: DType = "auto"
+    vae: VaeChoice = "auto"
+    tiny_vae: str = Field(default=DEFAULT_TINY_VAE, min_length=1)
+    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    steps: int | None = Field(default=None, ge=1, le=150)
+    guidance: float | None = Field(default=None, ge=0.0, le=30.0)
+    threads: int | None = Field(default=None, ge=1, le=1024)
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU feature flags the kernel reports (empty where there is no /proc/cpuinfo)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def resolve_device_dtype(
+    device: Device,
+    dtype: DType,
+    *,
+    cuda: bool,
+    mps: bool,
+    flags: Iterable[str],
+) -> tuple[Literal["cpu", "cuda", "mps"], Literal["float32", "bfloat16", "float16"]]:
+    """Pick the device and dtype for ``auto`` settings; explicit settings are kept as given.
+
+    auto device: CUDA, else MPS, else CPU. auto dtype: float16 on CUDA and MPS; on CPU
+    bfloat16 only with native bf16 arithmetic (``amx_bf16`` or ``avx512_bf16``), where it is
+    faster than float32, and float32 elsewhere, where emulated bf16 is slower.
+    """
+    auto: Literal["cpu", "cuda", "mps"] = "cuda" if cuda else "mps" if mps else "cpu"
+    chosen = auto if device == "auto" else device
+    if dtype != "auto":
+        return chosen, dtype
+    if chosen in ("cuda", "mps"):
+        return chosen, "float16"
+    return chosen, "bfloat16" if BF16_CPU_FLAGS & set(flags) else "float32"
+
+
+def _import_torch() -> tuple[Any, Any]:
+    try:
+        import diffusers
+        import torch
+    except ImportError:
+        raise MissingDependency("local", "torch") from None
+    return torch, diffusers
+
+
+class _Stopped(Exception):
+    """Raised inside the pipeline's step callback to end a run early."""
+
+    def __init__(self, reason: Literal["cancelled", "deadline"]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Run:
+    """One generation as the worker thread sees it: stop flag, deadline, progress sink."""
+
+    deadline: Deadline
+    report: Callable[[Progress], None] | None
+    stop: threading.Event = field(default_factory=threading.Event)
+    steps_done: int = 0
+
+    def on_step_end(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
+        self.steps_done = step + 1
+        if self.report is not None:
+            self.report(Progress(step + 1, int(getattr(pipe, "num_timesteps", 0) or 0)))
+        reason: Literal["cancelled", "deadline"] | None = None
+        if self.stop.is_set():
+            reason = "cancelled"
+        elif self.deadline.expired:
+            reason = "deadline"
+        if reason is not None:
+            pipe._interrupt = True
+            raise _Stopped(reason)
+        return {}
+
+
+@dataclass
+class _Loaded:
+    pipe: Any
+    device: str
+    dtype: str
+    vae: Literal["full", "tiny"]
+    base_scheduler: Any
+    defaults: ModelDefaults
+    schedulers: dict[str, Any] = field(default_factory=dict)
+
+
+class DiffusersProvider(Provider):
+    """Text to image with a local diffusers pipeline, loaded once and kept warm."""
+
+    type = "diffusers"
+    Config = DiffusersConfig
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        if not isinstance(config, DiffusersConfig):
+            config = DiffusersConfig.model_validate(config.model_dump())
+        super().__init__(name, config)
+        self.settings: DiffusersConfig = config
+        self._pool: ThreadPoolExecutor | None = None
+        self._guard = threading.Lock()
+        self._loading: Future[_Loaded] | None = None
+        self._loaded: _Loaded | None = None
+
+    # -- public surface ------------------------------------------------------------------
+
+    @property
+    def pipeline(self) -> Any:
+        """The loaded diffusers pipeline, or None before the first load."""
+        return self._loaded.pipe if self._loaded else None
+
+    async def load(self) -> None:
+        """Load the pipeline now (it is otherwise loaded on the first generate)."""
+        await self._await_loaded(None)
+
+    async def generate(
+        self, request: ImageRequest, deadline: Deadline, progress: ProgressCallback | None
+    ) -> list[GeneratedImage]:
+        """Make ``request.n`` images; one step at a time, cancellable within a step."""
+        started = time.monotonic()
+        self._check_request(request)
+        loaded = await self._await_loaded(deadline, started)
+        run = _Run(deadline, _threadsafe(progress, asyncio.get_running_loop()))
+        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        return await self._in_worker(
+            lambda: self._generate_sync(loaded, request, seed, run), run, deadline, started
+        )
+
+    async def probe(self, deadline: Deadline) -> None:
+        """Check that torch is installed and the model is loadable, without loading it."""
+        if self._loaded is not None:
+            return
+        import importlib.util
+
+        if (
+            importlib.util.find_spec("torch") is None
+            or importlib.util.find_spec("diffusers") is None
+        ):
+            raise MissingDependency("local", "torch")
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._source), timeout=deadline.remaining())
+        except TimeoutError:
+            raise self._timeout("while checking the model", None) from None
+
+    async def aclose(self) -> None:
+        """Drop the pipeline and stop the worker thread."""
+        with self._guard:
+            pool, self._pool = self._pool, None
+            self._loaded = None
+            self._loading = None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def describe(self) -> dict[str, Any]:
+        """Name, type and model, plus device, dtype and VAE (resolved once loaded)."""
+        info = super().describe()
+        loaded = self._loaded
+        info.update(
+            device=loaded.device if loaded else self.settings.device,
+            dtype=loaded.dtype if loaded else self.settings.dtype,
+            vae=loaded.vae if loaded else self.settings.vae,
+            loaded=loaded is not None,
+        )
+        return info
+
+    # -- the event-loop side -------------------------------------------------------------
+
+    def _check_request(self, request: ImageRequest) -> None:
+        if request.model is not None and request.model != self.settings.model:
+            raise InvalidRequest(
+                f"model: this provider serves {self.settings.model!r} only; got "
+                f"{request.model!r}. Leave model out, or route to a provider that has it.",
+                field="model",
+                limit=f"must be {self.settings.model!r}",
+                provider=self.name,
+            )
+        if request.sampler is not None and request.sampler not in SAMPLERS:
+            allowed = ", ".join(SAMPLERS)
+            raise InvalidRequest(
+                f"sampler: unknown sampler {request.sampler!r}; use one of: {allowed}",
+                field="sampler",
+                limit=f"one of: {allowed}",
+                provider=self.name,
+            )
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._guard:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"imagegate-{self.name}")
+            return self._pool
+
+    async def _await_loaded(
+        self, deadline: Deadline | None, started: float | None = None
+    ) -> _Loaded:
+        if self._loaded is not None:
+            return self._loaded
+        pool = self._executor()
+        with self._guard:
+            if self._loading is None or _failed(self._loading):
+                self._loading = pool.submit(self._load_sync)
+            loading = self._loading
+        waiter = asyncio.wrap_future(loading)
+        waiter.add_done_callback(_consume)  # also when the caller stops waiting
+        if deadline is None:
+            return await asyncio.shield(waiter)
+        done, _ = await asyncio.wait({waiter}, timeout=deadline.remaining())
+        if not done:
+            raise self._timeout("while the model was loading (it goes on loading)", started)
+        return waiter.result()
+
+    async def _in_worker(
+        self, work: Callable[[], T], run: _Run, deadline: Deadline, started: float
+    ) -> T:
+        job = self._executor().submit(self._guarded, work, started)
+        waiter = asyncio.wrap_future(job)
+        waiter.add_done_callback(_consume)
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=deadline.remaining())
+        except asyncio.CancelledError:
+            run.stop.set()
+            job.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(waiter)  # the worker stops within one step
+            raise
+        if not done:
+            run.stop.set()
+            job.cancel()
+            raise self._timeout("during generation", started)
+        return waiter.result()
+
+    def _timeout(self, when: str, started: float | None) -> Timeout:
+        return Timeout(
+            f"the request deadline passed {when}; raise gateway.deadline_s or the provider's "
+            "timeout_s, or ask for fewer steps or a smaller image",
+            provider=self.name,
+            stage="total",
+            elapsed_s=None if started is None else time.monotonic() - started,
+        )
+
+    def _guarded(self, work: Callable[[], T], started: float) -> T:
+        """Run ``work`` on the worker thread, mapping every library error into the tree."""
+        try:
+            return work()
+        except _Stopped as stop:
+            if stop.reason == "deadline":
+                raise self._timeout("during generation", started) from None
+            raise
+        except ImagegateError:
+            raise
+        except Exception as exc:
+            raise _map_error(exc, self.name, self.settings.model, started, "generate") from exc
+
+    # -- the worker thread ---------------------------------------------------------------
+
+    def _source(self) -> tuple[str, bool]:
+        """Where to load the model from, and whether from local files only; fails fast."""
+        return _resolve(self.settings.model, self.name, "model")
+
+    def _load_sync(self) -> _Loaded:
+        started = time.monotonic()
+        try:
+            return self._load_inner()
+        except ImagegateError:
+            raise
+        except Exception as exc:
+            raise _map_error(exc, self.name, self.settings.model, started, "load") from exc
+
+    def _load_inner(self) -> _Loaded:
+        torch, diffusers = _import_torch()
+        source, local_only = self._source()
+        has_mps = (
+            getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        )
+        device, dtype = resolve_device_dtype(
+            self.settings.device,
+            self.settings.dtype,
+            cuda=torch.cuda.is_available(),
+            mps=has_mps,
+            flags=cpu_flags(),
+        )
+        if device == "cpu":
+            torch.set_num_threads(self.settings.threads or _cpu_threads(torch))
+        torch_dtype = getattr(torch, dtype)
+        pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
+            source, local_files_only=local_only, **_dtype_kwarg(torch_dtype)
+        )
+        vae = self._swap_vae(pipe, diffusers, device, torch_dtype)
+        pipe.to(device)  # no channels_last: measured 3x slower in bf16 on CPU (AVX512-BF16)
+        pipe.set_progress_bar_config(disable=True)
+        self._loaded = _Loaded(
+            pipe=pipe,
+            device=device,
+            dtype=dtype,
+            vae=vae,
+            base_scheduler=pipe.scheduler,
+            defaults=MODEL_DEFAULTS.get(self.settings.model, OTHER_MODEL_DEFAULTS),
+        )
+        log.info("%s: loaded %s on %s as %s, %s VAE", self.name, source, device, dtype, vae)
+        return self._loaded
+
+    def _swap_vae(
+        self, pipe: Any, diffusers: Any, device: str, torch_dtype: Any
+    ) -> Literal["full", "tiny"]:
+        choice = self.settings.vae
+        if choice == "full" or (choice == "auto" and device != "cpu"):
+            return "full"
+        repo = self._tiny_vae_for(pipe)
+        if repo is None:
+            if choice == "tiny":
+                raise ConfigError(
+                    f"no tiny VAE is known for {type(pipe).__name__}; set tiny_vae to one that "
+                    "matches the model, or vae = 'full'",
+                    key=f"providers.{self.name}.tiny_vae",
+                )
+            return "full"
+        try:
+            source, local_only = _resolve(repo, self.name, "tiny_vae")
+            pipe.vae = diffusers.AutoencoderTiny.from_pretrained(
+                source, local_files_only=local_only, **_dtype_kwarg(torch_dtype)
+            )
+        except (Unavailable, OSError) as exc:
+            if choice == "tiny":
+                if isinstance(exc, Unavailable):
+                    raise
+                raise _map_error(exc, self.name, repo, time.monotonic(), "load") from exc
+            log.warning(
+                "%s: the tiny VAE %s could not be loaded (%s); using the model's full VAE, "
+                "which is slower on CPU. Run `imagegate models pull %s` to fix.",
+                self.name,
+                repo,
+                exc,
+                repo,
+            )
+            return "full"
+        return "tiny"
+
+    def _tiny_vae_for(self, pipe: Any) -> str | None:
+        if self.settings.tiny_vae != DEFAULT_TINY_VAE:
+            return self.settings.tiny_vae
+        vae = getattr(pipe, "vae", None)
+        if vae is None or getattr(vae.config, "latent_channels", None) != 4:
+            return None  # SD3, Flux and others need their own TAESD variants
+        return TINY_VAE_XL if "XL" in type(pipe).__name__ else DEFAULT_TINY_VAE
+
+    def _generate_sync(
+        self, loaded: _Loaded, request: ImageRequest, seed: int, run: _Run
+    ) -> list[GeneratedImage]:
+        if run.stop.is_set():
+            raise _Stopped("cancelled")
+        if run.deadline.expired:  # it waited behind another generation
+            raise _Stopped("deadline")
+        torch, _ = _import_torch()
+        pipe = loaded.pipe
+        cfg = self.settings
+        defaults = loaded.defaults
+        width = request.width or cfg.width or defaults.width
+        height = request.height or cfg.height or defaults.height
+        steps, guidance = self._steps_guidance(request, defaults)
+        pipe.scheduler = self._scheduler(loaded, request.sampler)
+        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(request.n)]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        with torch.inference_mode():
+            out = pipe(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt or None,
+                width=width,
+                height=height,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                num_images_per_prompt=request.n,
+                generator=generators,
+                callback_on_step_end=run.on_step_end,
+            )
+        flagged = getattr(out, "nsfw_content_detected", None) or []
+        if any(flagged):
+            raise ContentFiltered(
+                f"the model's own safety checker flagged {sum(map(bool, flagged))} of "
+                f"{request.n} images and blacked them out; it stays on for this provider. "
+                "Change the prompt or the seed and try again.",
+                provider=self.name,
+            )
+        return [_to_image(img, s) for img, s in zip(out.images, seeds, strict=True)]
+
+    def effective_params(self, request: ImageRequest) -> dict[str, Any]:
+        """The steps, guidance and sampler that ran (or will run) for ``request``."""
+        defaults = (
+            self._loaded.defaults
+            if self._loaded is not None
+            else MODEL_DEFAULTS.get(self.settings.model, OTHER_MODEL_DEFAULTS)
+        )
+        steps, guidance = self._steps_guidance(request, defaults)
+        sampler = request.sampler
+        if sampler is None and self._loaded is not None:
+            sampler = _sampler_name(self._loaded.base_scheduler)
+        return {"steps": steps, "guidance": guidance, "sampler": sampler}
+
+    def _steps_guidance(self, request: ImageRequest, defaults: ModelDefaults) -> tuple[int, float]:
+        cfg = self.settings
+        steps = request.steps or cfg.steps or defaults.steps
+        return steps, _first(request.guidance, cfg.guidance, defaults.guidance)
+
+    def _scheduler(self, loaded: _Loaded, sampler: str | None) -> Any:
+        if sampler is None:
+            return loaded.base_scheduler
+        if sampler not in loaded.schedulers:
+            import diffusers
+
+            if sampler in _NEEDS_SCIPY:
+                import importlib.util
+
+                if importlib.util.find_spec("scipy") is None:
+                    raise MissingDependency("local", "scipy")
+            cls_name, extra = SAMPLERS[sampler]
+            cls = getattr(diffusers, cls_name)
+            loaded.schedulers[sampler] = cls.from_config(loaded.base_scheduler.config, **extra)
+        return loaded.schedulers[sampler]
+
+
+def _sampler_name(scheduler: Any) -> str | None:
+    """The A1111 name of a scheduler as diffusers configured it, when one matches plainly."""
+    cls_name = type(scheduler).__name__
+    for name, (candidate, extra) in SAMPLERS.items():
+        if candidate == cls_name and not extra:
+            return name
+    return None
+
+
+def _resolve(model: str, provider: str, key: str) -> tuple[str, bool]:
+    """A folder (checked to exist) or a hub id (cached, or downloadable right now)."""
+    if not models.is_hub_id(model):
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(
+                f"the folder {model!r} does not exist; set it to a diffusers model folder or a "
+                f"hub id such as {DEFAULT_MODEL!r}",
+                key=f"providers.{provider}.{key}",
+            )
+        return str(folder), True
+    snapshot = models.cached_snapshot(model)
+    if snapshot is not None:
+        return str(snapshot), True  # the cached folder itself: no hub call at all
+    reason = models.hub_unreachable()
+    if reason is not None:
+        raise models.not_cached_error(model, reason, provider=provider)
+    return model, False
+
+
+def _map_error(
+    exc: BaseException,
+    provider: str,
+    model: str,
+    started: float,
+    during: Literal["load", "generate"],
+) -> ProviderError | ImagegateError:
+    """The one place where diffusers, torch and hub errors become imagegate errors."""
+    elapsed = time.monotonic() - started
+    text = f"{type(exc).__name__}: {exc}"
+    name = type(exc).__name__
+    if name == "GatedRepoError":
+        return AuthError(
+            f"{model} is gated ({exc}); accept its licence on huggingface.co and set HF_TOKEN",
+            provider=provider,
+            elapsed_s=elapsed,
+        )
+    if name == "RepositoryNotFoundError":
+        return ConfigError(
+            f"{model} is not a model on the hub; check the id", key=f"providers.{provider}.model"
+        )
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return Unavailable(
+            f"out of memory running {model} ({text}); ask for a smaller image or fewer images, "
+            "or set dtype to a 16-bit type and vae = 'tiny'",
+            provider=provider,
+            stage="runtime",
+            elapsed_s=elapsed,
+        )
+    if isinstance(exc, OSError):
+        return Unavailable(
+            f"could not load {model} from the hub cache ({models.hub_cache_dir()}): {text}; run "
+            f"`imagegate models pull {model}` on a machine with internet access, or set model "
+            "to a local folder",
+            provider=provider,
+            stage="runtime",
+            elapsed_s=elapsed,
+        )
+    if isinstance(exc, ValueError) and during == "generate":  # diffusers' check_inputs
+        return InvalidRequest(
+            f"the pipeline refused the request ({text}); change the named value and try again",
+            provider=provider,
+            elapsed_s=elapsed,
+        )
+    return UpstreamError(
+        f"the local pipeline failed ({text}); see the log, and report it if it repeats",
+        provider=provider,
+        stage="runtime",
+        elapsed_s=elapsed,
+    )
+
+
+def _threadsafe(
+    progress: ProgressCallback | None, loop: asyncio.AbstractEventLoop
+) -> Callable[[Progress], None] | None:
+    """Wrap ``progress`` so the worker thread can call it: it runs on ``loop``."""
+    if progress is None:
+        return None
+
+    def report(step: Progress) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(progress, step)
+
+    return report
+
+
+def _to_image(image: Any, seed: int) -> GeneratedImage:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return GeneratedImage(png=buf.getvalue(), width=image.width, height=image.height, seed=seed)
+
+
+def _dtype_kwarg(torch_dtype: Any) -> dict[str, Any]:
+    """``dtype=`` where diffusers takes it (it deprecated ``torch_dtype``), else the old name."""
+    import importlib
+
+    renamed = hasattr(
+        importlib.import_module("diffusers.utils.deprecation_utils"), "_resolve_dtype"
+    )
+    return {"dtype" if renamed else "torch_dtype": torch_dtype}
+
+
+def _cpu_threads(torch: Any) -> int:
+    """torch's default (physical cores), capped to the CPUs this process may run on."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        allowed = os.cpu_count() or 1
+    return max(1, min(int(torch.get_num_threads()), allowed))
+
+
+def _first(*values: float | None) -> float:
+    return next(v for v in values if v is not None)
+
+
+def _failed(fut: Future[Any]) -> bool:
+    """Whether a finished load failed or was cancelled (then the next call loads again)."""
+    return fut.done() and (fut.cancelled() or fut.exception() is not None)
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned future's outcome so asyncio does not log it as lost."""
+    if not fut.cancelled():
+        fut.exception()
