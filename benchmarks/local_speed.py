@@ -8,7 +8,11 @@ its peak memory is its own:
 - ``diffusers``: diffusers as its docs show it, ``from_pretrained`` defaults (float32, the
   full VAE, the model's scheduler), 1 step, guidance 0.
 - ``imagegate``: ``DiffusersProvider`` with its default settings (auto device and dtype, the
-  tiny VAE on CPU), the same 1 step and guidance 0.
+  tiny VAE on CPU), the same 1 step and guidance 0, in a process started with the glibc malloc
+  settings that ``imagegate generate`` and ``imagegate serve`` give themselves
+  (``imagegate.allocator``).
+- ``diffusers_tuned_malloc``: plain diffusers again, under the same malloc settings, so the
+  report separates what the allocator buys from what the pipeline settings buy.
 
 Prints one JSON document. Usage: ``python benchmarks/local_speed.py [--runs 3]``.
 """
@@ -29,9 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imagegate.allocator import MARKER, tuned_env
+
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 SIZE = 512
-VARIANTS = ("diffusers", "imagegate")
+VARIANTS = ("diffusers", "imagegate", "diffusers_tuned_malloc")
 
 
 def build(folder: Path) -> None:
@@ -110,6 +116,7 @@ def run_variant(variant: str, folder: Path, runs: int) -> dict[str, Any]:
     """Load, make a first image, then time ``runs`` more; report seconds and peak memory."""
     started = time.perf_counter()
     make = _imagegate(folder) if variant == "imagegate" else _plain(folder)
+    malloc = os.environ.get("GLIBC_TUNABLES", "default")
     loaded = time.perf_counter()
     make(0)
     first = time.perf_counter()
@@ -127,6 +134,7 @@ def run_variant(variant: str, folder: Path, runs: int) -> dict[str, Any]:
         "first_call_s": round(first - started, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "torch_threads": torch.get_num_threads(),
+        "glibc_tunables": malloc,
     }
 
 
@@ -214,13 +222,15 @@ def main() -> None:
         results: dict[str, Any] = {}
         for variant in VARIANTS:
             lines = _child(
-                ["--variant", variant, "--folder", str(folder), "--runs", str(args.runs)]
+                ["--variant", variant, "--folder", str(folder), "--runs", str(args.runs)],
+                tuned=variant != "diffusers",
             )
             results[variant] = {}
             for line in lines:
                 results[variant].update(line.get("settings", {}), **line.get("result", {}))
         total = time.perf_counter() - t0
     ours, plain = results["imagegate"], results["diffusers"]
+    plain_tuned = results["diffusers_tuned_malloc"]
     report = {
         "benchmark": "local_speed",
         "what": f"seconds per {SIZE}x{SIZE} image, sd-turbo architecture, random weights, "
@@ -228,7 +238,11 @@ def main() -> None:
         "runs": args.runs,
         "imagegate": ours,
         "diffusers_default": plain,
+        "diffusers_tuned_malloc": plain_tuned,
         "speedup": round(plain["sec_per_image"] / ours["sec_per_image"], 2),
+        "speedup_vs_diffusers_tuned_malloc": round(
+            plain_tuned["sec_per_image"] / ours["sec_per_image"], 2
+        ),
         "first_call_speedup": round(plain["first_call_s"] / ours["first_call_s"], 2),
         "environment": environment(),
         "total_s": round(total, 1),
@@ -236,9 +250,12 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
-def _child(args: list[str]) -> list[dict[str, Any]]:
+def _child(args: list[str], *, tuned: bool = False) -> list[dict[str, Any]]:
     """Run this script with ``args`` in a fresh process; its JSON lines, parsed."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", MARKER)}
+    env = dict(base, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    if tuned:
+        env = tuned_env(env) or env
     done = subprocess.run(
         [sys.executable, __file__, *args],
         check=True,
