@@ -13,6 +13,8 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="imagegate-test-hf-")
 import pytest
 from tiny_pipeline import tiny_model, tiny_vae
 
+pytest_plugins = ["faults"]
+
 __all__ = ["isolated_env", "tiny_model", "tiny_vae"]
 
 

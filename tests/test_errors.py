@@ -10,6 +10,7 @@ from imagegate import errors
 from imagegate.errors import (
     AllProvidersFailed,
     ConfigError,
+    ConnectError,
     ContentFiltered,
     ImagegateError,
     MissingDependency,
@@ -90,3 +91,9 @@ def test_missing_dependency_gives_the_pip_line() -> None:
 def test_all_providers_failed_exits_with_three() -> None:
     """The CLI exit code for a route that failed entirely is 3."""
     assert AllProvidersFailed("x", []).exit_code == 3
+
+
+def test_reset_after_sending_may_have_been_billed() -> None:
+    """A reset while waiting for or reading the answer may follow a charge; a refusal not."""
+    assert not ConnectError("x", stage="connect").may_have_been_billed
+    assert ConnectError("x", stage="read").may_have_been_billed

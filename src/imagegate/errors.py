@@ -172,6 +172,11 @@ class ConnectError(ProviderError):
 
     retryable = True
 
+    @property
+    def may_have_been_billed(self) -> bool:
+        """A reset after the request went out may come after the provider billed it."""
+        return self.stage in ("first_byte", "read")
+
 
 class Timeout(ProviderError):
     """A stage ran past its budget; ``stage`` says which."""
