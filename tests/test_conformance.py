@@ -1,0 +1,165 @@
+"""Every provider, local and remote, passes the same checks (see tests/conformance.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from conformance import CANARY, CANARY_ENV, Setup, load_cases
+
+from imagegate.config import Settings
+from imagegate.errors import ImagegateError, ProviderError, Timeout
+from imagegate.gateway import Gateway
+from imagegate.providers.base import Deadline, Progress, Provider
+from imagegate.request import ImageRequest
+
+T = TypeVar("T")
+CASES = load_cases()
+REQUEST = ImageRequest(prompt="a lighthouse", width=64, height=64, steps=2, seed=11)
+
+
+@pytest.fixture(params=sorted(CASES))
+def setup(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
+    """One provider wired to its fake, with the canary key in the environment."""
+    monkeypatch.setenv(CANARY_ENV, CANARY)
+    with ExitStack() as stack:
+        yield CASES[request.param](request, stack)
+
+
+def drive(provider: Provider, body: Callable[[], Awaitable[T]]) -> T:
+    """Run ``body`` on one event loop, then close the provider on that same loop."""
+
+    async def main() -> T:
+        try:
+            return await body()
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(main())
+
+
+def generate(setup: Setup, req: ImageRequest = REQUEST) -> list[int]:
+    async def body() -> list[int]:
+        images = await setup.provider.generate(req, Deadline(30), None)
+        return [img.seed for img in images]
+
+    return drive(setup.provider, body)
+
+
+def test_success_returns_images_with_the_seed(setup: Setup) -> None:
+    """A plain request returns one PNG and reports the seed asked for."""
+    assert generate(setup) == [11]
+
+
+def test_random_seed_is_reported(setup: Setup) -> None:
+    """With no seed given, the seed used is still reported."""
+    seeds = generate(setup, REQUEST.model_copy(update={"seed": None}))
+    assert len(seeds) == 1
+    assert 0 <= seeds[0] < 2**32
+
+
+def test_n_images_come_back(setup: Setup) -> None:
+    """n = 2 gives two images, each with its own seed."""
+    if not setup.supports_n:
+        pytest.xfail("this provider's API makes one image per request")
+    seeds = generate(setup, REQUEST.model_copy(update={"n": 2}))
+    assert len(seeds) == 2
+    assert len(set(seeds)) == 2
+
+
+def test_cancel_ends_the_attempt_promptly(setup: Setup) -> None:
+    """Cancelling the caller's task ends the attempt with CancelledError, within a second."""
+
+    async def body() -> float:
+        slow = REQUEST.model_copy(update={"steps": 40})
+        task = asyncio.create_task(setup.provider.generate(slow, Deadline(30), None))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - started
+
+    assert drive(setup.provider, body) < 1.0
+
+
+def test_documented_errors_map_to_their_classes(setup: Setup) -> None:
+    """Each documented error the vendor's API returns comes out as its tree class."""
+
+    async def body() -> dict[str, ProviderError | None]:
+        seen: dict[str, ProviderError | None] = {}
+        for name in setup.errors:
+            setup.arm(name)
+            try:
+                await setup.provider.generate(REQUEST, Deadline(30), None)
+            except ProviderError as exc:
+                seen[name] = exc
+            else:
+                seen[name] = None
+        return seen
+
+    for name, error in drive(setup.provider, body).items():
+        expected = setup.errors[name]
+        assert type(error) is expected, f"{name}: got {type(error).__name__}"
+        assert error.provider == setup.provider.name
+        assert CANARY not in str(error)
+
+
+def test_tls_stall_is_a_tls_timeout_within_its_budget(setup: Setup, tls_stall: str) -> None:
+    """A host that never answers the ClientHello fails as Timeout(tls) within its budget."""
+    if setup.at_url is None:
+        pytest.xfail("this provider makes no network connection")
+    stalled = setup.at_url(tls_stall)
+    started = time.monotonic()
+    with pytest.raises(Timeout) as info:
+        drive(stalled, lambda: stalled.generate(REQUEST, Deadline(30), None))
+    assert info.value.stage == "tls"
+    assert time.monotonic() - started < setup.tls_timeout_s + 1.0
+
+
+def test_progress_reaches_the_last_step_or_is_silent(setup: Setup) -> None:
+    """Reported progress never goes past its total and ends complete."""
+    seen: list[Progress] = []
+
+    async def body() -> None:
+        await setup.provider.generate(REQUEST, Deadline(30), seen.append)
+        await asyncio.sleep(0.05)  # progress may be delivered through the loop
+
+    drive(setup.provider, body)
+    assert all(p.step <= p.steps for p in seen)
+    if seen:
+        assert seen[-1].step == seen[-1].steps
+
+
+def test_no_secret_in_errors_records_or_logs(
+    setup: Setup, isolated_env: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The canary key appears in no error, stored record, image or log line."""
+    caplog.set_level(logging.DEBUG)
+    provider = setup.provider
+    settings = Settings.model_validate({"gateway": {"route": [provider.name]}})
+
+    async def scenario() -> list[str]:
+        texts: list[str] = []
+        async with Gateway(settings, providers={provider.name: provider}) as gateway:
+            await gateway.generate(REQUEST)
+            for name in setup.errors:
+                setup.arm(name)
+                try:
+                    await gateway.generate(REQUEST)
+                except ImagegateError as exc:
+                    texts += [str(exc), repr(exc.attempts)]
+        return texts
+
+    for text in asyncio.run(scenario()):
+        assert CANARY not in text
+    assert CANARY not in caplog.text
+    for path in (isolated_env / "data").rglob("*"):
+        if path.is_file():
+            assert CANARY.encode() not in path.read_bytes(), path
