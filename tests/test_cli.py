@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngImageFile
 
 from imagegate.store.pngmeta import parse_infotext
 
@@ -61,6 +62,7 @@ def test_generate_writes_a_png_whose_png_info_shows_the_parameters(
     )
     assert run.returncode == 0, run.stderr
     with Image.open(isolated_env / "a.png") as img:
+        assert isinstance(img, PngImageFile)
         text = img.text["parameters"]
         assert img.size == (64, 64)
     assert text.splitlines()[0] == "a red fox"

@@ -109,13 +109,35 @@ class Gateway:
         if isinstance(request, str):
             request = ImageRequest.parse({"prompt": request, **fields})
         route = self.route_for(request)
-        started = time.monotonic()
         job_id = (
             await self.store.create_job(request, route=route, source=source)
             if self.store is not None
             else None
         )
+        return await self._run(request, job_id, progress, route)
+
+    async def execute(
+        self, job_id: str, request: ImageRequest, *, progress: ProgressCallback | None = None
+    ) -> ImageResult:
+        """Run a job that is already in the store (a queued one) and record how it ended.
+
+        The same path as :meth:`generate` from routing on: the job ends succeeded (images
+        stored), failed (with the reason) or cancelled, and the result or error is returned
+        or raised as ``generate`` would.
+        """
+        return await self._run(request, job_id, progress, None)
+
+    async def _run(
+        self,
+        request: ImageRequest,
+        job_id: str | None,
+        progress: ProgressCallback | None,
+        route: list[str] | None,
+    ) -> ImageResult:
+        started = time.monotonic()
         try:
+            if route is None:
+                route = self.route_for(request)
             outcome = await self.router.run(
                 request, route, Deadline(self.settings.gateway.deadline_s), progress
             )

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 from imagegate.config import GatewaySettings
@@ -56,6 +57,8 @@ class Breaker:
     reopen_count: int = 0
     consecutive: int = 0
     last_error: str | None = None
+    last_probe_at: datetime | None = None
+    last_probe_ok: bool | None = None
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=20))
 
     @property
@@ -257,12 +260,15 @@ class Router:
         provider = self.providers[name]
         while breaker.is_open:
             await self._sleep(max(0.0, breaker.opened_until - time.monotonic()))
+            breaker.last_probe_at = datetime.now(UTC)
             try:
                 await provider.probe(Deadline(PROBE_DEADLINE_S))
             except ProviderError as exc:
+                breaker.last_probe_ok = False
                 breaker.last_error = f"{type(exc).__name__}: {exc.message}"
                 breaker.open(exc.retry_after)
             else:
+                breaker.last_probe_ok = True
                 breaker.close()
 
     async def aclose(self) -> None:

@@ -359,14 +359,14 @@ class Transport:
         provider: str,
         cfg: RemoteConfig,
         *,
-        verify: ssl.SSLContext | str | bool = True,
+        verify: ssl.SSLContext | str | bool | None = None,
         secrets: Sequence[str] = (),
     ) -> Transport:
-        """A transport with the budgets and base url of a remote provider's config."""
+        """A transport with the budgets, base url and CA file of a remote provider's config."""
         return cls(
             provider,
             StageBudgets.from_config(cfg),
-            verify=verify,
+            verify=verify if verify is not None else (cfg.ca_file or True),
             base_url=cfg.url or "",
             secrets=secrets,
         )

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr
 
-from imagegate.errors import ConfigError, Timeout
+from imagegate.errors import AuthError, Timeout
 from imagegate.request import GeneratedImage, ImageRequest
 
 ENTRY_POINT_GROUP = "imagegate.providers"
@@ -89,6 +89,8 @@ class RemoteConfig(ProviderConfig):
     """Settings every provider reached over the network takes; a timeout of 0 is refused."""
 
     url: str | None = None
+    ca_file: str | None = None
+    """A PEM bundle of CAs to trust instead of the system's (a private or test CA)."""
     connect_timeout_s: PositiveFloat = 2.0
     tls_timeout_s: PositiveFloat = 2.0
     first_byte_timeout_s: PositiveFloat = 120.0
@@ -101,10 +103,11 @@ def read_secret(env_name: str | None, *, provider: str, key: str) -> SecretStr |
         return None
     value = os.environ.get(env_name)
     if not value:
-        raise ConfigError(
-            f"the environment variable {env_name} is not set; export it with the provider's "
-            "key, or change the setting",
-            key=f"providers.{provider}.{key}",
+        raise AuthError(
+            f"the environment variable {env_name} (providers.{provider}.{key}) is not set; "
+            "export it with the provider's key, or change the setting",
+            provider=provider,
+            stage="config",
         )
     return SecretStr(value)
 

@@ -18,7 +18,9 @@ import importlib.metadata
 import io
 import json
 import re
+import struct
 import sys
+import zlib
 from datetime import datetime
 from typing import Any
 
@@ -142,14 +144,21 @@ def provenance(result: ImageResult, *, created_at: datetime) -> dict[str, Any]:
 
 
 def png_with_metadata(png: bytes, parameters: str, provenance: dict[str, Any]) -> bytes:
-    """Re-encode ``png`` as a PNG carrying exactly our two text chunks (ICC profile kept).
+    """``png`` carrying exactly our two text chunks (ICC profile kept).
 
-    Any text chunk already in the image is dropped. Input Pillow reads in another format is
-    converted to PNG.
+    Any text chunk already in the image is dropped. A well-formed PNG keeps its pixel data
+    as is: the chunks are spliced in after IHDR without decoding the image (a 512x512 PNG
+    would otherwise cost tens of milliseconds to re-encode). Anything else, or a PNG whose
+    structure or checksums do not hold, is decoded and re-encoded by Pillow; input Pillow
+    reads in another format is converted to PNG.
     """
+    text = json.dumps(provenance, ensure_ascii=False, sort_keys=True)
+    spliced = _splice_text(png, ((PARAMETERS_KEY, parameters), (PROVENANCE_KEY, text)))
+    if spliced is not None:
+        return spliced
     info = PngInfo()
     info.add_text(PARAMETERS_KEY, parameters)
-    info.add_text(PROVENANCE_KEY, json.dumps(provenance, ensure_ascii=False, sort_keys=True))
+    info.add_text(PROVENANCE_KEY, text)
     out = io.BytesIO()
     with Image.open(io.BytesIO(png)) as source:
         image: Image.Image = source
@@ -157,6 +166,50 @@ def png_with_metadata(png: bytes, parameters: str, provenance: dict[str, Any]) -
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         image.save(out, format="PNG", pnginfo=info, icc_profile=source.info.get("icc_profile"))
     return out.getvalue()
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TEXT_CHUNKS = frozenset({b"tEXt", b"iTXt", b"zTXt"})
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _text_chunk(key: str, value: str) -> bytes:
+    """What Pillow's ``PngInfo.add_text`` writes: tEXt for latin-1 text, else UTF-8 iTXt."""
+    try:
+        return _chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
+    except UnicodeEncodeError:
+        return _chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8"))
+
+
+def _splice_text(png: bytes, texts: tuple[tuple[str, str], ...]) -> bytes | None:
+    """``png`` with its text chunks replaced by ``texts``, or None unless it is a sound PNG."""
+    if not png.startswith(_PNG_SIGNATURE):
+        return None
+    view = memoryview(png)
+    parts: list[bytes] = [_PNG_SIGNATURE]
+    pos = len(_PNG_SIGNATURE)
+    first = True
+    while pos + 12 <= len(png):
+        (length,) = struct.unpack_from(">I", png, pos)
+        end = pos + 12 + length
+        kind = png[pos + 4 : pos + 8]
+        if end > len(png) or (first and kind != b"IHDR"):
+            return None
+        (crc,) = struct.unpack_from(">I", png, end - 4)
+        if zlib.crc32(view[pos + 4 : end - 4]) != crc:
+            return None
+        if kind not in _TEXT_CHUNKS:
+            parts.append(png[pos:end])
+        if first:
+            parts.extend(_text_chunk(key, value) for key, value in texts)
+            first = False
+        pos = end
+        if kind == b"IEND":
+            return b"".join(parts) if pos == len(png) else None
+    return None
 
 
 def read_metadata(png: bytes) -> tuple[str | None, dict[str, Any] | None]:

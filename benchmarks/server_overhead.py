@@ -1,0 +1,395 @@
+"""imagegate serve vs the LiteLLM proxy vs direct, against one fake OpenAI images upstream.
+
+Prints ONE JSON document. Everything binds 127.0.0.1. Measured, as in
+shared/litellm-baseline.md: added p50 and p99 at c=1 (0 ms upstream), and req/s at c=32 with a
+200 +- 100 ms upstream. The load generator gives each of the C workers its own httpx client
+with one keep-alive connection (a shared pool throttles the client itself).
+
+imagegate reaches the upstream through its ``type = "openai"`` provider. Where that provider
+is not installed yet, a minimal stand-in provider (one httpx call, b64 decode) is injected
+through the same ``imagegate serve`` path, and the JSON says so (``imagegate.provider``).
+
+LiteLLM runs from its own venv: ``--litellm PATH`` or ``LITELLM_BIN`` names the ``litellm``
+executable; without one, LiteLLM is skipped with a note.
+
+    python benchmarks/server_overhead.py [--litellm /tmp/litellm-venv/bin/litellm] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+PROMPT = "a lighthouse at dusk"
+
+UPSTREAM = textwrap.dedent(
+    """
+    import asyncio, base64, io, json, os, random, sys
+    import uvicorn
+    from PIL import Image
+
+    rng = random.Random(1)
+    img = Image.frombytes("RGB", (160, 160), rng.randbytes(160 * 160 * 3))
+    buf = io.BytesIO(); img.save(buf, format="PNG")
+    B64 = base64.b64encode(buf.getvalue()).decode()
+    DELAY = float(os.environ.get("DELAY_MS", "0")) / 1000
+    JITTER = float(os.environ.get("JITTER_MS", "0")) / 1000
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"}); return
+        more = True
+        while more:
+            msg = await receive(); more = msg.get("more_body", False)
+        delay = DELAY + (rng.uniform(-JITTER, JITTER) if JITTER else 0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        n = 1
+        body = json.dumps({"created": 1, "data": [{"b64_json": B64}] * n}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+                access_log=False)
+    """
+)
+
+STUB_SERVE = textwrap.dedent(
+    '''
+    """imagegate serve with a minimal OpenAI-compatible stand-in provider named "up"."""
+    import base64, os, sys
+    import httpx
+    import imagegate.gateway
+    from imagegate import cli
+    from imagegate.errors import UpstreamError
+    from imagegate.providers.base import Provider, ProviderConfig
+    from imagegate.request import GeneratedImage
+
+    class StubOpenAI(Provider):
+        type = "openai"
+
+        def __init__(self, name, url):
+            super().__init__(name, ProviderConfig(type="openai", concurrency=64))
+            self.url = url
+            self.client = httpx.AsyncClient(
+                timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            )
+
+        async def generate(self, request, deadline, progress):
+            answer = await self.client.post(
+                f"{self.url}/images/generations",
+                json={"model": "fake", "prompt": request.prompt, "n": request.n,
+                      "response_format": "b64_json"},
+                headers={"authorization": "Bearer sk-bench"},
+            )
+            if answer.status_code != 200:
+                raise UpstreamError(f"HTTP {answer.status_code}")
+            return [GeneratedImage(png=base64.b64decode(d["b64_json"]), width=160, height=160,
+                                   seed=request.seed or 0) for d in answer.json()["data"]]
+
+    imagegate.gateway.build_providers = lambda s: {"fake": StubOpenAI("fake", os.environ["UP_URL"])}
+    sys.exit(cli.main(sys.argv[1:]))
+    '''
+)
+
+LITELLM_CONFIG = """\
+model_list:
+  - model_name: fake
+    litellm_params:
+      model: openai/fake
+      api_base: os.environ/BENCH_UPSTREAM_API_BASE
+      api_key: sk-bench-not-a-real-key
+    model_info:
+      mode: image_generation
+
+litellm_settings:
+  drop_params: true
+  telemetry: false
+
+general_settings: {}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url}: not ready within {timeout_s} s")
+
+
+@contextmanager
+def process(
+    args: list[str], ready_url: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        args,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(ready_url, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def load(
+    url: str, headers: dict[str, str], concurrency: int, total: int, warmup: int
+) -> dict[str, Any]:
+    body = {"model": "fake", "prompt": PROMPT, "n": 1, "response_format": "b64_json"}
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(total + warmup))
+
+    async def worker() -> None:
+        nonlocal errors
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            for index in counter:
+                started = time.perf_counter()
+                try:
+                    answer = await client.post(url, json=body, headers=headers)
+                    ok = answer.status_code == 200 and bool(answer.json()["data"][0]["b64_json"])
+                except (httpx.HTTPError, KeyError, ValueError):
+                    ok = False
+                elapsed = time.perf_counter() - started
+                if index >= warmup:
+                    if ok:
+                        latencies.append(elapsed * 1000)
+                    else:
+                        errors += 1
+
+    # warm-up first, sequentially at the same concurrency, then the timed phase
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3)
+
+    return {
+        "ok": len(latencies),
+        "errors": errors,
+        "req_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "mean_ms": round(statistics.fmean(latencies), 3) if latencies else None,
+    }
+
+
+def measure(
+    name: str, url: str, headers: dict[str, str], pid: int | None, **kw: int
+) -> dict[str, Any]:
+    before = cpu_s(pid) if pid else 0.0
+    result = asyncio.run(load(url, headers, **kw))
+    if pid:
+        result["gateway_cpu_ms_per_req"] = round(
+            (cpu_s(pid) - before) * 1000 / max(1, result["ok"] + result["errors"]), 3
+        )
+    result["path"] = name
+    return result
+
+
+def imagegate_has_openai_provider() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.name == "openai" for ep in entry_points(group="imagegate.providers"))
+
+
+@contextmanager
+def imagegate_server(work: Path, upstream: str) -> Iterator[tuple[str, int, str]]:
+    port = free_port()
+    data = work / f"data-{port}"
+    config = work / f"imagegate-{port}.toml"
+    real = imagegate_has_openai_provider()
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            [gateway]
+            route = ["fake"]
+
+            [providers.fake]
+            type = "{"openai" if real else "diffusers"}"
+            """
+        )
+        + (
+            f'url = "{upstream}/v1"\napi_key_env = "BENCH_UP_KEY"\nmodel = "fake"\n'
+            "concurrency = 64\n"
+            if real
+            else ""
+        )
+    )
+    if real:
+        args = [sys.executable, "-m", "imagegate.cli"]
+    else:
+        stub = work / "stub_serve.py"
+        stub.write_text(STUB_SERVE)
+        args = [sys.executable, str(stub)]
+    env = {
+        "IMAGEGATE_DATA_DIR": str(data),
+        "BENCH_UP_KEY": "sk-bench",
+        "UP_URL": f"{upstream}/v1",
+        "IMAGEGATE_API_KEYS": "",
+    }
+    args += ["serve", "--port", str(port), "--config", str(config)]
+    with process(args, f"http://127.0.0.1:{port}/healthz", env) as proc:
+        yield f"http://127.0.0.1:{port}", proc.pid, "openai" if real else "bench-stub"
+
+
+@contextmanager
+def litellm_server(work: Path, binary: str, upstream: str) -> Iterator[tuple[str, int, str]]:
+    port = free_port()
+    config = work / "litellm.yaml"
+    config.write_text(LITELLM_CONFIG)
+    key = "sk-" + secrets.token_hex(16)
+    env = {
+        "BENCH_UPSTREAM_API_BASE": f"{upstream}/v1",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_MASTER_KEY": key,
+    }
+    args = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    with process(args, f"http://127.0.0.1:{port}/health/liveliness", env) as proc:
+        yield f"http://127.0.0.1:{port}", proc.pid, key
+
+
+def run_phase(
+    upstream_env: dict[str, str], litellm: str | None, work: Path, kw: dict[str, int]
+) -> dict[str, Any]:
+    port = free_port()
+    script = work / "upstream.py"
+    script.write_text(UPSTREAM)
+    results: dict[str, Any] = {}
+    with process(
+        [sys.executable, str(script), str(port)], f"http://127.0.0.1:{port}/", upstream_env
+    ) as up:
+        upstream = f"http://127.0.0.1:{port}"
+        path = "/v1/images/generations"
+        results["direct"] = measure("direct", upstream + path, {}, None, **kw)
+        with imagegate_server(work, upstream) as (url, pid, provider):
+            results["imagegate"] = measure("imagegate", url + path, {}, pid, **kw)
+            results["imagegate"]["provider"] = provider
+        if litellm:
+            with litellm_server(work, litellm, upstream) as (url, pid, key):
+                headers = {"authorization": f"Bearer {key}"}
+                results["litellm"] = measure("litellm", url + path, headers, pid, **kw)
+        results["upstream_cpu_s"] = round(cpu_s(up.pid), 2)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--litellm", default=os.environ.get("LITELLM_BIN"))
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    args = parser.parse_args()
+    litellm = args.litellm if args.litellm and shutil.which(args.litellm) else None
+    n1, n32 = (100, 320) if args.quick else (600, 1600)
+    report: dict[str, Any] = {
+        "benchmark": "server_overhead",
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "litellm": litellm or None,
+        "notes": [],
+    }
+    if litellm is None:
+        report["notes"].append(
+            "LiteLLM skipped: pass --litellm PATH or set LITELLM_BIN to its executable "
+            "(python3 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install "
+            "'litellm[proxy]')"
+        )
+    if not imagegate_has_openai_provider():
+        report["notes"].append(
+            "imagegate's `openai` provider is not installed yet: imagegate ran with a minimal "
+            "stand-in provider (one httpx call + base64 decode) through `imagegate serve`"
+        )
+    with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as tmp:
+        work = Path(tmp)
+        c1 = run_phase(
+            {"DELAY_MS": "0"}, litellm, work, {"concurrency": 1, "total": n1, "warmup": 20}
+        )
+        c32 = run_phase(
+            {"DELAY_MS": "200", "JITTER_MS": "100"},
+            litellm,
+            work,
+            {"concurrency": 32, "total": n32, "warmup": 64},
+        )
+    report["c1_0ms"] = c1
+    report["c32_200pm100ms"] = c32
+    direct1, direct32 = c1["direct"], c32["direct"]
+    summary: dict[str, Any] = {}
+    for name in ("imagegate", "litellm"):
+        if name not in c1:
+            continue
+        summary[name] = {
+            "added_p50_ms_c1": round(c1[name]["p50_ms"] - direct1["p50_ms"], 3),
+            "added_p99_ms_c1": round(c1[name]["p99_ms"] - direct1["p99_ms"], 3),
+            "req_per_s_c32": c32[name]["req_per_s"],
+            "throughput_vs_direct_c32": round(c32[name]["req_per_s"] / direct32["req_per_s"], 3),
+        }
+    summary["direct"] = {"p50_ms_c1": direct1["p50_ms"], "req_per_s_c32": direct32["req_per_s"]}
+    if "imagegate" in summary and "litellm" in summary:
+        ours, theirs = summary["imagegate"], summary["litellm"]
+        summary["targets"] = {
+            "added_p50_at_most_1ms": ours["added_p50_ms_c1"] <= 1.0,
+            "added_p50_at_most_one_eighth_of_litellm": ours["added_p50_ms_c1"]
+            <= theirs["added_p50_ms_c1"] / 8,
+            "throughput_at_least_0.95x_direct": ours["throughput_vs_direct_c32"] >= 0.95,
+        }
+    report["summary"] = summary
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

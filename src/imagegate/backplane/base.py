@@ -1,0 +1,218 @@
+"""The Backplane interface: where jobs wait, run, report progress and keep breaker state.
+
+The server talks only to these four pieces, so a distributed adapter (PostgreSQL with
+procrastinate, LISTEN/NOTIFY for fan-out) can replace the local one without touching it::
+
+    Backplane
+     ├── jobs: JobQueue        submit (persisted before it returns) / cancel / wait / position
+     ├── store: JobStore       read side: jobs, images, counts by status
+     ├── events: EventBus      publish / subscribe(job_id, after_id): replay, then follow live
+     └── breakers: BreakerStore load / save each provider's breaker state
+
+``start(handler)`` starts the workers; each runs ``handler(context)`` for one job at a time.
+The handler is the same in every adapter: it runs the job through the gateway (which records
+the result or the failure in the store) and returns the result or raises. The backplane owns
+everything around it: claiming, the ``started`` and terminal events, cancellation, recovery.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from imagegate.errors import ImagegateError
+from imagegate.providers.base import Progress
+from imagegate.request import ImageRequest, ImageResult
+from imagegate.store.records import EventRecord, ImageRecord, JobRecord
+
+__all__ = [
+    "TERMINAL_EVENTS",
+    "TERMINAL_STATUSES",
+    "Backplane",
+    "BreakerSnapshot",
+    "BreakerStore",
+    "EventBus",
+    "Interrupted",
+    "JobContext",
+    "JobHandler",
+    "JobOutcome",
+    "JobQueue",
+    "JobStore",
+    "QueueFull",
+    "Submitted",
+]
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL_EVENTS = TERMINAL_STATUSES
+
+
+class QueueFull(ImagegateError):
+    """The job queue holds ``server.max_queue`` jobs already; try again after ``retry_after``."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, depth: int, retry_after: float) -> None:
+        super().__init__(
+            f"the job queue is full ({depth} jobs waiting); retry after "
+            f"{math.ceil(retry_after)} s, or raise server.max_queue"
+        )
+        self.depth = depth
+        self.retry_after = retry_after
+
+
+class Interrupted(ImagegateError):
+    """The process running the job stopped, and the job could not be run again."""
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A job that is on disk and in its queue; ``position`` 1 is the next to start."""
+
+    job_id: str
+    position: int
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a job ended, as :meth:`JobQueue.wait` hands it back.
+
+    ``result`` (with the stored PNG bytes) when it succeeded, ``error`` when it failed or was
+    cancelled.
+    """
+
+    job_id: str
+    status: Literal["succeeded", "failed", "cancelled"]
+    result: ImageResult | None = None
+    error: ImagegateError | None = None
+
+
+@dataclass
+class JobContext:
+    """What a handler gets for one job: its id, its request and a progress callback."""
+
+    job_id: str
+    request: ImageRequest
+    source: str
+    progress: Callable[[Progress], None]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+JobHandler = Callable[[JobContext], Coroutine[Any, Any, ImageResult]]
+"""Runs one job to its end through the gateway; returns the stored result or raises."""
+
+
+@dataclass(frozen=True)
+class BreakerSnapshot:
+    """One provider's breaker as shared state: wall-clock times, so any process can read it."""
+
+    provider: str
+    state: Literal["closed", "open"]
+    opened_until: datetime | None
+    failures: int
+    last_error: str | None = None
+
+
+class JobQueue(ABC):
+    """Where jobs wait for a worker."""
+
+    @abstractmethod
+    async def submit(
+        self, request: ImageRequest, *, route: Sequence[str], source: str, queue: str
+    ) -> Submitted:
+        """Persist a queued job and enqueue it; raises QueueFull when the queue is full."""
+
+    @abstractmethod
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued job at once, or stop a running one; the job as it then stands."""
+
+    @abstractmethod
+    async def wait(self, job_id: str) -> JobOutcome:
+        """Wait until the job ends, and say how."""
+
+    @abstractmethod
+    def position(self, job_id: str) -> int | None:
+        """The job's place in its queue (1 = next), or None when it is not waiting."""
+
+    @abstractmethod
+    def depth(self) -> int:
+        """How many jobs wait to start, in every queue."""
+
+    @abstractmethod
+    def retry_after(self) -> float:
+        """A fair guess, in seconds, of when a full queue has room again."""
+
+
+class JobStore(ABC):
+    """The read side of job and image history."""
+
+    @abstractmethod
+    async def get(self, job_id: str) -> JobRecord | None:
+        """One job with its images, or None."""
+
+    @abstractmethod
+    async def list_jobs(self, limit: int = 20, before: datetime | None = None) -> list[JobRecord]:
+        """The newest jobs first."""
+
+    @abstractmethod
+    async def image(self, image_id: str) -> ImageRecord | None:
+        """One stored image, or None."""
+
+    @abstractmethod
+    async def list_images(
+        self, limit: int = 20, before: datetime | None = None
+    ) -> list[ImageRecord]:
+        """The newest images first."""
+
+    @abstractmethod
+    async def counts(self) -> Mapping[str, int]:
+        """How many jobs are in each status."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise unless the store answers a query."""
+
+
+class EventBus(ABC):
+    """Job events: stored in order, fanned out to live subscribers."""
+
+    @abstractmethod
+    async def publish(self, job_id: str, kind: str, data: Mapping[str, Any]) -> EventRecord:
+        """Store one event and hand it to every subscriber of the job."""
+
+    @abstractmethod
+    def subscribe(self, job_id: str, after_id: int = 0) -> AsyncIterator[EventRecord]:
+        """Events of the job with an id above ``after_id``: stored ones first, then live ones,
+        ending after a terminal event (or at once for a finished job without one)."""
+
+
+class BreakerStore(ABC):
+    """Breaker state shared by every process that routes requests."""
+
+    @abstractmethod
+    async def load(self) -> dict[str, BreakerSnapshot]:
+        """Every saved breaker, by provider name."""
+
+    @abstractmethod
+    async def save(self, snapshot: BreakerSnapshot) -> None:
+        """Record one provider's breaker."""
+
+
+class Backplane(ABC):
+    """The four pieces together, with the workers' lifecycle."""
+
+    jobs: JobQueue
+    store: JobStore
+    events: EventBus
+    breakers: BreakerStore
+
+    @abstractmethod
+    async def start(self, handler: JobHandler) -> None:
+        """Recover jobs a previous process left behind, then start the workers."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop the workers; jobs still running go back to the queue for the next start."""

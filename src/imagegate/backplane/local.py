@@ -1,0 +1,552 @@
+"""The local backplane: SQLite through the Store, asyncio workers and fan-out in this process.
+
+Each job goes to the queue of the first provider on its route. A queue has as many workers
+as that provider's ``concurrency`` (the router's per-provider semaphore also holds any
+failover attempt to it), so one local pipeline never runs two jobs at once while a remote
+provider may run several.
+
+Life of a job: ``submit`` writes the row (``queued``) and its ``queued`` event in one
+transaction before it returns; a worker claims it (``running`` and ``started`` in one
+transaction), runs the handler, then publishes ``succeeded``, ``failed`` or ``cancelled``.
+Progress is coalesced: while one progress write is in flight, only the newest step waits.
+
+On start, jobs a previous process left ``queued`` are queued again; jobs left ``running`` are
+run once more (``retries`` counts it) or, after one retry or on a paid provider whose request
+may have been billed, fail as interrupted by the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from imagegate.backplane.base import (
+    TERMINAL_EVENTS,
+    TERMINAL_STATUSES,
+    Backplane,
+    BreakerSnapshot,
+    BreakerStore,
+    EventBus,
+    Interrupted,
+    JobContext,
+    JobHandler,
+    JobOutcome,
+    JobQueue,
+    JobStore,
+    QueueFull,
+    Submitted,
+)
+from imagegate.errors import Cancelled, ImagegateError
+from imagegate.providers.base import Progress
+from imagegate.request import ImageRequest, ImageResult
+from imagegate.store import Store
+from imagegate.store.models import Job, JobEvent
+from imagegate.store.records import EventRecord, ImageRecord, JobRecord
+
+__all__ = [
+    "SERVER_SOURCES",
+    "LocalBackplane",
+    "LocalBreakerStore",
+    "LocalEventBus",
+    "LocalJobQueue",
+    "LocalJobStore",
+]
+
+SERVER_SOURCES = ("openai", "a1111", "jobs")
+"""Sources of jobs the backplane owns; library and CLI jobs run in their own process."""
+
+FINISHED_GRACE_S = 1.0
+"""How long a subscriber of a finished job waits for a terminal event still on its way."""
+
+_JOBS = cast(Table, Job.__table__)
+_EVENTS = cast(Table, JobEvent.__table__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LocalJobStore(JobStore):
+    """Job and image history read from the Store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return await self._store.get_job(job_id)
+
+    async def list_jobs(self, limit: int = 20, before: datetime | None = None) -> list[JobRecord]:
+        return await self._store.list_jobs(limit=limit, before=before)
+
+    async def image(self, image_id: str) -> ImageRecord | None:
+        return await self._store.get_image(image_id)
+
+    async def list_images(
+        self, limit: int = 20, before: datetime | None = None
+    ) -> list[ImageRecord]:
+        return await self._store.list_images(limit=limit, before=before)
+
+    async def counts(self) -> dict[str, int]:
+        query = select(_JOBS.c.status, func.count()).group_by(_JOBS.c.status)
+        async with self._store.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {str(status): int(count) for status, count in rows}
+
+    async def ping(self) -> None:
+        async with self._store.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+
+class LocalEventBus(EventBus):
+    """Events in the ``job_events`` table, handed to subscribers in this process."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._subscribers: dict[str, set[asyncio.Queue[EventRecord]]] = {}
+
+    async def publish(self, job_id: str, kind: str, data: Mapping[str, Any]) -> EventRecord:
+        async with self._store.engine.begin() as conn:
+            event = await self.insert(conn, job_id, kind, data)
+        self.fan_out(event)
+        return event
+
+    @staticmethod
+    async def insert(
+        conn: AsyncConnection, job_id: str, kind: str, data: Mapping[str, Any]
+    ) -> EventRecord:
+        """Write one event inside the caller's transaction (publish it with ``fan_out``)."""
+        created = _now()
+        done = await conn.execute(
+            insert(_EVENTS).values(job_id=job_id, kind=kind, data=dict(data), created_at=created)
+        )
+        (event_id,) = done.inserted_primary_key or (0,)
+        return EventRecord(
+            id=int(event_id), job_id=job_id, kind=kind, data=dict(data), created_at=created
+        )
+
+    def fan_out(self, event: EventRecord) -> None:
+        """Hand a stored event to the job's live subscribers."""
+        for queue in self._subscribers.get(event.job_id, ()):
+            queue.put_nowait(event)
+
+    async def subscribe(self, job_id: str, after_id: int = 0) -> AsyncIterator[EventRecord]:
+        live: asyncio.Queue[EventRecord] = asyncio.Queue()
+        self._subscribers.setdefault(job_id, set()).add(live)
+        last = after_id
+        try:
+            for event in await self._store.events_after(job_id, after_id):
+                last = event.id
+                yield event
+                if event.kind in TERMINAL_EVENTS:
+                    return
+            job = await self._store.get_job(job_id)
+            grace = FINISHED_GRACE_S if job is None or job.status in TERMINAL_STATUSES else None
+            while True:
+                try:
+                    async with asyncio.timeout(grace):
+                        event = await live.get()
+                except TimeoutError:
+                    return
+                if event.id <= last:
+                    continue
+                last = event.id
+                yield event
+                if event.kind in TERMINAL_EVENTS:
+                    return
+        finally:
+            subscribers = self._subscribers.get(job_id)
+            if subscribers is not None:
+                subscribers.discard(live)
+                if not subscribers:
+                    del self._subscribers[job_id]
+
+
+class LocalBreakerStore(BreakerStore):
+    """Breaker state in memory: one process routes every request."""
+
+    def __init__(self) -> None:
+        self._saved: dict[str, BreakerSnapshot] = {}
+
+    async def load(self) -> dict[str, BreakerSnapshot]:
+        return dict(self._saved)
+
+    async def save(self, snapshot: BreakerSnapshot) -> None:
+        self._saved[snapshot.provider] = snapshot
+
+
+class _Pending:
+    """A queued job kept in memory, so the worker need not read it back."""
+
+    __slots__ = ("queue", "request", "source")
+
+    def __init__(self, request: ImageRequest, source: str, queue: str) -> None:
+        self.request = request
+        self.source = source
+        self.queue = queue
+
+
+class _ProgressPump:
+    """Writes a job's progress in order, keeping only the newest step while one is written."""
+
+    def __init__(self, bus: LocalEventBus, store: Store, job_id: str) -> None:
+        self._bus = bus
+        self._store = store
+        self._job_id = job_id
+        self._next: Progress | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def report(self, step: Progress) -> None:
+        self._next = step
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._next is not None:
+            step, self._next = self._next, None
+            if step.steps < 1 or not 0 <= step.step <= step.steps:
+                continue
+            data = {
+                "step": step.step,
+                "steps": step.steps,
+                "progress": round(step.fraction, 4),
+            }
+            async with self._store.engine.begin() as conn:
+                await conn.execute(
+                    update(_JOBS)
+                    .where(_JOBS.c.id == self._job_id)
+                    .values(step=step.step, steps=step.steps, progress=step.fraction)
+                )
+                event = await self._bus.insert(conn, self._job_id, "progress", data)
+            self._bus.fan_out(event)
+
+    async def flush(self) -> None:
+        """Wait until every reported step is written."""
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+
+
+class LocalJobQueue(JobQueue):
+    """Queues per provider in memory, each job's row and events in the Store."""
+
+    def __init__(
+        self,
+        store: Store,
+        events: LocalEventBus,
+        *,
+        max_queue: int,
+        concurrency: Mapping[str, int],
+        paid: Collection[str] = (),
+    ) -> None:
+        self._store = store
+        self._events = events
+        self._max_queue = max_queue
+        self._concurrency = dict(concurrency)
+        self._paid = frozenset(paid)
+        self._waiting: dict[str, OrderedDict[str, _Pending]] = {}
+        self._queues: dict[str, asyncio.Queue[str]] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._running: dict[str, asyncio.Task[ImageResult]] = {}
+        self._active: set[str] = set()
+        self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
+        self._handler: JobHandler | None = None
+        self._durations: dict[str, float] = {}
+
+    # -- JobQueue ----------------------------------------------------------------------------
+
+    async def submit(
+        self, request: ImageRequest, *, route: Sequence[str], source: str, queue: str
+    ) -> Submitted:
+        depth = self.depth()
+        if depth >= self._max_queue:
+            raise QueueFull(depth, self.retry_after())
+        waiting = self._waiting.setdefault(queue, OrderedDict())
+        position = len(waiting) + 1
+        job_id = await self._store.create_job(
+            request, route=route, source=source, status="queued", queue=queue
+        )
+        await self._events.publish(job_id, "queued", {"position": position})
+        waiting[job_id] = _Pending(request, source, queue)
+        self._queue(queue).put_nowait(job_id)
+        return Submitted(job_id=job_id, position=self.position(job_id) or position)
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        for waiting in self._waiting.values():
+            if waiting.pop(job_id, None) is not None:
+                error = Cancelled("cancelled before it started")
+                await self._store.fail_job(job_id, error, [], 0.0, status="cancelled")
+                await self._events.publish(job_id, "cancelled", {"message": error.message})
+                self._resolve(job_id, JobOutcome(job_id, "cancelled", error=error))
+                return await self._store.get_job(job_id)
+        task = self._running.get(job_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({task})
+            # the worker publishes the terminal event right after the task ends
+            await asyncio.sleep(0)
+        return await self._store.get_job(job_id)
+
+    async def wait(self, job_id: str) -> JobOutcome:
+        if not self._tracked(job_id):
+            return await self._outcome_from_store(job_id)
+        future: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(future)
+        try:
+            return await future
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiters[job_id]
+
+    def position(self, job_id: str) -> int | None:
+        for waiting in self._waiting.values():
+            if job_id in waiting:
+                for index, key in enumerate(waiting):
+                    if key == job_id:
+                        return index + 1
+        return None
+
+    def depth(self) -> int:
+        return sum(len(waiting) for waiting in self._waiting.values())
+
+    def retry_after(self) -> float:
+        per_job = max(self._durations.values(), default=1.0)
+        workers = max(1, sum(self._concurrency.values()))
+        return float(min(60, max(1, math.ceil(per_job * self.depth() / workers))))
+
+    def running(self) -> list[str]:
+        """The ids of the jobs running now."""
+        return list(self._running)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def start(self, handler: JobHandler) -> None:
+        self._handler = handler
+        for name in list(self._queues):
+            self._start_workers(name)
+
+    async def stop(self) -> list[str]:
+        """Stop every worker; the ids of the jobs that were still running."""
+        interrupted = list(self._running)
+        workers, self._workers = self._workers, []
+        self._handler = None
+        for task in workers:
+            task.cancel()
+        if workers:
+            await asyncio.wait(workers)
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+        return interrupted
+
+    def _queue(self, name: str) -> asyncio.Queue[str]:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = asyncio.Queue()
+            if self._handler is not None:
+                self._start_workers(name)
+        return queue
+
+    def _start_workers(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        for index in range(self._concurrency.get(name, 1)):
+            self._workers.append(
+                loop.create_task(self._work(name), name=f"imagegate-worker-{name}-{index}")
+            )
+
+    async def _work(self, name: str) -> None:
+        queue = self._queues[name]
+        while True:
+            job_id = await queue.get()
+            pending = self._waiting.get(name, OrderedDict()).pop(job_id, None)
+            if pending is None:
+                continue
+            self._active.add(job_id)
+            try:
+                await self._run(job_id, pending)
+            finally:
+                self._active.discard(job_id)
+
+    async def _run(self, job_id: str, pending: _Pending) -> None:
+        handler = self._handler
+        assert handler is not None
+        async with self._store.engine.begin() as conn:
+            claimed = await conn.execute(
+                update(_JOBS)
+                .where(_JOBS.c.id == job_id, _JOBS.c.status == "queued")
+                .values(status="running", started_at=_now())
+            )
+            if claimed.rowcount != 1:  # cancelled or taken elsewhere in the meantime
+                self._resolve(job_id, await self._outcome_from_store(job_id))
+                return
+            started_event = await self._events.insert(conn, job_id, "started", {})
+        self._events.fan_out(started_event)
+        pump = _ProgressPump(self._events, self._store, job_id)
+        context = JobContext(job_id, pending.request, pending.source, pump.report)
+        started = time.monotonic()
+        task = asyncio.get_running_loop().create_task(handler(context))
+        self._running[job_id] = task
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:  # the worker is stopping: stop the job too
+            task.cancel()
+            await asyncio.wait({task})
+            raise
+        finally:
+            self._running.pop(job_id, None)
+        await pump.flush()
+        outcome = self._outcome_of(job_id, task)
+        self._durations[pending.queue] = time.monotonic() - started
+        await self._events.publish(job_id, outcome.status, _event_data(outcome))
+        self._resolve(job_id, outcome)
+
+    @staticmethod
+    def _outcome_of(job_id: str, task: asyncio.Task[ImageResult]) -> JobOutcome:
+        if task.cancelled():
+            return JobOutcome(job_id, "cancelled", error=Cancelled("cancelled while running"))
+        error = task.exception()
+        if error is None:
+            return JobOutcome(job_id, "succeeded", result=task.result())
+        if isinstance(error, ImagegateError):
+            return JobOutcome(job_id, "failed", error=error)
+        wrapped = ImagegateError(f"the job failed unexpectedly: {type(error).__name__}: {error}")
+        return JobOutcome(job_id, "failed", error=wrapped)
+
+    def _resolve(self, job_id: str, outcome: JobOutcome) -> None:
+        for future in self._waiters.pop(job_id, []):
+            if not future.done():
+                future.set_result(outcome)
+
+    def _tracked(self, job_id: str) -> bool:
+        return job_id in self._active or any(job_id in w for w in self._waiting.values())
+
+    async def _outcome_from_store(self, job_id: str) -> JobOutcome:
+        job = await self._store.get_job(job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id!r}")
+        status: Literal["succeeded", "failed", "cancelled"]
+        if job.status == "succeeded":
+            return JobOutcome(job_id, "succeeded")
+        status = "cancelled" if job.status == "cancelled" else "failed"
+        message = (job.error or {}).get("message", f"the job is {job.status}")
+        return JobOutcome(job_id, status, error=ImagegateError(str(message)))
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Queue again what a previous process left queued or running (see the module doc)."""
+        query = (
+            select(_JOBS.c.id, _JOBS.c.status, _JOBS.c.request, _JOBS.c.source)
+            .add_columns(_JOBS.c.queue, _JOBS.c.retries)
+            .where(_JOBS.c.status.in_(("queued", "running")))
+            .where(_JOBS.c.source.in_(SERVER_SOURCES))
+            .order_by(_JOBS.c.created_at)
+        )
+        async with self._store.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        for job_id, status, request, source, queue, retries in rows:
+            if status == "running" and (retries >= 1 or queue in self._paid):
+                why = "it had been retried once already" if retries else "its provider is paid"
+                error = Interrupted(
+                    f"interrupted by restart: the server stopped while the job ran and {why}; "
+                    "submit it again"
+                )
+                await self._store.fail_job(job_id, error, [], 0.0)
+                await self._events.publish(
+                    job_id, "failed", {"error": {"type": "Interrupted", "message": error.message}}
+                )
+                continue
+            try:
+                parsed = ImageRequest.model_validate(request)
+            except ValueError:
+                await self._store.fail_job(
+                    job_id, ImagegateError("the stored request no longer validates"), [], 0.0
+                )
+                continue
+            if status == "running":
+                async with self._store.engine.begin() as conn:
+                    await conn.execute(
+                        update(_JOBS)
+                        .where(_JOBS.c.id == job_id)
+                        .values(status="queued", started_at=None, retries=retries + 1)
+                    )
+            waiting = self._waiting.setdefault(queue, OrderedDict())
+            waiting[job_id] = _Pending(parsed, source, queue)
+            await self._events.publish(job_id, "queued", {"position": len(waiting)})
+            self._queue(queue).put_nowait(job_id)
+
+    async def requeue(self, job_ids: Sequence[str]) -> None:
+        """Put jobs stopped by a shutdown back in the queue for the next start."""
+        if not job_ids:
+            return
+        async with self._store.engine.begin() as conn:
+            await conn.execute(
+                update(_JOBS)
+                .where(_JOBS.c.id.in_(list(job_ids)), _JOBS.c.status == "cancelled")
+                .values(status="queued", started_at=None, finished_at=None, error=None)
+            )
+
+
+def _event_data(outcome: JobOutcome) -> dict[str, Any]:
+    if outcome.result is not None:
+        result = outcome.result
+        return {
+            "provider": result.provider,
+            "images": [image.id for image in result.images],
+            "attempts": len(result.attempts),
+        }
+    error = outcome.error
+    return {
+        "error": {
+            "type": type(error).__name__ if error is not None else "Unknown",
+            "message": error.message if error is not None else "",
+        },
+        "attempts": len(error.attempts) if error is not None else 0,
+    }
+
+
+class LocalBackplane(Backplane):
+    """The default backplane: everything in this process, history in SQLite."""
+
+    jobs: LocalJobQueue
+    store: LocalJobStore
+    events: LocalEventBus
+    breakers: LocalBreakerStore
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_queue: int = 100,
+        concurrency: Mapping[str, int] | None = None,
+        paid: Collection[str] = (),
+    ) -> None:
+        self._store = store
+        self.events = LocalEventBus(store)
+        self.store = LocalJobStore(store)
+        self.breakers = LocalBreakerStore()
+        self.jobs = LocalJobQueue(
+            store, self.events, max_queue=max_queue, concurrency=concurrency or {}, paid=paid
+        )
+
+    async def start(self, handler: JobHandler) -> None:
+        await self._store.open()
+        await self.jobs.recover()
+        self.jobs.start(handler)
+
+    async def stop(self) -> None:
+        interrupted = await self.jobs.stop()
+        await self.jobs.requeue(interrupted)

@@ -1,0 +1,98 @@
+"""API keys: ``Authorization: Bearer KEY`` or HTTP Basic with the key as password.
+
+Keys come from the environment variable that ``server.api_keys_env`` names (comma-separated).
+Each is compared in constant time; none is ever logged or echoed. /healthz stays open.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import os
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+def keys_from_env(name: str) -> tuple[bytes, ...]:
+    """The API keys in environment variable ``name``; empty when it is unset or blank."""
+    raw = os.environ.get(name, "")
+    return tuple(key.strip().encode() for key in raw.split(",") if key.strip())
+
+
+def presented_key(header: bytes) -> bytes | None:
+    """The key in an Authorization header: a Bearer token, or a Basic password."""
+    scheme, _, value = header.strip().partition(b" ")
+    scheme = scheme.lower()
+    if scheme == b"bearer":
+        return value.strip() or None
+    if scheme == b"basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        _, sep, password = decoded.partition(b":")
+        return password if sep else None
+    return None
+
+
+def key_matches(given: bytes, keys: tuple[bytes, ...]) -> bool:
+    """Compare against every key in constant time (no early exit)."""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    return matched
+
+
+class AuthMiddleware:
+    """Refuse any request without a valid key with 401 (nothing else is touched)."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[bytes, ...]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                given = presented_key(value)
+                if given is not None and key_matches(given, self.keys):
+                    await self.app(scope, receive, send)
+                    return
+                break
+        await _refuse(scope, send)
+
+
+async def _refuse(scope: Scope, send: Send) -> None:
+    if str(scope["path"]).startswith("/sdapi/"):
+        body: object = {"detail": "Incorrect username or password"}
+        challenge = b'Basic realm="imagegate"'
+    else:
+        body = {
+            "error": {
+                "type": "authentication_error",
+                "message": "a valid API key is required: send Authorization: Bearer KEY "
+                "(or HTTP Basic with the key as password)",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        }
+        challenge = b'Bearer realm="imagegate"'
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"www-authenticate", challenge),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

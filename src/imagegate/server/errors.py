@@ -1,0 +1,227 @@
+"""The error tree as HTTP: status codes, OpenAI's error shape, A1111's on /sdapi.
+
+``{"error": {"type", "message", "param", "code", "attempts"?}}``; ``type`` is the error
+class. A caller's fault is a 4xx naming the field in ``param``; an upstream failure is 502
+(an error answer), 503 (unavailable, rate limited) or 504 (timed out), with
+``x-should-retry: false`` once the gateway has tried and given up, so OpenAI's client does not
+multiply the load. The /sdapi routes answer A1111's shapes: ``{"detail": [...]}`` with 422
+for validation, ``{"error", "detail", "body", "errors"}`` otherwise. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imagegate.backplane import Interrupted, QueueFull
+from imagegate.errors import (
+    AllProvidersFailed,
+    Cancelled,
+    ConfigError,
+    ContentFiltered,
+    ImagegateError,
+    InvalidRequest,
+    MissingDependency,
+    ProviderError,
+    RateLimited,
+    Timeout,
+    Unavailable,
+)
+from imagegate.request import Attempt
+
+log = logging.getLogger("imagegate.server")
+
+HTTP_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def is_a1111(request: Request) -> bool:
+    return request.url.path.startswith("/sdapi/")
+
+
+def status_for(exc: ImagegateError) -> int:
+    """The HTTP status of an error from the tree."""
+    if isinstance(exc, QueueFull):
+        return 429
+    if isinstance(exc, InvalidRequest | ContentFiltered):
+        return 400
+    if isinstance(exc, Cancelled):
+        return 409
+    if isinstance(exc, Interrupted | MissingDependency):
+        return 503
+    if isinstance(exc, AllProvidersFailed):
+        return _upstream_status(exc.last)
+    if isinstance(exc, ProviderError):
+        return _upstream_status(exc)
+    return 500
+
+
+def _upstream_status(exc: ProviderError | None) -> int:
+    if isinstance(exc, Timeout):
+        return 504
+    if isinstance(exc, Unavailable | RateLimited):
+        return 503
+    return 502
+
+
+def _retry_after(exc: ImagegateError) -> float | None:
+    if isinstance(exc, QueueFull):
+        return exc.retry_after
+    last = exc.last if isinstance(exc, AllProvidersFailed) else exc
+    value = getattr(last, "retry_after", None)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _last_provider(attempts: list[Attempt]) -> str | None:
+    for attempt in reversed(attempts):
+        if attempt.outcome != "skipped":
+            return attempt.provider
+    return None
+
+
+def error_headers(exc: ImagegateError) -> dict[str, str]:
+    """x-imagegate-attempts/provider, Retry-After and x-should-retry for an error."""
+    headers = {"x-imagegate-attempts": str(len(exc.attempts))}
+    provider = _last_provider(exc.attempts)
+    if provider is not None:
+        headers["x-imagegate-provider"] = provider
+    retry_after = _retry_after(exc)
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+    if exc.attempts or isinstance(exc, Cancelled | Interrupted):
+        headers["x-should-retry"] = "false"
+    return headers
+
+
+def _code(exc: ImagegateError) -> str | None:
+    if isinstance(exc, ContentFiltered):
+        return "content_policy_violation"
+    if isinstance(exc, QueueFull):
+        return "queue_full"
+    if isinstance(exc, Cancelled):
+        return "cancelled"
+    if isinstance(exc, InvalidRequest):
+        return "invalid_value"
+    return None
+
+
+def openai_error(
+    status: int,
+    kind: str,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    attempts: list[Attempt] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": kind, "message": message, "param": param, "code": code}
+    if attempts:
+        body["attempts"] = [attempt.model_dump(mode="json") for attempt in attempts]
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def a1111_error(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": kind, "detail": message, "body": "", "errors": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_response(request: Request, exc: ImagegateError) -> JSONResponse:
+    """The response for any error of the tree."""
+    status = status_for(exc)
+    headers = error_headers(exc)
+    if status >= 500:
+        log.warning("%s %s -> %d %s", request.method, request.url.path, status, type(exc).__name__)
+    if is_a1111(request):
+        status = 422 if isinstance(exc, InvalidRequest) else status
+        return a1111_error(status, type(exc).__name__, str(exc), headers)
+    param = exc.field if isinstance(exc, InvalidRequest) else None
+    return openai_error(
+        status,
+        type(exc).__name__,
+        str(exc),
+        param=param,
+        code=_code(exc),
+        attempts=exc.attempts,
+        headers=headers,
+    )
+
+
+def _param(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+async def _on_imagegate_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ImagegateError)
+    return error_response(request, exc)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if is_a1111(request):
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in errors
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+    first = errors[0] if errors else {}
+    param = _param(first.get("loc", ()))
+    msg = str(first.get("msg", "invalid value"))
+    if first.get("type") == "json_invalid":
+        param, msg = "body", "the body is not valid JSON"
+    elif first.get("type") == "extra_forbidden":
+        msg = "is not a known field"
+    return openai_error(
+        400,
+        "InvalidRequest",
+        f"{param}: {msg}. Change {param} and try again.",
+        param=param,
+        code="invalid_value",
+    )
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else "request refused"
+    headers = dict(exc.headers or {})
+    if is_a1111(request):
+        return JSONResponse({"detail": message}, status_code=exc.status_code, headers=headers)
+    kind = HTTP_TYPES.get(exc.status_code, "server_error")
+    return openai_error(exc.status_code, kind, message, headers=headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    message = "an internal error occurred; the server log has the details"
+    if isinstance(exc, ConfigError):
+        message = str(exc)
+    if is_a1111(request):
+        return a1111_error(500, type(exc).__name__, message)
+    return openai_error(500, "InternalError", message)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(ImagegateError, _on_imagegate_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

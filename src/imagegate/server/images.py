@@ -1,0 +1,80 @@
+"""Stored images: GET /v1/images/{id} (the PNG, metadata chunks included) and the history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from imagegate.server.deps import BaseUrl, Ctx
+from imagegate.server.errors import openai_error
+
+router = APIRouter(tags=["images"])
+
+
+class ImageView(BaseModel):
+    """One stored image and where to fetch it."""
+
+    id: str
+    url: str
+    job_id: str
+    sha256: str
+    width: int
+    height: int
+    seed: int
+    provider: str
+    model: str
+    prompt: str
+    created_at: datetime
+
+
+class ImageList(BaseModel):
+    """The newest images first."""
+
+    data: list[ImageView]
+
+
+@router.get(
+    "/v1/images/{image_id}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the PNG with its metadata chunks"},
+        404: {"description": "no such image"},
+    },
+    summary="A stored PNG, with its A1111 parameters and imagegate provenance chunks",
+)
+async def get_image(image_id: str, ctx: Ctx) -> Response:
+    record = await ctx.backplane.store.image(image_id)
+    store = ctx.gateway.store
+    if record is None or store is None:
+        return openai_error(404, "not_found_error", f"no image {image_id!r}", param="id")
+    path = store.image_path(record)
+    if not path.is_file():
+        return openai_error(
+            404, "not_found_error", f"the file of image {image_id!r} is missing", param="id"
+        )
+    return FileResponse(
+        path,
+        media_type="image/png",
+        headers={
+            "x-imagegate-provider": record.provider,
+            "x-imagegate-job": record.job_id,
+            "cache-control": "private, max-age=31536000, immutable",
+        },
+    )
+
+
+@router.get("/v1/images", response_model=ImageList, summary="Recent images, newest first")
+async def list_images(
+    ctx: Ctx, base: BaseUrl, limit: Annotated[int, Query(ge=1, le=200)] = 20
+) -> ImageList:
+    records = await ctx.backplane.store.list_images(limit=limit)
+    return ImageList(
+        data=[
+            ImageView(url=f"{base}/v1/images/{r.id}", **r.model_dump(exclude={"path"}))
+            for r in records
+        ]
+    )

@@ -1,0 +1,242 @@
+"""The native jobs API: submit (202), look up, list, cancel, and follow events over SSE."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from imagegate.backplane import JobOutcome
+from imagegate.errors import ImagegateError, InvalidRequest
+from imagegate.request import ImageRequest, ImageResult
+from imagegate.server.deps import BaseUrl, Ctx, ServerContext
+from imagegate.server.errors import openai_error
+from imagegate.store.records import JobRecord
+
+router = APIRouter(tags=["jobs"])
+
+MAX_LIST = 200
+
+
+class JobAccepted(BaseModel):
+    """What POST /v1/jobs answers: the job is on disk and queued."""
+
+    id: str
+    status: str
+    position: int | None
+
+
+class JobImage(BaseModel):
+    """One image of a job."""
+
+    id: str
+    url: str
+    seed: int
+    width: int
+    height: int
+
+
+class JobView(BaseModel):
+    """One job, as GET /v1/jobs/{id} shows it."""
+
+    id: str
+    status: str
+    progress: float
+    step: int | None
+    steps: int | None
+    position: int | None
+    request: dict[str, Any]
+    provider: str | None
+    model: str | None
+    images: list[JobImage]
+    error: dict[str, Any] | None
+    attempts: list[dict[str, Any]]
+    cost: float
+    source: str
+    retries: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    elapsed_s: float | None
+
+
+class JobList(BaseModel):
+    """A page of jobs, newest first; pass ``next_before`` as ``before`` for the next page."""
+
+    data: list[JobView]
+    next_before: str | None
+
+
+def job_view(ctx: ServerContext, job: JobRecord, base: str) -> JobView:
+    return JobView(
+        id=job.id,
+        status=job.status,
+        progress=job.progress,
+        step=job.step,
+        steps=job.steps,
+        position=ctx.backplane.jobs.position(job.id) if job.status == "queued" else None,
+        request=job.request,
+        provider=job.provider,
+        model=job.model,
+        images=[
+            JobImage(
+                id=img.id,
+                url=f"{base}/v1/images/{img.id}",
+                seed=img.seed,
+                width=img.width,
+                height=img.height,
+            )
+            for img in job.images
+        ],
+        error=job.error,
+        attempts=job.attempts,
+        cost=job.cost,
+        source=job.source,
+        retries=job.retries,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        elapsed_s=job.elapsed_s,
+    )
+
+
+async def run_to_end(ctx: ServerContext, request: ImageRequest, source: str) -> ImageResult:
+    """Queue ``request`` as a job, wait for it, and return its result or raise its error."""
+    outcome = await _submit_and_wait(ctx, request, source)
+    if outcome.status == "succeeded" and outcome.result is not None:
+        return outcome.result
+    raise outcome.error or ImagegateError(f"the job ended {outcome.status}")
+
+
+async def _submit_and_wait(ctx: ServerContext, request: ImageRequest, source: str) -> JobOutcome:
+    route = _route(ctx, request)
+    submitted = await ctx.backplane.jobs.submit(request, route=route, source=source, queue=route[0])
+    return await ctx.backplane.jobs.wait(submitted.job_id)
+
+
+def _route(ctx: ServerContext, request: ImageRequest) -> list[str]:
+    route = ctx.gateway.route_for(request)
+    if not route:
+        raise InvalidRequest(
+            "no enabled provider is on the route; enable one or pin one with provider",
+            field="provider",
+        )
+    return route
+
+
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Queue a generation; answers once the job is on disk",
+)
+async def submit_job(body: ImageRequest, ctx: Ctx, base: BaseUrl) -> JSONResponse:
+    route = _route(ctx, body)
+    submitted = await ctx.backplane.jobs.submit(body, route=route, source="jobs", queue=route[0])
+    accepted = JobAccepted(id=submitted.job_id, status="queued", position=submitted.position)
+    return JSONResponse(
+        accepted.model_dump(),
+        status_code=202,
+        headers={"location": f"{base}/v1/jobs/{submitted.job_id}"},
+    )
+
+
+@router.get("/v1/jobs", response_model=JobList, summary="Recent jobs, newest first")
+async def list_jobs(
+    ctx: Ctx,
+    base: BaseUrl,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 20,
+    before: Annotated[
+        str | None, Query(max_length=64, description="a job id or an ISO 8601 time")
+    ] = None,
+) -> JobList:
+    cutoff = await _cutoff(ctx, before)
+    jobs = await ctx.backplane.store.list_jobs(limit=limit, before=cutoff)
+    next_before = jobs[-1].id if len(jobs) == limit else None
+    return JobList(data=[job_view(ctx, job, base) for job in jobs], next_before=next_before)
+
+
+async def _cutoff(ctx: ServerContext, before: str | None) -> datetime | None:
+    if before is None:
+        return None
+    job = await ctx.backplane.store.get(before)
+    if job is not None:
+        return job.created_at
+    try:
+        return datetime.fromisoformat(before)
+    except ValueError:
+        raise InvalidRequest(
+            f"before: must be a job id or an ISO 8601 time; got {before!r}", field="before"
+        ) from None
+
+
+def _not_found(job_id: str) -> JSONResponse:
+    return openai_error(404, "not_found_error", f"no job {job_id!r}", param="id")
+
+
+@router.get(
+    "/v1/jobs/{job_id}",
+    response_model=JobView,
+    responses={404: {"description": "no such job"}},
+    summary="One job: status, progress, images, error, attempts",
+)
+async def get_job(job_id: str, ctx: Ctx, base: BaseUrl) -> Response:
+    job = await ctx.backplane.store.get(job_id)
+    if job is None:
+        return _not_found(job_id)
+    return JSONResponse(job_view(ctx, job, base).model_dump(mode="json"))
+
+
+@router.post(
+    "/v1/jobs/{job_id}/cancel",
+    response_model=JobView,
+    responses={404: {"description": "no such job"}, 409: {"description": "already finished"}},
+    summary="Cancel a queued job at once, or stop a running one",
+)
+async def cancel_job(job_id: str, ctx: Ctx, base: BaseUrl) -> Response:
+    job = await ctx.backplane.store.get(job_id)
+    if job is None:
+        return _not_found(job_id)
+    if job.status in ("succeeded", "failed"):
+        return openai_error(
+            409, "conflict_error", f"the job already {job.status}; nothing to cancel", param="id"
+        )
+    after = await ctx.backplane.jobs.cancel(job_id)
+    return JSONResponse(job_view(ctx, after or job, base).model_dump(mode="json"))
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "server-sent events"},
+        404: {"description": "no such job"},
+    },
+    summary="Server-sent events: queued, started, progress, succeeded, failed, cancelled",
+)
+async def job_events(
+    job_id: str,
+    ctx: Ctx,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, description="resume after this event id")] = None,
+) -> Response:
+    if await ctx.backplane.store.get(job_id) is None:
+        return _not_found(job_id)
+    start = max(last_event_id or 0, after or 0)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"
+        async for event in ctx.backplane.events.subscribe(job_id, start):
+            data = json.dumps({"job_id": job_id, **event.data}, separators=(",", ":"))
+            yield f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n".encode()
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )

@@ -1,0 +1,174 @@
+"""The OpenAI images API: POST /v1/images/generations and GET /v1/models.
+
+Works with the official client unchanged. ``model`` names a provider (pins it), a provider's
+model, or ``route`` / ``default`` (the configured route). imagegate's own fields ride in the
+body (``extra_body`` in the client): negative_prompt, seed, steps, guidance, sampler, provider.
+The request runs as a job like any other (history, progress, metrics) and the answer waits
+for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from imagegate.errors import InvalidRequest
+from imagegate.request import MAX_N, MAX_PROMPT_CHARS, ImageRequest
+from imagegate.server.deps import BaseUrl, Ctx, ServerContext
+from imagegate.server.jobs import run_to_end
+
+router = APIRouter(tags=["openai"])
+
+ROUTE_MODELS = frozenset({"route", "default", "auto"})
+_SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
+
+
+class ImageGenerationBody(BaseModel):
+    """OpenAI's image generation request, plus imagegate's extension fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+    model: str | None = Field(default=None, description="a provider name, or 'route'")
+    n: Annotated[int, Field(ge=1, le=MAX_N)] | None = 1
+    size: str | None = Field(default=None, description="'WIDTHxHEIGHT' or 'auto'")
+    response_format: Literal["url", "b64_json"] | None = None
+    output_format: Literal["png"] | None = None
+    quality: str | None = None
+    style: str | None = None
+    background: str | None = None
+    moderation: str | None = None
+    output_compression: int | None = None
+    stream: Literal[False] | None = None
+    partial_images: Literal[0] | None = None
+    user: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    provider: str | None = None
+
+
+class ImageData(BaseModel):
+    """One image: base64 PNG or a URL of the stored image."""
+
+    b64_json: str | None = None
+    url: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    """OpenAI's images response."""
+
+    created: int
+    data: list[ImageData]
+    output_format: str = "png"
+
+
+class ModelCard(BaseModel):
+    """One model in OpenAI's list shape."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """OpenAI's list of models: the route and each configured provider."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def to_image_request(ctx: ServerContext, body: ImageGenerationBody) -> ImageRequest:
+    """The ImageRequest an OpenAI body asks for; InvalidRequest names the field."""
+    fields: dict[str, Any] = {
+        "prompt": body.prompt,
+        "n": body.n if body.n is not None else 1,
+        "negative_prompt": body.negative_prompt,
+        "seed": body.seed,
+        "steps": body.steps,
+        "guidance": body.guidance,
+        "sampler": body.sampler,
+        "provider": body.provider,
+    }
+    if body.size is not None and body.size != "auto":
+        match = _SIZE.fullmatch(body.size)
+        if match is None:
+            raise InvalidRequest(
+                f"size: must be 'WIDTHxHEIGHT' (e.g. 512x512) or 'auto'; got {body.size!r}",
+                field="size",
+                limit="WIDTHxHEIGHT",
+            )
+        fields["width"], fields["height"] = int(match[1]), int(match[2])
+    if body.model is not None and body.model not in ROUTE_MODELS:
+        provider = _provider_for_model(ctx, body.model)
+        if body.provider is not None and body.provider != provider:
+            raise InvalidRequest(
+                f"provider: {body.provider!r} contradicts model {body.model!r}; send one",
+                field="provider",
+            )
+        fields["provider"] = provider
+    try:
+        return ImageRequest.parse({k: v for k, v in fields.items() if v is not None})
+    except InvalidRequest as exc:
+        if exc.field in ("width", "height"):
+            exc.field = "size"
+        raise
+
+
+def _provider_for_model(ctx: ServerContext, model: str) -> str:
+    providers = ctx.gateway.providers
+    if model in providers:
+        return model
+    for name, provider in providers.items():
+        if provider.model == model:
+            return name
+    allowed = ", ".join(["route", *sorted(providers)])
+    raise InvalidRequest(
+        f"model: {model!r} is neither a configured provider nor one of their models "
+        f"(allowed: {allowed}); see GET /v1/models",
+        field="model",
+        limit=f"one of {allowed}",
+    )
+
+
+@router.post(
+    "/v1/images/generations",
+    response_model=ImagesResponse,
+    summary="Generate images (OpenAI images API)",
+)
+async def create_images(body: ImageGenerationBody, ctx: Ctx, base: BaseUrl) -> Response:
+    request = to_image_request(ctx, body)
+    result = await run_to_end(ctx, request, "openai")
+    if body.response_format == "url":
+        data = [{"url": f"{base}/v1/images/{image.id}"} for image in result.images]
+    else:
+        data = [{"b64_json": base64.b64encode(image.png).decode()} for image in result.images]
+    payload = {"created": int(time.time()), "data": data, "output_format": "png"}
+    return Response(
+        json.dumps(payload, separators=(",", ":")).encode(),
+        media_type="application/json",
+        headers={
+            "x-imagegate-provider": result.provider,
+            "x-imagegate-attempts": str(len(result.attempts)),
+            "x-imagegate-job": result.job_id or "",
+        },
+    )
+
+
+@router.get("/v1/models", response_model=ModelList, summary="The route and the providers")
+async def list_models(ctx: Ctx) -> ModelList:
+    cards = [ModelCard(id="route", owned_by="imagegate")]
+    cards += [
+        ModelCard(id=name, owned_by=f"imagegate:{provider.type}")
+        for name, provider in ctx.gateway.providers.items()
+    ]
+    return ModelList(data=cards)
