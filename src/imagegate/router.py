@@ -26,6 +26,7 @@ from imagegate.errors import (
     AuthError,
     ConnectError,
     ContentFiltered,
+    ImagegateError,
     InvalidRequest,
     ProviderError,
     QuotaExceeded,
@@ -263,10 +264,10 @@ class Router:
             breaker.last_probe_at = datetime.now(UTC)
             try:
                 await provider.probe(Deadline(PROBE_DEADLINE_S))
-            except ProviderError as exc:
+            except ImagegateError as exc:  # a provider error, or a missing extra
                 breaker.last_probe_ok = False
                 breaker.last_error = f"{type(exc).__name__}: {exc.message}"
-                breaker.open(exc.retry_after)
+                breaker.open(getattr(exc, "retry_after", None))
             else:
                 breaker.last_probe_ok = True
                 breaker.close()

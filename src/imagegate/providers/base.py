@@ -145,8 +145,20 @@ class Provider(ABC):
         """
         return {"steps": request.steps, "sampler": request.sampler, "guidance": request.guidance}
 
-    async def probe(self, deadline: Deadline) -> None:  # noqa: B027 - optional hook
-        """A cheap check that the provider answers; raises a ProviderError when it does not."""
+    def endpoint(self) -> str | None:
+        """The base URL this provider talks to (the doctor checks its host); None if local."""
+        url = getattr(self.config, "url", None)
+        return str(url) if url else None
+
+    async def probe(self, deadline: Deadline) -> str | None:
+        """A cheap check that the provider can serve, without generating.
+
+        Remote providers call their own info endpoint (a model list, a config, a balance), so
+        a wrong URL, a refused key or a sleeping Space shows here; on success they return a
+        short detail such as "12 checkpoints". Raises a ProviderError (or MissingDependency)
+        naming what failed. The router's background probe and the doctor both use it.
+        """
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections, threads and models."""

@@ -270,10 +270,10 @@ class DiffusersProvider(Provider):
             lambda: self._generate_sync(loaded, request, seed, run), run, deadline, started
         )
 
-    async def probe(self, deadline: Deadline) -> None:
+    async def probe(self, deadline: Deadline) -> str | None:
         """Check that torch is installed and the model is loadable, without loading it."""
         if self._loaded is not None:
-            return
+            return f"{self.settings.model} loaded on {self._loaded.device} ({self._loaded.dtype})"
         import importlib.util
 
         if (
@@ -282,9 +282,12 @@ class DiffusersProvider(Provider):
         ):
             raise MissingDependency("local", "torch")
         try:
-            await asyncio.wait_for(asyncio.to_thread(self._source), timeout=deadline.remaining())
+            source, _ = await asyncio.wait_for(
+                asyncio.to_thread(self._source), timeout=deadline.remaining()
+            )
         except TimeoutError:
             raise self._timeout("while checking the model", None) from None
+        return f"{self.settings.model} found at {source}"
 
     async def aclose(self) -> None:
         """Drop the pipeline and stop the worker thread."""
