@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from imagegate.config import GatewaySettings
 from imagegate.errors import (
@@ -34,6 +34,7 @@ from imagegate.errors import (
     Timeout,
     Unavailable,
 )
+from imagegate.hedging import SendGate, current_gate
 from imagegate.providers.base import Deadline, ProgressCallback, Provider
 from imagegate.request import Attempt, AttemptError, GeneratedImage, ImageRequest
 
@@ -185,12 +186,8 @@ class Router:
         failed: list[tuple[str, ProviderError]] = []
         queue = list(route)
         retries = 0
-        while (
-            queue
-            and len([a for a in attempts if a.outcome != "skipped"]) < self.settings.max_attempts
-        ):
+        while queue and sum(a.outcome != "skipped" for a in attempts) < self.settings.max_attempts:
             name = queue.pop(0)
-            provider = self.providers[name]
             breaker = self.breakers[name]
             if breaker.is_open:
                 why = f"circuit breaker open after {breaker.last_error}"
@@ -201,39 +198,148 @@ class Router:
                 break
             started = time.monotonic()
             try:
-                images = await _bounded(provider, self.slots[name], request, deadline, progress)
-            except ProviderError as exc:
-                exc.provider = exc.provider or name
-                exc.elapsed_s = exc.elapsed_s if exc.elapsed_s is not None else _since(started)
-                attempts.append(_failed(name, exc, started))
-                failed.append((name, exc))
-                if _counts_against_provider(exc) and breaker.record_failure(exc):
-                    self._start_probe(name)
-                if not exc.failover:
-                    raise _stop(exc, attempts) from exc
-                if (
-                    provider.paid
-                    and exc.may_have_been_billed
-                    and not self.settings.failover_after_send
-                ):
-                    raise _not_resent(name, exc, attempts) from exc
-                if not queue and deadline.remaining() > 0:
-                    retry = self._next_retry(failed, retries, deadline)
-                    if retry is not None:
-                        retry_name, wait = retry
-                        retries += 1
-                        await self._sleep(wait)
-                        queue.append(retry_name)
-                continue
+                outcomes = await self._try(name, queue, request, deadline, progress)
             except asyncio.CancelledError:
                 attempts.append(
                     Attempt(provider=name, outcome="cancelled", elapsed_s=_since(started))
                 )
                 raise
-            breaker.record_success()
-            attempts.append(Attempt(provider=name, outcome="ok", elapsed_s=_since(started)))
-            return RouteResult(images=images, provider=provider, attempts=attempts)
+            for outcome in outcomes:
+                if outcome.cancelled:
+                    attempts.append(
+                        Attempt(
+                            provider=outcome.name,
+                            outcome="cancelled",
+                            elapsed_s=_since(outcome.started),
+                        )
+                    )
+                    continue
+                if outcome.error is None:
+                    self.breakers[outcome.name].record_success()
+                    attempts.append(
+                        Attempt(provider=outcome.name, outcome="ok", elapsed_s=outcome.elapsed_s)
+                    )
+                    return RouteResult(
+                        images=outcome.images,
+                        provider=self.providers[outcome.name],
+                        attempts=attempts,
+                    )
+                exc = outcome.error
+                attempts.append(_failed(outcome.name, exc, outcome.started))
+                failed.append((outcome.name, exc))
+                self._record_failure(outcome.name, exc)
+                if not exc.failover:
+                    raise _stop(exc, attempts) from exc
+                if (
+                    self.providers[outcome.name].paid
+                    and exc.may_have_been_billed
+                    and not self.settings.failover_after_send
+                ):
+                    raise _not_resent(outcome.name, exc, attempts) from exc
+            if not queue and deadline.remaining() > 0:
+                retry = self._next_retry(failed, retries, deadline)
+                if retry is not None:
+                    retry_name, wait = retry
+                    retries += 1
+                    await self._sleep(wait)
+                    queue.append(retry_name)
         raise _all_failed(route, attempts, failed)
+
+    def _record_failure(self, name: str, exc: ProviderError) -> None:
+        if _counts_against_provider(exc) and self.breakers[name].record_failure(exc):
+            self._start_probe(name)
+
+    async def _try(
+        self,
+        name: str,
+        queue: list[str],
+        request: ImageRequest,
+        deadline: Deadline,
+        progress: ProgressCallback | None,
+    ) -> list[_Outcome]:
+        """One attempt on ``name``, raced against the next provider when it lags.
+
+        Connect hedging: when ``name`` has not finished connecting after
+        ``hedge_connect_after_s``, the next provider on the route starts connecting too;
+        the first connected sends the request, the other is dropped before it sends anything.
+        Request hedging (``hedge_after_s``, unpaid providers only): when the answer lags, the
+        next unpaid provider gets the whole request as well and the first good answer wins.
+        """
+        hedge_s = self.settings.hedge_connect_after_s
+        remote = self.providers[name].endpoint() is not None
+        first = self._start(name, request, deadline, progress, granted=not (hedge_s and remote))
+        running = [first]
+        try:
+            outcomes: list[_Outcome] = []
+            winner: _Contender | None = first
+            if not first.gate.granted.is_set():
+                await _first_of([first.gate.connected.wait(), first.task], hedge_s)
+                if not (first.gate.connected.is_set() or first.task.done()):
+                    second = self._next_contender(queue, request, deadline, progress)
+                    if second is not None:
+                        running.append(second)
+                        outcomes, winner = await _handshake_race(first, second)
+                if winner is not None:
+                    winner.gate.grant()
+            if winner is None:
+                return outcomes
+            running = [winner]
+            if self.settings.hedge_after_s > 0 and not self.providers[winner.name].paid:
+                await _first_of([winner.task], self.settings.hedge_after_s)
+                other = None
+                if not winner.task.done():
+                    other = self._next_contender(
+                        queue, request, deadline, progress, granted=True, unpaid=True
+                    )
+                if other is not None:
+                    running.append(other)
+                    return outcomes + await _answer_race(winner, other)
+            return [*outcomes, await winner.outcome()]
+        except asyncio.CancelledError:
+            for contender in running:
+                await contender.drop()
+            raise
+
+    def _start(
+        self,
+        name: str,
+        request: ImageRequest,
+        deadline: Deadline,
+        progress: ProgressCallback | None,
+        *,
+        granted: bool,
+    ) -> _Contender:
+        provider = self.providers[name]
+        gate = SendGate(granted=granted or provider.endpoint() is None)
+        if provider.endpoint() is None:
+            gate.connected.set()  # nothing to connect: ready at once
+
+        async def attempt() -> list[GeneratedImage]:
+            current_gate.set(gate)  # this task's own context
+            return await _bounded(provider, self.slots[name], request, deadline, progress)
+
+        task = asyncio.get_running_loop().create_task(attempt(), name=f"imagegate-{name}")
+        return _Contender(name=name, gate=gate, task=task, started=time.monotonic())
+
+    def _next_contender(
+        self,
+        queue: list[str],
+        request: ImageRequest,
+        deadline: Deadline,
+        progress: ProgressCallback | None,
+        *,
+        granted: bool = False,
+        unpaid: bool = False,
+    ) -> _Contender | None:
+        """Start the next provider on the route whose breaker is closed, taking it off."""
+        for index, name in enumerate(queue):
+            if self.breakers[name].is_open:
+                continue
+            if unpaid and self.providers[name].paid:
+                return None
+            del queue[index]
+            return self._start(name, request, deadline, progress, granted=granted)
+        return None
 
     def _next_retry(
         self, failed: list[tuple[str, ProviderError]], retries: int, deadline: Deadline
@@ -280,6 +386,117 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._probes.clear()
+
+
+@dataclass
+class _Outcome:
+    """How one provider's attempt ended: images, an error, or cancelled by a race."""
+
+    name: str
+    started: float
+    images: list[GeneratedImage] = field(default_factory=list)
+    error: ProviderError | None = None
+    cancelled: bool = False
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class _Contender:
+    """One provider's attempt running as a task, with its send gate."""
+
+    name: str
+    gate: SendGate
+    task: asyncio.Task[list[GeneratedImage]]
+    started: float
+
+    async def outcome(self) -> _Outcome:
+        """Wait for the attempt; its images or its error."""
+        try:
+            images = await self.task
+        except ProviderError as exc:
+            exc.provider = exc.provider or self.name
+            if exc.elapsed_s is None:
+                exc.elapsed_s = _since(self.started)
+            return _Outcome(self.name, self.started, error=exc, elapsed_s=_since(self.started))
+        return _Outcome(self.name, self.started, images=images, elapsed_s=_since(self.started))
+
+    async def drop(self) -> None:
+        """Cancel the attempt and wait until it has let go of its connection."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ProviderError):
+            await self.task
+
+    async def lost_handshake(self, winner: str) -> _Outcome:
+        """Drop a contender whose handshake lost the race, reported as a timeout of its stage."""
+        stage = self.gate.stage
+        await self.drop()
+        waited = round(time.monotonic() - self.started, 4)
+        error = Timeout(
+            f"the {stage} stage had not finished after {waited:.1f} s while {winner} connected, "
+            f"so the request went to {winner}; run `imagegate doctor {self.name}` to see why",
+            provider=self.name,
+            stage=stage,
+            elapsed_s=waited,
+        )
+        return _Outcome(self.name, self.started, error=error, elapsed_s=waited)
+
+
+async def _first_of(waits: list[Awaitable[Any]], within_s: float) -> None:
+    """Wait until one of ``waits`` is done or ``within_s`` passes.
+
+    Helper waits are cancelled afterwards; attempt tasks passed in are left running.
+    """
+    futures = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(futures, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future, wait in zip(futures, waits, strict=True):
+            if future is not wait:
+                future.cancel()
+
+
+async def _handshake_race(
+    first: _Contender, second: _Contender
+) -> tuple[list[_Outcome], _Contender | None]:
+    """The first contender to connect wins; the other is dropped before it sends anything.
+
+    A contender whose attempt fails before connecting (refused, bad certificate) is reported
+    and the other one wins when it connects.
+    """
+    outcomes: list[_Outcome] = []
+    pending = [first, second]
+    while pending:
+        for contender in [c for c in pending if c.task.done() and not c.gate.connected.is_set()]:
+            outcomes.append(await contender.outcome())
+            pending.remove(contender)
+        connected = [c for c in pending if c.gate.connected.is_set()]
+        if connected:
+            winner = connected[0]
+            for loser in pending:
+                if loser is not winner:
+                    outcomes.append(await loser.lost_handshake(winner.name))
+            return outcomes, winner
+        if pending:
+            waits: list[Awaitable[Any]] = [c.gate.connected.wait() for c in pending]
+            await _first_of([*waits, *(c.task for c in pending)], within_s=3600)
+    return outcomes, None
+
+
+async def _answer_race(first: _Contender, second: _Contender) -> list[_Outcome]:
+    """Both have the request; the first good answer wins and the other is cancelled."""
+    outcomes: list[_Outcome] = []
+    pending = {first.task: first, second.task: second}
+    while pending:
+        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            outcome = await pending.pop(task).outcome()
+            if outcome.error is None:
+                for other in pending.values():
+                    await other.drop()
+                    outcomes.append(_Outcome(other.name, other.started, cancelled=True))
+                return [*outcomes, outcome]
+            outcomes.append(outcome)
+    return outcomes
 
 
 async def _bounded(

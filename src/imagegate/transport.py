@@ -57,6 +57,7 @@ from imagegate.errors import (
     Stage,
     Timeout,
 )
+from imagegate.hedging import SendGate, current_gate
 from imagegate.providers.base import Deadline, RemoteConfig
 from imagegate.responses import (
     Response,
@@ -83,9 +84,10 @@ __all__ = [
 _DNS_CACHE_S = 60.0  # a resolved name is not checked again for this long
 _BACKSTOP_S = 1.0  # httpx's own timeouts fire this much later than ours, only if ours failed
 
-# What the attempt is doing right now. "pool" waits for a free connection and "idle" is the
-# caller's own time between streamed chunks: neither has a budget of its own, only the cap.
-_Phase = Literal["pool", "dns", "connect", "tls", "first_byte", "read", "idle"]
+# What the attempt is doing right now. "pool" waits for a free connection, "gate" waits for
+# the router to pick this attempt in a handshake race (imagegate.hedging), and "idle" is the
+# caller's own time between streamed chunks: none has a budget of its own, only the cap.
+_Phase = Literal["pool", "dns", "connect", "tls", "gate", "first_byte", "read", "idle"]
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ class _Tracker:
         # fails but not when it is cancelled (our TLS budget), so ``release`` does; closing
         # it twice is harmless.
         self._raw: Any = None
+        # Set when the router races this attempt against another provider's handshake.
+        self.gate: SendGate | None = current_gate.get()
 
     @property
     def where(self) -> str:
@@ -227,6 +231,8 @@ class _Tracker:
     def enter(self, phase: _Phase) -> None:
         now = time.monotonic()
         self.phase, self.phase_started = phase, now
+        if self.gate is not None and (phase == "dns" or phase == "connect" or phase == "tls"):
+            self.gate.stage = phase
         if phase == "read" and self.body_started is None:
             self.body_started = now
         self._arm()
@@ -259,6 +265,9 @@ class _Tracker:
             self.finish("tls")
             self._raw = None
         elif event.endswith("send_request_headers.started"):
+            if self.gate is not None and not self.gate.granted.is_set():
+                self.enter("gate")  # connected; the router decides whether we send
+                await self.gate.ready()
             self.enter("first_byte")
         elif event.endswith("receive_response_headers.complete"):
             self.finish("first_byte")
