@@ -358,9 +358,14 @@ class _AppServer(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def serve_app(app: Any, *, cert: trustme.LeafCert | None = None) -> Iterator[str]:
-    """Run an ASGI app on uvicorn in a thread; yield its base URL (https with ``cert``)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def serve_app(app: Any, *, cert: trustme.LeafCert | None = None, ws: str = "none") -> Iterator[str]:
+    """Run an ASGI app on uvicorn in a thread; yield its base URL (https with ``cert``).
+
+    ``ws = "websockets-sansio"`` serves the app's WebSocket routes too (needs ``websockets``).
+    """
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP; without
+    # it every answer written in two parts waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     with contextlib.ExitStack() as stack:
@@ -372,7 +377,7 @@ def serve_app(app: Any, *, cert: trustme.LeafCert | None = None) -> Iterator[str
             app,
             log_config=None,
             log_level="warning",
-            ws="none",
+            ws=ws,
             http="h11",
             loop="asyncio",
             lifespan="auto",

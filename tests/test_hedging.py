@@ -213,7 +213,10 @@ def test_next_request_skips_the_stalled_provider_while_its_breaker_is_open(
 
 
 def test_request_hedging_races_a_lagging_unpaid_answer() -> None:
-    """hedge_after_s: a slow unpaid provider is raced by the next one; the first answer wins."""
+    """hedge_after_s: a slow unpaid provider is raced by the next one; the first answer wins.
+
+    The loser is cancelled and counted as slow, so its breaker keeps the next request off it.
+    """
     slow_app, slow_seen = image_app(delay_s=2.0)
     fast_app, fast_seen = image_app()
     with serve_app(slow_app) as slow_url, serve_app(fast_app) as fast_url:
@@ -229,9 +232,10 @@ def test_request_hedging_races_a_lagging_unpaid_answer() -> None:
 
         served_by, attempts, elapsed = asyncio.run(scenario())
     assert served_by == "fast"
-    assert attempts == [("slow", "cancelled", None), ("fast", "ok", None)]
+    assert attempts == [("slow", "cancelled", "first_byte"), ("fast", "ok", None)]
     assert elapsed < 1.5
     assert len(slow_seen) == len(fast_seen) == 1
+    assert router.breakers["slow"].is_open
 
 
 def test_request_hedging_never_resends_to_a_paid_provider() -> None:

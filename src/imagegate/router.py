@@ -106,10 +106,15 @@ class Breaker:
 
 
 def _unreachable(error: ProviderError) -> bool:
-    """Failures that say the provider cannot serve anyone right now."""
-    if isinstance(error, Timeout):
-        return error.stage in ("dns", "connect", "tls")
-    return isinstance(error, ConnectError | Unavailable | RateLimited | AuthError | QuotaExceeded)
+    """Failures that open the breaker at once: the provider cannot serve anyone right now.
+
+    A timeout is one of them whatever its stage: it costs the caller a whole budget, so the
+    next request must not pay it again. The probe puts a provider that was only slow back
+    on the route as soon as it answers.
+    """
+    return isinstance(
+        error, Timeout | ConnectError | Unavailable | RateLimited | AuthError | QuotaExceeded
+    )
 
 
 def _counts_against_provider(error: ProviderError) -> bool:
@@ -205,14 +210,17 @@ class Router:
                 )
                 raise
             for outcome in outcomes:
-                if outcome.cancelled:
+                if outcome.cancelled:  # lost a request-hedging race: slow, so counted
                     attempts.append(
                         Attempt(
                             provider=outcome.name,
                             outcome="cancelled",
+                            error=_attempt_error(outcome.error) if outcome.error else None,
                             elapsed_s=_since(outcome.started),
                         )
                     )
+                    if outcome.error is not None:
+                        self._record_failure(outcome.name, outcome.error)
                     continue
                 if outcome.error is None:
                     self.breakers[outcome.name].record_success()
@@ -493,7 +501,15 @@ async def _answer_race(first: _Contender, second: _Contender) -> list[_Outcome]:
             if outcome.error is None:
                 for other in pending.values():
                     await other.drop()
-                    outcomes.append(_Outcome(other.name, other.started, cancelled=True))
+                    waited = round(time.monotonic() - other.started, 4)
+                    slow = Timeout(
+                        f"no answer after {waited:.1f} s while {outcome.name} answered, so "
+                        f"its request was cancelled; run `imagegate doctor {other.name}`",
+                        provider=other.name,
+                        stage="first_byte",
+                        elapsed_s=waited,
+                    )
+                    outcomes.append(_Outcome(other.name, other.started, error=slow, cancelled=True))
                 return [*outcomes, outcome]
             outcomes.append(outcome)
     return outcomes
@@ -538,12 +554,13 @@ def _skipped(name: str, why: str, kind: str) -> Attempt:
     )
 
 
+def _attempt_error(exc: ProviderError) -> AttemptError:
+    return AttemptError(type=type(exc).__name__, stage=exc.stage, message=exc.message)
+
+
 def _failed(name: str, exc: ProviderError, started: float) -> Attempt:
     return Attempt(
-        provider=name,
-        outcome="error",
-        error=AttemptError(type=type(exc).__name__, stage=exc.stage, message=exc.message),
-        elapsed_s=_since(started),
+        provider=name, outcome="error", error=_attempt_error(exc), elapsed_s=_since(started)
     )
 
 

@@ -1,0 +1,328 @@
+"""Any OpenAI-compatible images API (``type = "openai"``): OpenAI itself, or a compatible server.
+
+One ``POST {url}/images/generations`` per attempt, JSON in and out; ``size`` is sent as
+``WxH`` and ``n`` as asked. The answer carries each image as ``b64_json`` or, with
+``response_format = "url"``, as a link that is downloaded within the same deadline through
+the same transport (the key is sent only to the API's own host, never to a storage host).
+Images that are not PNG (jpeg, webp) are re-encoded to PNG.
+
+Seeds: OpenAI's API has no seed. With ``extensions = true`` (for imagegate's own server and
+other compatible servers that accept them) the body also carries ``seed``, ``negative_prompt``,
+``steps``, ``guidance`` and ``sampler``; the seed sent (random when the request has none) is
+reported, image *i* getting seed + i, unless the answer names each image's ``seed``. Without
+extensions the seed is not honoured: each image reports the request's seed, or 0 when it had
+none, and ``describe()`` says ``"seeds": "not honoured"``.
+
+OpenAI's error body is ``{"error": {"message", "type", "param", "code"}}``. ``_map_error``
+turns it into the tree: 400 ``content_policy_violation`` / ``moderation_blocked`` ->
+ContentFiltered; other 400, 404, 422 -> InvalidRequest naming ``param``; 401, 403 -> AuthError;
+429 ``insufficient_quota`` -> QuotaExceeded, other 429 -> RateLimited (``retry-after-ms`` or
+``retry-after``); 503 -> Unavailable; other 5xx -> UpstreamError; a malformed answer ->
+ProtocolError. There is no progress and no cancel endpoint: cancelling the task drops the
+connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import random
+from typing import Any, Literal
+
+import httpx
+from PIL import Image, UnidentifiedImageError
+from pydantic import Field
+
+from imagegate.errors import (
+    AuthError,
+    ContentFiltered,
+    InvalidRequest,
+    ProtocolError,
+    ProviderError,
+    QuotaExceeded,
+    RateLimited,
+)
+from imagegate.providers.base import (
+    Deadline,
+    ProgressCallback,
+    Provider,
+    RemoteConfig,
+    read_secret,
+)
+from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
+from imagegate.responses import Response, parse_retry_after, raise_for_status, redact
+from imagegate.transport import Transport
+
+__all__ = ["OpenAIConfig", "OpenAIProvider"]
+
+_FILTERED_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
+_QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
+_EXTENSION_FIELDS = ("negative_prompt", "steps", "guidance", "sampler")
+_ALWAYS_B64_MODELS = ("gpt-image", "chatgpt-image")  # refuse response_format, answer b64
+
+
+class OpenAIConfig(RemoteConfig):
+    """Settings of an OpenAI-compatible images API."""
+
+    type: Literal["openai"] = "openai"
+    url: str | None = Field(default="https://api.openai.com/v1", min_length=1)
+    """The API's base URL, up to and including ``/v1``."""
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """The environment variable holding the key (sent as a Bearer token); None = no key."""
+    model: str | None = None
+    """The model to ask for; None = the server's default (dall-e-2 at OpenAI)."""
+    paid: bool = True
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    extensions: bool = False
+    """Send imagegate's extension fields (seed, negative_prompt, steps, guidance, sampler)."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """More body fields sent as they are (quality, style, moderation, ...)."""
+
+
+class OpenAIProvider(Provider):
+    """An OpenAI-compatible ``/images/generations`` endpoint."""
+
+    type = "openai"
+    Config = OpenAIConfig
+
+    def __init__(self, name: str, config: OpenAIConfig) -> None:
+        super().__init__(name, config)
+        self.cfg = config
+        self._transport: Transport | None = None
+
+    # ------------------------------------------------------------------ protocol
+
+    async def generate(
+        self, request: ImageRequest, deadline: Deadline, progress: ProgressCallback | None
+    ) -> list[GeneratedImage]:
+        """One generation request; ``url`` answers are downloaded before the deadline."""
+        transport, headers = self._connect()
+        seed = request.seed
+        body: dict[str, Any] = {**self.cfg.extra_body, "prompt": request.prompt, "n": request.n}
+        model = request.model or self.cfg.model
+        if model:
+            body["model"] = model
+        size = _size(request, self.name)
+        if size:
+            body["size"] = size
+        if not str(model or "").startswith(_ALWAYS_B64_MODELS):
+            body.setdefault("response_format", self.cfg.response_format)
+        if self.cfg.extensions:
+            seed = seed if seed is not None else random.randint(0, MAX_SEED)
+            body["seed"] = seed
+            for key in _EXTENSION_FIELDS:
+                value = getattr(request, key)
+                if value not in (None, ""):
+                    body[key] = value
+        resp = await transport.request(
+            "POST", "images/generations", deadline=deadline, json=body, headers=headers
+        )
+        payload = self._json_or_error(resp)
+        items = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or len(items) < request.n:
+            count = len(items) if isinstance(items, list) else "no"
+            raise self._protocol(resp, f"{count} images in 'data' where {request.n} were asked")
+        images = []
+        for i, item in enumerate(items[: request.n]):
+            data = await self._image_bytes(item, deadline, resp)
+            reported = item.get("seed") if isinstance(item, dict) else None
+            if isinstance(reported, int) and not isinstance(reported, bool):
+                image_seed = reported
+            elif self.cfg.extensions and seed is not None:
+                image_seed = (seed + i) % (MAX_SEED + 1)
+            else:
+                image_seed = seed if seed is not None else 0
+            images.append(_to_png(data, image_seed, resp, self.name))
+        return images
+
+    def effective_params(self, request: ImageRequest) -> dict[str, Any]:
+        """Steps, sampler and guidance reach the server only as extensions."""
+        if self.cfg.extensions:
+            return super().effective_params(request)
+        return {"steps": None, "sampler": None, "guidance": None}
+
+    async def probe(self, deadline: Deadline) -> str | None:
+        """``GET {url}/models``: the key is accepted and the API answers; "N models"."""
+        transport, headers = self._connect()
+        resp = await transport.request("GET", "models", deadline=deadline, headers=headers)
+        payload = self._json_or_error(resp)
+        models = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(models, list):
+            raise self._protocol(resp, "no 'data' list in the model list")
+        return f"{len(models)} models"
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            await transport.aclose()
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(
+            url=self.cfg.url,
+            response_format=self.cfg.response_format,
+            seeds="sent as an extension" if self.cfg.extensions else "not honoured",
+        )
+        return info
+
+    # ------------------------------------------------------------------ helpers
+
+    def _connect(self) -> tuple[Transport, dict[str, str]]:
+        """The transport, and the Authorization header with the key read now."""
+        key = read_secret(self.cfg.api_key_env, provider=self.name, key="api_key_env")
+        secret = key.get_secret_value() if key is not None else None
+        if self._transport is None:
+            base = (self.cfg.url or "").rstrip("/") + "/"
+            cfg = self.cfg.model_copy(update={"url": base})
+            self._transport = Transport.for_config(self.name, cfg, secrets=[secret or ""])
+        elif secret and secret not in self._transport.secrets:
+            self._transport.secrets = (*self._transport.secrets, secret)
+        return self._transport, ({"authorization": f"Bearer {secret}"} if secret else {})
+
+    def _json_or_error(self, resp: Response) -> Any:
+        if not resp.ok:
+            raise _map_error(resp, self.name)
+        return resp.json()
+
+    def _protocol(self, resp: Response, what: str) -> ProtocolError:
+        host = f"{resp.timings.host}:{resp.timings.port}"
+        return ProtocolError(
+            f"{host} answered 200 but {what}; the url may not be an OpenAI-compatible images "
+            "API: check the provider's url and model",
+            provider=self.name,
+            stage="read",
+            elapsed_s=round(resp.timings.total_s, 3),
+        )
+
+    async def _image_bytes(self, item: Any, deadline: Deadline, resp: Response) -> bytes:
+        """The image of one ``data`` entry: decoded base64, or downloaded from its url."""
+        if not isinstance(item, dict):
+            raise self._protocol(resp, "an entry of 'data' is not an object")
+        b64 = item.get("b64_json")
+        if isinstance(b64, str) and b64:
+            try:
+                return base64.b64decode(b64.split(",", 1)[-1], validate=True)
+            except (binascii.Error, ValueError):
+                raise self._protocol(resp, "'b64_json' is not valid base64") from None
+        url = item.get("url")
+        if not isinstance(url, str) or not url:
+            raise self._protocol(resp, "an image has neither 'b64_json' nor 'url'")
+        transport, headers = self._connect()
+        target = httpx.URL(resp.url).join(url)
+        api = httpx.URL(resp.url)
+        same_origin = (target.scheme, target.host, target.port) == (api.scheme, api.host, api.port)
+        download = await transport.request(
+            "GET", str(target), deadline=deadline, headers=headers if same_origin else None
+        )
+        if not download.ok:
+            raise _map_error(download, self.name)
+        return download.content
+
+
+def _size(request: ImageRequest, provider: str) -> str | None:
+    """``WxH`` from the request; None when it names neither side."""
+    if request.width is None and request.height is None:
+        return None
+    if request.width is None or request.height is None:
+        missing = "width" if request.width is None else "height"
+        raise InvalidRequest(
+            f"{missing}: an OpenAI images API takes a size as WIDTHxHEIGHT, so give both "
+            "width and height, or neither for the server's default",
+            field=missing,
+            limit="both width and height, or neither",
+            provider=provider,
+        )
+    return f"{request.width}x{request.height}"
+
+
+def _to_png(data: bytes, seed: int, resp: Response, provider: str) -> GeneratedImage:
+    """One image as PNG (re-encoded when the server sent jpeg or webp)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if img.format != "PNG":
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                data = buf.getvalue()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        host = f"{resp.timings.host}:{resp.timings.port}"
+        raise ProtocolError(
+            f"{host} sent an image that could not be read ({type(exc).__name__}, "
+            f"{len(data)} bytes); the server or a proxy garbled it: try again, and check the "
+            "server",
+            provider=provider,
+            stage="read",
+        ) from exc
+    return GeneratedImage(png=data, width=width, height=height, seed=seed)
+
+
+def _map_error(resp: Response, provider: str) -> ProviderError:
+    """The one place an OpenAI error answer becomes an error of the tree."""
+    error: dict[str, Any] = {}
+    try:
+        body = resp.json()
+    except ProtocolError:
+        body = None
+    if isinstance(body, dict):
+        raw = body.get("error")
+        if isinstance(raw, dict):
+            error = raw
+        elif isinstance(raw, str):
+            error = {"message": raw}
+        elif isinstance(body.get("detail"), str):
+            error = {"message": body["detail"]}
+    code = str(error.get("code") or "")
+    param = error.get("param") if isinstance(error.get("param"), str) else None
+    message = redact(str(error.get("message") or resp.snippet() or "no message"), resp.secrets)
+    host = f"{resp.timings.host}:{resp.timings.port}"
+    said = f"{host} answered {resp.status}" + (f" ({code})" if code else "") + f": {message}"
+    kw: dict[str, Any] = {"provider": provider, "elapsed_s": round(resp.timings.total_s, 3)}
+    status = resp.status
+    if status == 400 and code in _FILTERED_CODES:
+        return ContentFiltered(
+            f"{said}; the provider's safety system refused the prompt: change the prompt", **kw
+        )
+    if status in (400, 404, 422) and error:
+        field = param or ("model" if "model" in code else None)
+        fix = f"change {field} and try again" if field else "fix the request and try again"
+        if status == 404 and field is None:
+            fix = "check that the provider's url ends with the API's base (such as /v1)"
+            field = "url"
+        return InvalidRequest(f"{said}; {fix}", field=field, **kw)
+    if status in (401, 403):
+        return AuthError(
+            f"{said}; the key was refused: check the environment variable that api_key_env "
+            "names, and the key's access to this model",
+            **kw,
+        )
+    if status == 429:
+        if code in _QUOTA_CODES or error.get("type") in _QUOTA_CODES:
+            return QuotaExceeded(
+                f"{said}; the account is out of quota: check the plan and billing", **kw
+            )
+        wait = _retry_after(resp)
+        hint = f" (retry after {wait:g} s)" if wait is not None else ""
+        return RateLimited(
+            f"{said}{hint}; slow down, or lower the provider's concurrency",
+            retry_after=wait,
+            **kw,
+        )
+    try:
+        raise_for_status(resp, provider)
+    except ProviderError as exc:
+        if error:
+            exc.message = f"{said}; {exc.message.rsplit('; ', 1)[-1]}"
+        return exc
+    return ProtocolError(f"{said}; unexpected", **kw)  # pragma: no cover - only for non-2xx
+
+
+def _retry_after(resp: Response) -> float | None:
+    """Seconds to wait: OpenAI's ``retry-after-ms`` first, then ``retry-after``."""
+    millis = resp.headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    return parse_retry_after(resp.headers.get("retry-after"))
