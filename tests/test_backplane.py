@@ -182,3 +182,62 @@ def test_subscribe_replays_stored_events_then_follows_live_ones(tmp_path: Path) 
         await store.close()
 
     asyncio.run(main())
+
+
+class RecordingHandler(Handler):
+    """A handler that records the job's end through the backplane's recorder, as the server's."""
+
+    async def __call__(self, job: JobContext) -> ImageResult:
+        assert job.recorder is not None
+        result = ImageResult(
+            images=[GeneratedImage(png=tiny_png(), width=64, height=64, seed=1)],
+            provider="p",
+            model="m",
+            attempts=[],
+            elapsed_s=0.0,
+            request=job.request,
+        )
+        return await job.recorder.finish_job(job.job_id, result)
+
+
+def test_run_starts_a_job_at_once_when_a_slot_is_free(tmp_path: Path) -> None:
+    """run() persists the job with queued and started, runs it, and logs one terminal event."""
+
+    async def main() -> None:
+        store, bp = await _backplane(tmp_path)
+        await bp.start(RecordingHandler(store))
+        outcome = await asyncio.wait_for(
+            bp.jobs.run(REQUEST, route=["p"], source="openai", queue="p"), 5
+        )
+        assert outcome.status == "succeeded"
+        assert outcome.result is not None
+        events = await store.events_after(outcome.job_id)
+        assert [e.kind for e in events] == ["queued", "started", "succeeded"]
+        assert events[-1].data["images"] == [outcome.result.images[0].id]
+        job = await store.get_job(outcome.job_id)
+        assert job is not None
+        assert job.status == "succeeded"
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_run_waits_its_turn_when_the_queue_is_busy(tmp_path: Path) -> None:
+    """With the one slot taken, run() queues the job and it starts only after the first."""
+
+    async def main() -> None:
+        store, bp = await _backplane(tmp_path)
+        handler = Handler(store, delay_s=0.05)
+        await bp.start(handler)
+        first = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
+        outcome = await asyncio.wait_for(
+            bp.jobs.run(REQUEST, route=["p"], source="openai", queue="p"), 5
+        )
+        assert outcome.status == "succeeded"
+        assert handler.peak == 1
+        assert (await bp.jobs.wait(first.job_id)).status == "succeeded"
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())

@@ -17,7 +17,14 @@ from sqlalchemy import text
 
 from imagegate.errors import Timeout
 from imagegate.request import Attempt, AttemptError, GeneratedImage, ImageRequest, ImageResult
-from imagegate.store import ImageRecord, JobRecord, Store, parse_infotext, read_metadata
+from imagegate.store import (
+    EventRecord,
+    ImageRecord,
+    JobRecord,
+    Store,
+    parse_infotext,
+    read_metadata,
+)
 from imagegate.store.files import write_png
 
 T = TypeVar("T")
@@ -425,3 +432,43 @@ def test_events_after_replays_later_events_in_order(tmp_path: Path) -> None:
 
     assert kinds == ["progress", "succeeded"]
     assert data == [{"step": 1, "steps": 2}, {}]
+
+
+def test_record_success_can_write_the_succeeded_event_with_the_job(tmp_path: Path) -> None:
+    """record_success(event=True) stores the succeeded event naming the stored image ids."""
+
+    async def body(store: Store) -> tuple[ImageResult, list[EventRecord], EventRecord | None]:
+        job_id = await store.create_job(REQUEST, route=["local"], source="jobs")
+        stored, event = await store.record_success(job_id, _result(_png()), event=True)
+        return stored, await store.events_after(job_id), event
+
+    stored, logged, event = run_with_store(tmp_path, body)
+
+    assert [e.kind for e in logged] == ["succeeded"]
+    assert event == logged[0]
+    assert logged[0].data["images"] == [stored.images[0].id]
+
+
+def test_a_write_waits_off_the_event_loop_while_another_process_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """A job write blocked by another connection's lock waits on the writer thread, not the loop."""
+    import sqlite3
+
+    async def body(store: Store) -> list[str]:
+        job_id = await store.create_job(REQUEST, route=["local"], source="jobs")
+        other = sqlite3.connect(tmp_path / "imagegate.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        write = asyncio.ensure_future(store.add_event(job_id, "progress", {"step": 1}))
+        ticks = 0
+        for _ in range(10):  # the loop keeps running while the write waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not write.done()
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(write, 5)
+        assert ticks == 10
+        return [e.kind for e in await store.events_after(job_id)]
+
+    assert run_with_store(tmp_path, body) == ["progress"]

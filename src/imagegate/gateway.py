@@ -22,6 +22,7 @@ from imagegate.request import ImageRequest, ImageResult
 from imagegate.router import Router
 
 if TYPE_CHECKING:
+    from imagegate.backplane.base import JobRecorder
     from imagegate.store import Store
 
 T = TypeVar("T")
@@ -117,15 +118,21 @@ class Gateway:
         return await self._run(request, job_id, progress, route)
 
     async def execute(
-        self, job_id: str, request: ImageRequest, *, progress: ProgressCallback | None = None
+        self,
+        job_id: str,
+        request: ImageRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        recorder: JobRecorder | None = None,
     ) -> ImageResult:
         """Run a job that is already in the store (a queued one) and record how it ended.
 
         The same path as :meth:`generate` from routing on: the job ends succeeded (images
         stored), failed (with the reason) or cancelled, and the result or error is returned
-        or raised as ``generate`` would.
+        or raised as ``generate`` would. ``recorder`` (a backplane's, which also writes the
+        job's terminal event) records the end instead of the store.
         """
-        return await self._run(request, job_id, progress, None)
+        return await self._run(request, job_id, progress, None, recorder)
 
     async def _run(
         self,
@@ -133,8 +140,11 @@ class Gateway:
         job_id: str | None,
         progress: ProgressCallback | None,
         route: list[str] | None,
+        recorder: JobRecorder | None = None,
     ) -> ImageResult:
         started = time.monotonic()
+        if recorder is None:
+            recorder = self.store
         try:
             if route is None:
                 route = self.route_for(request)
@@ -142,13 +152,13 @@ class Gateway:
                 request, route, Deadline(self.settings.gateway.deadline_s), progress
             )
         except ImagegateError as exc:
-            if self.store is not None and job_id is not None:
-                await self.store.fail_job(job_id, exc, exc.attempts, time.monotonic() - started)
+            if recorder is not None and job_id is not None:
+                await recorder.fail_job(job_id, exc, exc.attempts, time.monotonic() - started)
             raise
         except asyncio.CancelledError:
-            if self.store is not None and job_id is not None:
+            if recorder is not None and job_id is not None:
                 await asyncio.shield(
-                    self.store.fail_job(
+                    recorder.fail_job(
                         job_id,
                         Cancelled("cancelled by the caller"),
                         [],
@@ -167,8 +177,8 @@ class Gateway:
             request=request,
             job_id=job_id,
         )
-        if self.store is not None and job_id is not None:
-            result = await self.store.finish_job(
+        if recorder is not None and job_id is not None:
+            result = await recorder.finish_job(
                 job_id,
                 result,
                 cost=provider.config.cost_per_image * len(result.images),

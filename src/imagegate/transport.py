@@ -378,6 +378,8 @@ class Transport:
             verify=verify if verify is not None else (cfg.ca_file or True),
             base_url=cfg.url or "",
             secrets=secrets,
+            # the router lets ``concurrency`` attempts run at once: each needs a connection
+            max_connections=max(20, cfg.concurrency),
         )
 
     async def __aenter__(self) -> Transport:

@@ -10,9 +10,15 @@ procrastinate, LISTEN/NOTIFY for fan-out) can replace the local one without touc
      └── breakers: BreakerStore load / save each provider's breaker state
 
 ``start(handler)`` starts the workers; each runs ``handler(context)`` for one job at a time.
-The handler is the same in every adapter: it runs the job through the gateway (which records
-the result or the failure in the store) and returns the result or raises. The backplane owns
-everything around it: claiming, the ``started`` and terminal events, cancellation, recovery.
+The handler is the same in every adapter: it runs the job through the gateway, which records
+the result or the failure through ``context.recorder`` (a :class:`JobRecorder`), and returns
+the result or raises. The backplane owns everything around it: claiming, the ``started`` and
+terminal events, cancellation, recovery. Its recorder writes the job's end and its terminal
+event together; a handler that records elsewhere still gets the terminal event afterwards.
+
+``jobs.run(...)`` is submit-and-wait in one call, for callers that hold a connection open
+until the job ends (the OpenAI and A1111 routes); an adapter may start such a job at once
+when one of its queue's workers is free, but the job is on disk before it runs either way.
 """
 
 from __future__ import annotations
@@ -22,11 +28,11 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from imagegate.errors import ImagegateError
 from imagegate.providers.base import Progress
-from imagegate.request import ImageRequest, ImageResult
+from imagegate.request import Attempt, ImageRequest, ImageResult
 from imagegate.store.records import EventRecord, ImageRecord, JobRecord
 
 __all__ = [
@@ -41,6 +47,7 @@ __all__ = [
     "JobHandler",
     "JobOutcome",
     "JobQueue",
+    "JobRecorder",
     "JobStore",
     "QueueFull",
     "Submitted",
@@ -90,15 +97,44 @@ class JobOutcome:
     error: ImagegateError | None = None
 
 
+class JobRecorder(Protocol):
+    """Where a job's end is recorded (``Store`` has the same two methods).
+
+    ``finish_job`` stores the images and marks the job succeeded, and returns the result with
+    the stored images; ``fail_job`` marks it failed or cancelled with the reason.
+    """
+
+    async def finish_job(
+        self,
+        job_id: str,
+        result: ImageResult,
+        *,
+        cost: float = 0.0,
+        effective: Mapping[str, Any] | None = None,
+    ) -> ImageResult: ...
+
+    async def fail_job(
+        self,
+        job_id: str,
+        error: BaseException,
+        attempts: Sequence[Attempt],
+        elapsed_s: float,
+        *,
+        status: str = "failed",
+    ) -> None: ...
+
+
 @dataclass
 class JobContext:
-    """What a handler gets for one job: its id, its request and a progress callback."""
+    """What a handler gets for one job: its id, its request, a progress callback, and the
+    recorder to record its end through (None: record in the store, as the library does)."""
 
     job_id: str
     request: ImageRequest
     source: str
     progress: Callable[[Progress], None]
     meta: dict[str, Any] = field(default_factory=dict)
+    recorder: JobRecorder | None = None
 
 
 JobHandler = Callable[[JobContext], Coroutine[Any, Any, ImageResult]]
@@ -132,6 +168,17 @@ class JobQueue(ABC):
     @abstractmethod
     async def wait(self, job_id: str) -> JobOutcome:
         """Wait until the job ends, and say how."""
+
+    async def run(
+        self, request: ImageRequest, *, route: Sequence[str], source: str, queue: str
+    ) -> JobOutcome:
+        """Submit a job and wait until it ends; raises QueueFull as ``submit`` does.
+
+        An adapter may start the job at once when its queue has a free worker (it is still
+        persisted first, with its ``queued`` and ``started`` events).
+        """
+        submitted = await self.submit(request, route=route, source=source, queue=queue)
+        return await self.wait(submitted.job_id)
 
     @abstractmethod
     def position(self, job_id: str) -> int | None:

@@ -6,9 +6,14 @@ failover attempt to it), so one local pipeline never runs two jobs at once while
 provider may run several.
 
 Life of a job: ``submit`` writes the row (``queued``) and its ``queued`` event in one
-transaction before it returns; a worker claims it (``running`` and ``started`` in one
-transaction), runs the handler, then publishes ``succeeded``, ``failed`` or ``cancelled``.
-Progress is coalesced: while one progress write is in flight, only the newest step waits.
+transaction before it returns; once its queue has a free slot the job is claimed (``running``
+and ``started`` in one transaction) and the handler runs; the gateway records the end through
+the backplane's recorder, which writes the job's end (images included) and its
+``succeeded``, ``failed`` or ``cancelled`` event in one transaction. ``run`` (submit and wait,
+for the OpenAI and A1111 routes) writes the row as ``running`` with both its ``queued`` and
+``started`` events in one transaction when a slot is free, and runs the job in the caller's
+task: two transactions a job. Progress is coalesced: while one progress write is in flight,
+only the newest step waits.
 
 On start, jobs a previous process left ``queued`` are queued again; jobs left ``running`` are
 run once more (``retries`` counts it) or, after one retry or on a paid provider whose request
@@ -26,8 +31,7 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
-from sqlalchemy import Table, func, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Table, func, select, text, update
 
 from imagegate.backplane.base import (
     TERMINAL_EVENTS,
@@ -47,8 +51,9 @@ from imagegate.backplane.base import (
 )
 from imagegate.errors import Cancelled, ImagegateError
 from imagegate.providers.base import Progress
-from imagegate.request import ImageRequest, ImageResult
+from imagegate.request import Attempt, ImageRequest, ImageResult
 from imagegate.store import Store
+from imagegate.store.db import ended_event_data, succeeded_event_data
 from imagegate.store.models import Job, JobEvent
 from imagegate.store.records import EventRecord, ImageRecord, JobRecord
 
@@ -114,24 +119,9 @@ class LocalEventBus(EventBus):
         self._subscribers: dict[str, set[asyncio.Queue[EventRecord]]] = {}
 
     async def publish(self, job_id: str, kind: str, data: Mapping[str, Any]) -> EventRecord:
-        async with self._store.engine.begin() as conn:
-            event = await self.insert(conn, job_id, kind, data)
+        event = await self._store.add_event(job_id, kind, data)
         self.fan_out(event)
         return event
-
-    @staticmethod
-    async def insert(
-        conn: AsyncConnection, job_id: str, kind: str, data: Mapping[str, Any]
-    ) -> EventRecord:
-        """Write one event inside the caller's transaction (publish it with ``fan_out``)."""
-        created = _now()
-        done = await conn.execute(
-            insert(_EVENTS).values(job_id=job_id, kind=kind, data=dict(data), created_at=created)
-        )
-        (event_id,) = done.inserted_primary_key or (0,)
-        return EventRecord(
-            id=int(event_id), job_id=job_id, kind=kind, data=dict(data), created_at=created
-        )
 
     def fan_out(self, event: EventRecord) -> None:
         """Hand a stored event to the job's live subscribers."""
@@ -214,18 +204,7 @@ class _ProgressPump:
             step, self._next = self._next, None
             if step.steps < 1 or not 0 <= step.step <= step.steps:
                 continue
-            data = {
-                "step": step.step,
-                "steps": step.steps,
-                "progress": round(step.fraction, 4),
-            }
-            async with self._store.engine.begin() as conn:
-                await conn.execute(
-                    update(_JOBS)
-                    .where(_JOBS.c.id == self._job_id)
-                    .values(step=step.step, steps=step.steps, progress=step.fraction)
-                )
-                event = await self._bus.insert(conn, self._job_id, "progress", data)
+            event = await self._store.record_progress(self._job_id, step.step, step.steps)
             self._bus.fan_out(event)
 
     async def flush(self) -> None:
@@ -235,8 +214,58 @@ class _ProgressPump:
                 await self._task
 
 
+class _Recorder:
+    """Records a job's end and its terminal event in one transaction, then fans it out."""
+
+    def __init__(self, jobs: LocalJobQueue, pump: _ProgressPump) -> None:
+        self._jobs = jobs
+        self._pump = pump
+        self.ended = False
+
+    async def finish_job(
+        self,
+        job_id: str,
+        result: ImageResult,
+        *,
+        cost: float = 0.0,
+        effective: Mapping[str, Any] | None = None,
+    ) -> ImageResult:
+        await self._pump.flush()  # no progress row may land after the end
+        stored, event = await self._jobs.store.record_success(
+            job_id, result, cost=cost, effective=effective, event=True
+        )
+        self._ended(event)
+        return stored
+
+    async def fail_job(
+        self,
+        job_id: str,
+        error: BaseException,
+        attempts: Sequence[Attempt],
+        elapsed_s: float,
+        *,
+        status: str = "failed",
+    ) -> None:
+        await self._pump.flush()
+        # a job stopped by a shutdown goes back to the queue: no terminal event for it
+        event = await self._jobs.store.record_failure(
+            job_id, error, attempts, elapsed_s, status=status, event=not self._jobs.stopping
+        )
+        self._ended(event)
+
+    def _ended(self, event: EventRecord | None) -> None:
+        if event is not None:
+            self.ended = True
+            self._jobs.events.fan_out(event)
+
+
 class LocalJobQueue(JobQueue):
-    """Queues per provider in memory, each job's row and events in the Store."""
+    """Queues per provider in memory, each job's row and events in the Store.
+
+    A queue runs at most its provider's ``concurrency`` jobs at once. A job starts as soon as
+    a slot is free (no worker tasks poll the queues); ``run`` (submit and wait) runs the job
+    in the caller's task when a slot is free and nothing waits before it.
+    """
 
     def __init__(
         self,
@@ -247,14 +276,15 @@ class LocalJobQueue(JobQueue):
         concurrency: Mapping[str, int],
         paid: Collection[str] = (),
     ) -> None:
-        self._store = store
-        self._events = events
+        self.store = store
+        self.events = events
+        self.stopping = False
         self._max_queue = max_queue
         self._concurrency = dict(concurrency)
         self._paid = frozenset(paid)
         self._waiting: dict[str, OrderedDict[str, _Pending]] = {}
-        self._queues: dict[str, asyncio.Queue[str]] = {}
-        self._workers: list[asyncio.Task[None]] = []
+        self._busy: dict[str, int] = {}
+        self._workers: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[ImageResult]] = {}
         self._active: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[JobOutcome]]] = {}
@@ -271,30 +301,66 @@ class LocalJobQueue(JobQueue):
             raise QueueFull(depth, self.retry_after())
         waiting = self._waiting.setdefault(queue, OrderedDict())
         position = len(waiting) + 1
-        job_id = await self._store.create_job(
-            request, route=route, source=source, status="queued", queue=queue
+        job_id, events = await self.store.open_job(
+            request,
+            route=route,
+            source=source,
+            status="queued",
+            queue=queue,
+            events=[("queued", {"position": position})],
         )
-        await self._events.publish(job_id, "queued", {"position": position})
+        for event in events:
+            self.events.fan_out(event)
         waiting[job_id] = _Pending(request, source, queue)
-        self._queue(queue).put_nowait(job_id)
+        self._dispatch(queue)
         return Submitted(job_id=job_id, position=self.position(job_id) or position)
+
+    async def run(
+        self, request: ImageRequest, *, route: Sequence[str], source: str, queue: str
+    ) -> JobOutcome:
+        if self._handler is None or self._waiting.get(queue) or not self._free(queue):
+            return await super().run(request, route=route, source=source, queue=queue)
+        self._busy[queue] = self._busy.get(queue, 0) + 1  # the slot is ours from here
+        try:
+            job_id, events = await self.store.open_job(
+                request,
+                route=route,
+                source=source,
+                status="running",
+                queue=queue,
+                events=[("queued", {"position": 1}), ("started", {})],
+            )
+        except BaseException:
+            self._release(queue)
+            raise
+        for event in events:
+            self.events.fan_out(event)
+        self._active.add(job_id)
+        try:
+            return await self._execute(job_id, _Pending(request, source, queue))
+        finally:
+            self._active.discard(job_id)
+            self._release(queue)
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         for waiting in self._waiting.values():
             if waiting.pop(job_id, None) is not None:
                 error = Cancelled("cancelled before it started")
-                await self._store.fail_job(job_id, error, [], 0.0, status="cancelled")
-                await self._events.publish(job_id, "cancelled", {"message": error.message})
+                event = await self.store.record_failure(
+                    job_id, error, [], 0.0, status="cancelled", event=True
+                )
+                if event is not None:
+                    self.events.fan_out(event)
                 self._resolve(job_id, JobOutcome(job_id, "cancelled", error=error))
-                return await self._store.get_job(job_id)
+                return await self.store.get_job(job_id)
         task = self._running.get(job_id)
         if task is not None:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait({task})
-            # the worker publishes the terminal event right after the task ends
+            # the runner publishes the terminal event right after the task ends
             await asyncio.sleep(0)
-        return await self._store.get_job(job_id)
+        return await self.store.get_job(job_id)
 
     async def wait(self, job_id: str) -> JobOutcome:
         if not self._tracked(job_id):
@@ -334,74 +400,73 @@ class LocalJobQueue(JobQueue):
 
     def start(self, handler: JobHandler) -> None:
         self._handler = handler
-        for name in list(self._queues):
-            self._start_workers(name)
+        self.stopping = False
+        for name in list(self._waiting):
+            self._dispatch(name)
 
     async def stop(self) -> list[str]:
-        """Stop every worker; the ids of the jobs that were still running."""
+        """Stop every running job; the ids of the jobs that were still running."""
         interrupted = list(self._running)
-        workers, self._workers = self._workers, []
+        self.stopping = True
         self._handler = None
-        for task in workers:
+        tasks: set[asyncio.Future[Any]] = {*self._workers, *self._running.values()}
+        for task in tasks:
             task.cancel()
-        if workers:
-            await asyncio.wait(workers)
+        if tasks:
+            await asyncio.wait(tasks)
         for futures in self._waiters.values():
             for future in futures:
                 if not future.done():
                     future.cancel()
         return interrupted
 
-    def _queue(self, name: str) -> asyncio.Queue[str]:
-        queue = self._queues.get(name)
-        if queue is None:
-            queue = self._queues[name] = asyncio.Queue()
-            if self._handler is not None:
-                self._start_workers(name)
-        return queue
+    def _free(self, name: str) -> bool:
+        return self._busy.get(name, 0) < self._concurrency.get(name, 1)
 
-    def _start_workers(self, name: str) -> None:
-        loop = asyncio.get_running_loop()
-        for index in range(self._concurrency.get(name, 1)):
-            self._workers.append(
-                loop.create_task(self._work(name), name=f"imagegate-worker-{name}-{index}")
-            )
+    def _release(self, name: str) -> None:
+        self._busy[name] -= 1
+        self._dispatch(name)
 
-    async def _work(self, name: str) -> None:
-        queue = self._queues[name]
-        while True:
-            job_id = await queue.get()
-            pending = self._waiting.get(name, OrderedDict()).pop(job_id, None)
-            if pending is None:
-                continue
+    def _dispatch(self, name: str) -> None:
+        """Start the queue's first waiting jobs while it has free slots."""
+        waiting = self._waiting.get(name)
+        while self._handler is not None and waiting and self._free(name):
+            job_id, pending = waiting.popitem(last=False)
+            self._busy[name] = self._busy.get(name, 0) + 1
             self._active.add(job_id)
-            try:
-                await self._run(job_id, pending)
-            finally:
-                self._active.discard(job_id)
-
-    async def _run(self, job_id: str, pending: _Pending) -> None:
-        handler = self._handler
-        assert handler is not None
-        async with self._store.engine.begin() as conn:
-            claimed = await conn.execute(
-                update(_JOBS)
-                .where(_JOBS.c.id == job_id, _JOBS.c.status == "queued")
-                .values(status="running", started_at=_now())
+            task = asyncio.get_running_loop().create_task(
+                self._work(job_id, pending), name=f"imagegate-job-{job_id}"
             )
-            if claimed.rowcount != 1:  # cancelled or taken elsewhere in the meantime
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
+    async def _work(self, job_id: str, pending: _Pending) -> None:
+        try:
+            started = await self.store.claim_job(job_id)
+            if started is None:  # cancelled or taken elsewhere in the meantime
                 self._resolve(job_id, await self._outcome_from_store(job_id))
                 return
-            started_event = await self._events.insert(conn, job_id, "started", {})
-        self._events.fan_out(started_event)
-        pump = _ProgressPump(self._events, self._store, job_id)
-        context = JobContext(job_id, pending.request, pending.source, pump.report)
+            self.events.fan_out(started)
+            await self._execute(job_id, pending)
+        finally:
+            self._active.discard(job_id)
+            self._release(pending.queue)
+
+    async def _execute(self, job_id: str, pending: _Pending) -> JobOutcome:
+        """Run the handler on a claimed job; record and publish how it ended."""
+        handler = self._handler
+        assert handler is not None
+        pump = _ProgressPump(self.events, self.store, job_id)
+        recorder = _Recorder(self, pump)
+        context = JobContext(
+            job_id, pending.request, pending.source, pump.report, recorder=recorder
+        )
         started = time.monotonic()
         task = asyncio.get_running_loop().create_task(handler(context))
         self._running[job_id] = task
         try:
             await asyncio.wait({task})
-        except asyncio.CancelledError:  # the worker is stopping: stop the job too
+        except asyncio.CancelledError:  # the runner is stopping: stop the job too
             task.cancel()
             await asyncio.wait({task})
             raise
@@ -410,8 +475,10 @@ class LocalJobQueue(JobQueue):
         await pump.flush()
         outcome = self._outcome_of(job_id, task)
         self._durations[pending.queue] = time.monotonic() - started
-        await self._events.publish(job_id, outcome.status, _event_data(outcome))
+        if not recorder.ended and not self.stopping:
+            await self.events.publish(job_id, outcome.status, _event_data(outcome))
         self._resolve(job_id, outcome)
+        return outcome
 
     @staticmethod
     def _outcome_of(job_id: str, task: asyncio.Task[ImageResult]) -> JobOutcome:
@@ -434,7 +501,7 @@ class LocalJobQueue(JobQueue):
         return job_id in self._active or any(job_id in w for w in self._waiting.values())
 
     async def _outcome_from_store(self, job_id: str) -> JobOutcome:
-        job = await self._store.get_job(job_id)
+        job = await self.store.get_job(job_id)
         if job is None:
             raise LookupError(f"no job {job_id!r}")
         status: Literal["succeeded", "failed", "cancelled"]
@@ -455,7 +522,7 @@ class LocalJobQueue(JobQueue):
             .where(_JOBS.c.source.in_(SERVER_SOURCES))
             .order_by(_JOBS.c.created_at)
         )
-        async with self._store.engine.connect() as conn:
+        async with self.store.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         for job_id, status, request, source, queue, retries in rows:
             if status == "running" and (retries >= 1 or queue in self._paid):
@@ -464,20 +531,19 @@ class LocalJobQueue(JobQueue):
                     f"interrupted by restart: the server stopped while the job ran and {why}; "
                     "submit it again"
                 )
-                await self._store.fail_job(job_id, error, [], 0.0)
-                await self._events.publish(
-                    job_id, "failed", {"error": {"type": "Interrupted", "message": error.message}}
-                )
+                event = await self.store.record_failure(job_id, error, [], 0.0, event=True)
+                if event is not None:
+                    self.events.fan_out(event)
                 continue
             try:
                 parsed = ImageRequest.model_validate(request)
             except ValueError:
-                await self._store.fail_job(
+                await self.store.fail_job(
                     job_id, ImagegateError("the stored request no longer validates"), [], 0.0
                 )
                 continue
             if status == "running":
-                async with self._store.engine.begin() as conn:
+                async with self.store.engine.begin() as conn:
                     await conn.execute(
                         update(_JOBS)
                         .where(_JOBS.c.id == job_id)
@@ -485,14 +551,14 @@ class LocalJobQueue(JobQueue):
                     )
             waiting = self._waiting.setdefault(queue, OrderedDict())
             waiting[job_id] = _Pending(parsed, source, queue)
-            await self._events.publish(job_id, "queued", {"position": len(waiting)})
-            self._queue(queue).put_nowait(job_id)
+            await self.events.publish(job_id, "queued", {"position": len(waiting)})
+            self._dispatch(queue)
 
     async def requeue(self, job_ids: Sequence[str]) -> None:
         """Put jobs stopped by a shutdown back in the queue for the next start."""
         if not job_ids:
             return
-        async with self._store.engine.begin() as conn:
+        async with self.store.engine.begin() as conn:
             await conn.execute(
                 update(_JOBS)
                 .where(_JOBS.c.id.in_(list(job_ids)), _JOBS.c.status == "cancelled")
@@ -502,20 +568,9 @@ class LocalJobQueue(JobQueue):
 
 def _event_data(outcome: JobOutcome) -> dict[str, Any]:
     if outcome.result is not None:
-        result = outcome.result
-        return {
-            "provider": result.provider,
-            "images": [image.id for image in result.images],
-            "attempts": len(result.attempts),
-        }
+        return succeeded_event_data(outcome.result)
     error = outcome.error
-    return {
-        "error": {
-            "type": type(error).__name__ if error is not None else "Unknown",
-            "message": error.message if error is not None else "",
-        },
-        "attempts": len(error.attempts) if error is not None else 0,
-    }
+    return ended_event_data(error, len(error.attempts) if error is not None else 0)
 
 
 class LocalBackplane(Backplane):

@@ -107,7 +107,9 @@ def job_handler(ctx: ServerContext) -> JobHandler:
     async def handle(job: JobContext) -> ImageResult:
         started = time.monotonic()
         try:
-            result = await ctx.gateway.execute(job.job_id, job.request, progress=job.progress)
+            result = await ctx.gateway.execute(
+                job.job_id, job.request, progress=job.progress, recorder=job.recorder
+            )
         except ImagegateError as exc:
             _finished(ctx, None, "failed", exc, started)
             raise

@@ -58,8 +58,12 @@ class ServerContext:
                 stats.last_error_at = when
 
 
-def get_ctx(request: Request) -> ServerContext:
-    """The app's ServerContext (set by create_app's lifespan)."""
+async def get_ctx(request: Request) -> ServerContext:
+    """The app's ServerContext (set by create_app's lifespan).
+
+    Async on purpose, as every dependency here: FastAPI runs a plain ``def`` dependency in a
+    worker thread, two thread hops a request for what is an attribute lookup.
+    """
     ctx: ServerContext = request.app.state.ctx
     return ctx
 
@@ -67,7 +71,7 @@ def get_ctx(request: Request) -> ServerContext:
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
 
 
-def base_url(request: Request) -> str:
+async def base_url(request: Request) -> str:
     """The server's base URL as the caller reached it, without a trailing slash."""
     return str(request.base_url).rstrip("/")
 

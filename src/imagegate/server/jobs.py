@@ -115,8 +115,7 @@ async def run_to_end(ctx: ServerContext, request: ImageRequest, source: str) -> 
 
 async def _submit_and_wait(ctx: ServerContext, request: ImageRequest, source: str) -> JobOutcome:
     route = _route(ctx, request)
-    submitted = await ctx.backplane.jobs.submit(request, route=route, source=source, queue=route[0])
-    return await ctx.backplane.jobs.wait(submitted.job_id)
+    return await ctx.backplane.jobs.run(request, route=route, source=source, queue=route[0])
 
 
 def _route(ctx: ServerContext, request: ImageRequest) -> list[str]:

@@ -4,11 +4,17 @@ The same code runs on ``sqlite+aiosqlite`` (the default, ``<data_dir>/imagegate.
 ``postgresql+psycopg``. Opening the store creates the data dir and migrates the database to the
 newest schema. Every method is one short transaction; what comes back is a frozen record, never
 a live row.
+
+On SQLite the job path's writes (create, claim, progress, finish, fail, events) skip the async
+engine: each is one step on :class:`~imagegate.store.jobsql.SQLiteWriter`'s thread, one
+transaction, with the job's event in the same transaction where the caller asks for one.
+Reads and every other database go through SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +22,7 @@ from types import TracebackType
 from typing import Any, Self, cast
 from uuid import uuid4
 
-from sqlalchemy import URL, CursorResult, event, select, update
+from sqlalchemy import URL, CursorResult, event, make_url, select, update
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -24,7 +30,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from imagegate.request import Attempt, GeneratedImage, ImageRequest, ImageResult
+from imagegate.request import Attempt, ImageRequest, ImageResult
+from imagegate.store import jobsql
 from imagegate.store.files import IMAGES_DIR, write_png
 from imagegate.store.migrate import upgrade
 from imagegate.store.models import EVENT_KINDS, Image, Job, JobEvent
@@ -78,6 +85,35 @@ def _image_record(row: Image) -> ImageRecord:
     return ImageRecord.model_validate(row)
 
 
+def succeeded_event_data(result: ImageResult) -> dict[str, Any]:
+    """The ``succeeded`` event of a job: the provider, the stored image ids, attempts made."""
+    return {
+        "provider": result.provider,
+        "images": [image.id for image in result.images],
+        "attempts": len(result.attempts),
+    }
+
+
+def ended_event_data(error: BaseException | None, attempts: int) -> dict[str, Any]:
+    """The ``failed`` or ``cancelled`` event of a job: the error's type and message."""
+    message = getattr(error, "message", None)
+    return {
+        "error": {
+            "type": type(error).__name__ if error is not None else "Unknown",
+            "message": message if isinstance(message, str) else str(error or ""),
+        },
+        "attempts": attempts,
+    }
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL, or None (another database, or in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 class Store:
     """Job and image history: ``async with Store(data_dir) as store: ...``."""
 
@@ -86,6 +122,7 @@ class Store:
         self.url = url if url is not None else default_url(self.data_dir)
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self._writer: jobsql.SQLiteWriter | None = None
         self._last_now: datetime | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -104,12 +141,24 @@ class Store:
         except BaseException:
             await engine.dispose()
             raise
+        path = _sqlite_file(self.url)
+        if path is not None:
+            writer = jobsql.SQLiteWriter(path, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
+            try:
+                await writer.open()
+            except BaseException:
+                await engine.dispose()
+                raise
+            self._writer = writer
         self._engine = engine
         self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
 
     async def close(self) -> None:
         """Close every connection; the store may be opened again."""
         engine, self._engine, self._sessionmaker = self._engine, None, None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.close()
         if engine is not None:
             await engine.dispose()
 
@@ -162,32 +211,97 @@ class Store:
         priority: int = 0,
     ) -> str:
         """Record a new job (queued, or running from now) and return its id."""
+        job_id, _ = await self.open_job(
+            request, route=route, source=source, status=status, queue=queue, priority=priority
+        )
+        return job_id
+
+    async def open_job(
+        self,
+        request: ImageRequest,
+        *,
+        route: Sequence[str],
+        source: str,
+        status: str = "running",
+        queue: str = "default",
+        priority: int = 0,
+        events: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    ) -> tuple[str, list[EventRecord]]:
+        """Record a new job with its first ``events`` (kind, data) in one transaction.
+
+        Returns the job's id and the stored events, in order, for the caller to fan out.
+        """
         _check("status", status, ("queued", "running"))
         _check("source", source, SOURCES)
+        for kind, _ in events:
+            _check("kind", kind, EVENT_KINDS)
         now = self._now()
-        job = Job(
-            id=uuid4().hex,
-            status=status,
-            request=request.model_dump(mode="json"),
-            route=list(route),
-            provider=None,
-            model=None,
-            seed=request.seed,
-            progress=0.0,
-            steps=request.steps,
-            attempts=[],
-            error=None,
-            cost=0.0,
-            priority=priority,
-            queue=queue,
-            created_at=now,
-            started_at=now if status == "running" else None,
-            source=source,
-            retries=0,
-        )
-        async with self._session() as session, session.begin():
-            session.add(job)
-        return job.id
+        values: dict[str, Any] = {
+            "id": uuid4().hex,
+            "status": status,
+            "request": request.model_dump(mode="json"),
+            "route": list(route),
+            "provider": None,
+            "model": None,
+            "seed": request.seed,
+            "progress": 0.0,
+            "step": None,
+            "steps": request.steps,
+            "attempts": [],
+            "error": None,
+            "cost": 0.0,
+            "priority": priority,
+            "queue": queue,
+            "created_at": now,
+            "started_at": now if status == "running" else None,
+            "finished_at": None,
+            "elapsed_s": None,
+            "source": source,
+            "retries": 0,
+        }
+        job_id: str = values["id"]
+        stamped = [(kind, dict(data), self._now()) for kind, data in events]
+        if self._writer is not None:
+
+            def step(conn: sqlite3.Connection) -> list[int]:
+                with jobsql.transaction(conn):
+                    jobsql.insert_job(conn, values)
+                    return [jobsql.insert_event(conn, job_id, *event) for event in stamped]
+
+            ids = await self._writer.run(step)
+        else:
+            async with self._session() as session, session.begin():
+                session.add(Job(**values))
+                await session.flush()
+                ids = await _add_events(session, job_id, stamped)
+        return job_id, _event_records(job_id, ids, stamped)
+
+    async def claim_job(self, job_id: str) -> EventRecord | None:
+        """Mark a queued job running and append its ``started`` event, in one transaction.
+
+        None (and nothing written) when the job is no longer queued: cancelled, or taken.
+        """
+        now = self._now()
+        stamped: list[tuple[str, dict[str, Any], datetime]] = [("started", {}, now)]
+        values: dict[str, Any] = {"status": "running", "started_at": now}
+        if self._writer is not None:
+
+            def step(conn: sqlite3.Connection) -> list[int]:
+                with jobsql.transaction(conn):
+                    if jobsql.update_job(conn, job_id, values, status="queued") != 1:
+                        return []
+                    return [jobsql.insert_event(conn, job_id, *stamped[0])]
+
+            ids = await self._writer.run(step)
+        else:
+            async with self._session() as session, session.begin():
+                done = await session.execute(
+                    update(Job).where(Job.id == job_id, Job.status == "queued").values(**values)
+                )
+                claimed = cast("CursorResult[Any]", done).rowcount == 1
+                ids = await _add_events(session, job_id, stamped) if claimed else []
+        records = _event_records(job_id, ids, stamped)
+        return records[0] if records else None
 
     async def finish_job(
         self,
@@ -204,53 +318,118 @@ class Store:
         one the key is left out. Returns a copy of ``result`` whose images carry ``id``,
         ``path`` (absolute), ``sha256`` and ``png`` of the stored files, with ``job_id`` set.
         """
+        stored, _ = await self.record_success(job_id, result, cost=cost, effective=effective)
+        return stored
+
+    async def record_success(
+        self,
+        job_id: str,
+        result: ImageResult,
+        *,
+        cost: float = 0.0,
+        effective: Mapping[str, Any] | None = None,
+        event: bool = False,
+    ) -> tuple[ImageResult, EventRecord | None]:
+        """:meth:`finish_job`, plus the ``succeeded`` event in the same transaction when
+        ``event``; the stored result and that event."""
         now = self._now()
         meta = provenance(result, created_at=now)
-        stored = await asyncio.to_thread(self._write_images, result, meta, effective or {})
-        images: list[GeneratedImage] = []
-        rows: list[Image] = []
-        for original, (png, sha256, relative) in zip(result.images, stored, strict=True):
-            image_id = uuid4().hex
-            images.append(
-                original.model_copy(
-                    update={
-                        "png": png,
-                        "sha256": sha256,
-                        "id": image_id,
-                        "path": str(self.data_dir / relative),
-                    }
+        image_ids = [uuid4().hex for _ in result.images]
+        created = [self._now() for _ in result.images]
+        event_at = self._now()
+        values: dict[str, Any] = {
+            "status": "succeeded",
+            "provider": result.provider,
+            "model": result.model,
+            "attempts": [attempt.model_dump(mode="json") for attempt in result.attempts],
+            "elapsed_s": result.elapsed_s,
+            "finished_at": now,
+            "progress": 1.0,
+            "cost": cost,
+            "error": None,
+        }
+        if result.images:
+            values["seed"] = result.images[0].seed
+        done: dict[str, Any] = {
+            "provider": result.provider,
+            "images": image_ids,
+            "attempts": len(result.attempts),
+        }
+
+        def rows_for(stored: list[tuple[bytes, str, str]]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "id": image_id,
+                    "job_id": job_id,
+                    "sha256": sha256,
+                    "path": relative,
+                    "width": original.width,
+                    "height": original.height,
+                    "seed": original.seed,
+                    "provider": result.provider,
+                    "model": result.model,
+                    "prompt": result.request.prompt,
+                    "created_at": when,
+                }
+                for image_id, original, (_, sha256, relative), when in zip(
+                    image_ids, result.images, stored, created, strict=True
                 )
+            ]
+
+        event_id: int | None = None
+        if self._writer is not None:
+
+            def step(conn: sqlite3.Connection) -> tuple[list[tuple[bytes, str, str]], int | None]:
+                stored = self._write_images(result, meta, effective or {})
+                with jobsql.transaction(conn):
+                    if jobsql.update_job(conn, job_id, values) != 1:
+                        raise LookupError(f"no job {job_id!r} in the store")
+                    conn.execute(
+                        "UPDATE jobs SET started_at = finished_at "
+                        "WHERE id = ? AND started_at IS NULL",
+                        (job_id,),
+                    )
+                    jobsql.insert_images(conn, rows_for(stored))
+                    written = (
+                        jobsql.insert_event(conn, job_id, "succeeded", done, event_at)
+                        if event
+                        else None
+                    )
+                return stored, written
+
+            stored, event_id = await self._writer.run(step)
+        else:
+            stored = await asyncio.to_thread(self._write_images, result, meta, effective or {})
+            async with self._session() as session, session.begin():
+                job = await self._job_row(session, job_id)
+                for key, value in values.items():
+                    setattr(job, key, value)
+                job.started_at = job.started_at or now
+                session.add_all(Image(**row) for row in rows_for(stored))
+                if event:
+                    await session.flush()
+                    (event_id,) = await _add_events(
+                        session, job_id, [("succeeded", done, event_at)]
+                    )
+        images = [
+            original.model_copy(
+                update={
+                    "png": png,
+                    "sha256": sha256,
+                    "id": image_id,
+                    "path": str(self.data_dir / relative),
+                }
             )
-            rows.append(
-                Image(
-                    id=image_id,
-                    job_id=job_id,
-                    sha256=sha256,
-                    path=relative,
-                    width=original.width,
-                    height=original.height,
-                    seed=original.seed,
-                    provider=result.provider,
-                    model=result.model,
-                    prompt=result.request.prompt,
-                    created_at=self._now(),
-                )
+            for image_id, original, (png, sha256, relative) in zip(
+                image_ids, result.images, stored, strict=True
             )
-        async with self._session() as session, session.begin():
-            job = await self._job_row(session, job_id)
-            job.status = "succeeded"
-            job.provider = result.provider
-            job.model = result.model
-            job.seed = result.images[0].seed if result.images else job.seed
-            job.attempts = [attempt.model_dump(mode="json") for attempt in result.attempts]
-            job.elapsed_s = result.elapsed_s
-            job.finished_at = now
-            job.started_at = job.started_at or now
-            job.progress = 1.0
-            job.cost = cost
-            job.error = None
-            session.add_all(rows)
-        return result.model_copy(update={"images": images, "job_id": job_id})
+        ]
+        record = (
+            None
+            if event_id is None
+            else _event_records(job_id, [event_id], [("succeeded", done, event_at)])[0]
+        )
+        return result.model_copy(update={"images": images, "job_id": job_id}), record
 
     def _write_images(
         self, result: ImageResult, meta: dict[str, Any], effective: Mapping[str, Any]
@@ -288,14 +467,69 @@ class Store:
         status: str = "failed",
     ) -> None:
         """Mark the job failed (or cancelled) with the reason: error type, message and stage."""
+        await self.record_failure(job_id, error, attempts, elapsed_s, status=status)
+
+    async def record_failure(
+        self,
+        job_id: str,
+        error: BaseException,
+        attempts: Sequence[Attempt],
+        elapsed_s: float,
+        *,
+        status: str = "failed",
+        event: bool = False,
+    ) -> EventRecord | None:
+        """:meth:`fail_job`, plus the ``failed`` or ``cancelled`` event in the same
+        transaction when ``event``; that event."""
         _check("status", status, ("failed", "cancelled"))
-        async with self._session() as session, session.begin():
-            job = await self._job_row(session, job_id)
-            job.status = status
-            job.error = _error_dict(error)
-            job.attempts = [attempt.model_dump(mode="json") for attempt in attempts]
-            job.elapsed_s = elapsed_s
-            job.finished_at = self._now()
+        values: dict[str, Any] = {
+            "status": status,
+            "error": _error_dict(error),
+            "attempts": [attempt.model_dump(mode="json") for attempt in attempts],
+            "elapsed_s": elapsed_s,
+            "finished_at": self._now(),
+        }
+        stamped = [(status, ended_event_data(error, len(attempts)), self._now())] if event else []
+        if self._writer is not None:
+
+            def step(conn: sqlite3.Connection) -> list[int]:
+                with jobsql.transaction(conn):
+                    if jobsql.update_job(conn, job_id, values) != 1:
+                        raise LookupError(f"no job {job_id!r} in the store")
+                    return [jobsql.insert_event(conn, job_id, *e) for e in stamped]
+
+            ids = await self._writer.run(step)
+        else:
+            async with self._session() as session, session.begin():
+                job = await self._job_row(session, job_id)
+                for key, value in values.items():
+                    setattr(job, key, value)
+                await session.flush()
+                ids = await _add_events(session, job_id, stamped)
+        records = _event_records(job_id, ids, stamped)
+        return records[0] if records else None
+
+    async def record_progress(self, job_id: str, step: int, steps: int) -> EventRecord:
+        """:meth:`set_progress` and the job's ``progress`` event, in one transaction."""
+        if steps < 1 or not 0 <= step <= steps:
+            raise ValueError(f"step: must be between 0 and steps ({steps}); got {step}")
+        values = {"step": step, "steps": steps, "progress": step / steps}
+        data = {"step": step, "steps": steps, "progress": round(step / steps, 4)}
+        stamped = [("progress", data, self._now())]
+        if self._writer is not None:
+
+            def write(conn: sqlite3.Connection) -> list[int]:
+                with jobsql.transaction(conn):
+                    if jobsql.update_job(conn, job_id, values) != 1:
+                        raise LookupError(f"no job {job_id!r} in the store")
+                    return [jobsql.insert_event(conn, job_id, *stamped[0])]
+
+            ids = await self._writer.run(write)
+        else:
+            async with self._session() as session, session.begin():
+                await session.execute(update(Job).where(Job.id == job_id).values(**values))
+                ids = await _add_events(session, job_id, stamped)
+        return _event_records(job_id, ids, stamped)[0]
 
     async def set_progress(self, job_id: str, step: int, steps: int) -> None:
         """Record that the job has done ``step`` of ``steps``."""
@@ -376,10 +610,18 @@ class Store:
     async def add_event(self, job_id: str, kind: str, data: Mapping[str, Any]) -> EventRecord:
         """Append one event to the job's log and return it with its id."""
         _check("kind", kind, EVENT_KINDS)
-        row = JobEvent(job_id=job_id, kind=kind, data=dict(data), created_at=self._now())
-        async with self._session() as session, session.begin():
-            session.add(row)
-        return EventRecord.model_validate(row)
+        stamped = [(kind, dict(data), self._now())]
+        if self._writer is not None:
+
+            def step(conn: sqlite3.Connection) -> list[int]:
+                with jobsql.transaction(conn):
+                    return [jobsql.insert_event(conn, job_id, *stamped[0])]
+
+            ids = await self._writer.run(step)
+        else:
+            async with self._session() as session, session.begin():
+                ids = await _add_events(session, job_id, stamped)
+        return _event_records(job_id, ids, stamped)[0]
 
     async def events_after(self, job_id: str, last_id: int = 0) -> list[EventRecord]:
         """The job's events with an id above ``last_id``, oldest first."""
@@ -390,6 +632,28 @@ class Store:
         )
         async with self._session() as session:
             return [EventRecord.model_validate(row) for row in (await session.scalars(query))]
+
+
+async def _add_events(
+    session: AsyncSession,
+    job_id: str,
+    events: Sequence[tuple[str, dict[str, Any], datetime]],
+) -> list[int]:
+    """Add events in the session's transaction; their ids."""
+    rows = [JobEvent(job_id=job_id, kind=k, data=d, created_at=at) for k, d, at in events]
+    session.add_all(rows)
+    if rows:
+        await session.flush()
+    return [row.id for row in rows]
+
+
+def _event_records(
+    job_id: str, ids: Sequence[int], events: Sequence[tuple[str, dict[str, Any], datetime]]
+) -> list[EventRecord]:
+    return [
+        EventRecord(id=event_id, job_id=job_id, kind=kind, data=data, created_at=at)
+        for event_id, (kind, data, at) in zip(ids, events, strict=False)
+    ]
 
 
 def _limit(limit: int) -> int:
