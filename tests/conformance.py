@@ -40,6 +40,8 @@ class Setup:
     at_url: Callable[[str], Provider] | None = None
     """The same provider configured for another base URL (the TLS stall); None when local."""
     tls_timeout_s: float = 0.5
+    slow: Callable[[], None] | None = None
+    """Make the fake's next answers take seconds (for the cancel check), where 40 steps don't."""
     cancellable: bool = True
     supports_n: bool = True
     extra: dict[str, object] = field(default_factory=dict)

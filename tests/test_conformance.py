@@ -76,6 +76,9 @@ def test_n_images_come_back(setup: Setup) -> None:
 def test_cancel_ends_the_attempt_promptly(setup: Setup) -> None:
     """Cancelling the caller's task ends the attempt with CancelledError, within seconds."""
 
+    if setup.slow is not None:
+        setup.slow()
+
     async def body() -> float:
         slow = REQUEST.model_copy(update={"steps": 40})
         task = asyncio.create_task(setup.provider.generate(slow, Deadline(30), None))

@@ -137,10 +137,15 @@ class ProviderError(ImagegateError):
         self.stage = stage
         self.elapsed_s = elapsed_s
         self.retry_after = retry_after
+        self.billed: bool | None = None
+        """Set by a provider that knows better than the class, e.g. after a task was accepted."""
 
     @property
     def may_have_been_billed(self) -> bool:
         """Whether a paid provider may have charged for this attempt."""
+        return self.billed if self.billed is not None else self._billed_by_default()
+
+    def _billed_by_default(self) -> bool:
         return self.billable
 
     def __str__(self) -> str:
@@ -172,8 +177,7 @@ class ConnectError(ProviderError):
 
     retryable = True
 
-    @property
-    def may_have_been_billed(self) -> bool:
+    def _billed_by_default(self) -> bool:
         """A reset after the request went out may come after the provider billed it."""
         return self.stage in ("first_byte", "read")
 
@@ -183,8 +187,7 @@ class Timeout(ProviderError):
 
     retryable = True
 
-    @property
-    def may_have_been_billed(self) -> bool:
+    def _billed_by_default(self) -> bool:
         """Only a timeout after the request body went out may have been billed."""
         return self.stage not in ("dns", "connect", "tls", "config")
 

@@ -1,0 +1,538 @@
+"""Novita AI (``type = "novita"``): the v3 asynchronous text-to-image API.
+
+One image is one task: ``POST /v3/async/txt2img`` with the ``request`` object (and the
+``extra`` options) answers ``{"task_id"}``; ``GET /v3/async/task-result?task_id=`` is polled
+with a growing interval until the task is ``TASK_STATUS_SUCCEED`` or ``TASK_STATUS_FAILED``,
+reporting ``task.progress_percent`` as progress; the images are presigned URLs on another
+host, downloaded through the same transport, within the same deadline, without the key.
+
+Seeds: we always send one (a random one when the request has none) and report the seed
+Novita answers in ``extra.seed`` (a string). ``n > 1`` makes n tasks of one image each, with
+seeds seed, seed+1, ..., so every reported seed regenerates its image alone; Novita does not
+document how the images of one ``image_num > 1`` task are seeded.
+
+Novita has no cancel endpoint: cancelling stops the polling, and the task still runs (and is
+billed) on Novita's side. NSFW detection (``nsfw_detection``) is off by default, as it is at
+Novita, and costs extra per image when on; its per-image result is not acted upon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import random
+import re
+import time
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, PositiveFloat
+
+from imagegate.errors import (
+    AuthError,
+    ConnectError,
+    ContentFiltered,
+    InvalidRequest,
+    ProtocolError,
+    ProviderError,
+    QuotaExceeded,
+    RateLimited,
+    Timeout,
+    Unavailable,
+    UpstreamError,
+)
+from imagegate.providers.base import (
+    Deadline,
+    Progress,
+    ProgressCallback,
+    Provider,
+    ProviderConfig,
+    RemoteConfig,
+    read_secret,
+)
+from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
+from imagegate.transport import (
+    Response,
+    Transport,
+    expect_json,
+    parse_retry_after,
+    raise_for_status,
+    redact,
+)
+
+__all__ = ["SAMPLERS", "NovitaConfig", "NovitaProvider"]
+
+T = TypeVar("T")
+
+DEFAULT_MODEL = "sd_xl_base_1.0.safetensors"
+"""The checkpoint Novita's own txt2img example uses; any ``sd_name`` from ``GET /v3/model``."""
+
+SAMPLERS = (
+    "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
+    "DPM fast", "DPM adaptive", "LMS Karras", "DPM2 Karras", "DPM2 a Karras",
+    "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC",
+)  # fmt: skip
+"""The ``sampler_name`` values Novita's txt2img reference lists."""
+
+_SUCCEED, _FAILED = "TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED"
+_POLL_CAP_S = 4.0  # the polling interval grows to this at most
+_POLL_FAILURES = 3  # consecutive failed polls before giving up on the task
+_PARALLEL = 4  # tasks in flight at once for one request with n > 1
+# Novita's request fields -> ImageRequest fields, for naming the field a 400 complains about.
+_FIELDS = {
+    "model_name": "model",
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "width": "width",
+    "height": "height",
+    "image_num": "n",
+    "steps": "steps",
+    "guidance_scale": "guidance",
+    "sampler_name": "sampler",
+    "seed": "seed",
+}
+_FILTERED = re.compile(r"nsfw|illegal|inappropriate|sensitive|moderation|policy", re.I)
+_INVALID = re.compile(r"invalid|not (?:found|exist)|out of range|unsupported|parameter", re.I)
+
+
+class NovitaConfig(RemoteConfig):
+    """Settings of a Novita provider; width..sampler are used when the request has none."""
+
+    type: Literal["novita"] = "novita"
+    url: str | None = "https://api.novita.ai"
+    api_key_env: str = "NOVITA_API_KEY"
+    paid: bool = True
+    model: str = Field(default=DEFAULT_MODEL, min_length=1)
+    width: int = Field(default=1024, ge=128, le=2048)
+    height: int = Field(default=1024, ge=128, le=2048)
+    steps: int = Field(default=20, ge=1, le=100)
+    guidance: float = Field(default=7.5, ge=1.0, le=30.0)
+    sampler: str = "Euler a"
+    nsfw_detection: bool = False
+    """Novita's ``extra.enable_nsfw_detection`` (off by default there too; costs extra)."""
+    nsfw_detection_level: Literal[0, 1, 2] | None = None
+    poll_interval_s: PositiveFloat = 0.5
+    """The first wait between two polls of a task; it grows by half each time, to 4 s."""
+
+
+class NovitaProvider(Provider):
+    """Text to image with Novita's v3 async API: submit, poll, download."""
+
+    type = "novita"
+    Config = NovitaConfig
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        if not isinstance(config, NovitaConfig):
+            config = NovitaConfig.model_validate(config.model_dump())
+        super().__init__(name, config)
+        self.settings: NovitaConfig = config
+        self._transport: Transport | None = None
+        self._key: str | None = None
+
+    # -- public surface ------------------------------------------------------------------
+
+    async def generate(
+        self, request: ImageRequest, deadline: Deadline, progress: ProgressCallback | None
+    ) -> list[GeneratedImage]:
+        """One task per image, polled until done; images downloaded before ``deadline``."""
+        self._check_request(request)
+        headers = self._headers()
+        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        tracker = _ProgressTracker(request.n, progress)
+        gate = asyncio.Semaphore(_PARALLEL)
+
+        async def one(index: int) -> GeneratedImage:
+            async with gate:
+                body = self._body(request, (seed + index) % (MAX_SEED + 1))
+                return await self._run_task(body, headers, deadline, tracker.part(index))
+
+        images = await _all(one(i) for i in range(request.n))
+        tracker.finish()
+        return images
+
+    async def probe(self, deadline: Deadline) -> str | None:
+        """List checkpoints matching the configured model (``GET /v3/model``)."""
+        params = {
+            "filter.types": "checkpoint",
+            "filter.query": self.settings.model,
+            "pagination.limit": "100",
+        }
+        resp = await self._http().request(
+            "GET", "/v3/model", deadline=deadline, params=params, headers=self._headers()
+        )
+        data = self._json(resp)
+        models = data.get("models") if isinstance(data, dict) else None
+        if not isinstance(models, list):
+            raise self._protocol(resp, "the model list has no 'models' array")
+        names = {
+            str(m.get(key))
+            for m in models
+            if isinstance(m, dict)
+            for key in ("sd_name", "sd_name_in_api")
+        }
+        if self.settings.model not in names:
+            raise InvalidRequest(
+                f"model: Novita has no checkpoint named {self.settings.model!r}; pick an sd_name "
+                "from GET /v3/model?filter.types=checkpoint and set the provider's model",
+                field="model",
+                provider=self.name,
+            )
+        return f"checkpoint {self.settings.model} available"
+
+    def effective_params(self, request: ImageRequest) -> dict[str, Any]:
+        """The steps, sampler and guidance sent to Novita for ``request``."""
+        return {
+            "steps": request.steps or self.settings.steps,
+            "sampler": request.sampler or self.settings.sampler,
+            "guidance": request.guidance
+            if request.guidance is not None
+            else self.settings.guidance,
+        }
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
+
+    def describe(self) -> dict[str, Any]:
+        """Name, type, model, paid, the base URL and the key's variable name (never the key)."""
+        info = super().describe()
+        info.update(url=self.settings.url, api_key_env=self.settings.api_key_env)
+        return info
+
+    # -- one task ------------------------------------------------------------------------
+
+    def _check_request(self, request: ImageRequest) -> None:
+        if request.sampler is not None and request.sampler not in SAMPLERS:
+            allowed = ", ".join(SAMPLERS)
+            raise InvalidRequest(
+                f"sampler: Novita has no sampler {request.sampler!r}; use one of: {allowed}",
+                field="sampler",
+                limit=f"one of: {allowed}",
+                provider=self.name,
+            )
+
+    def _body(self, request: ImageRequest, seed: int) -> dict[str, Any]:
+        cfg = self.settings
+        params = self.effective_params(request)
+        body: dict[str, Any] = {
+            "model_name": request.model or cfg.model,
+            "prompt": request.prompt,
+            "width": request.width or cfg.width,
+            "height": request.height or cfg.height,
+            "image_num": 1,
+            "steps": params["steps"],
+            "guidance_scale": params["guidance"],
+            "sampler_name": params["sampler"],
+            "seed": seed,
+        }
+        if request.negative_prompt:
+            body["negative_prompt"] = request.negative_prompt
+        extra: dict[str, Any] = {"response_image_type": "png"}
+        if cfg.nsfw_detection:
+            extra["enable_nsfw_detection"] = True
+            if cfg.nsfw_detection_level is not None:
+                extra["nsfw_detection_level"] = cfg.nsfw_detection_level
+        return {"extra": extra, "request": body}
+
+    async def _run_task(
+        self,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        deadline: Deadline,
+        progress: ProgressCallback,
+    ) -> GeneratedImage:
+        http = self._http()
+        resp = await http.request(
+            "POST", "/v3/async/txt2img", deadline=deadline, json=body, headers=headers
+        )
+        data = self._json(resp)
+        task_id = data.get("task_id") if isinstance(data, dict) else None
+        if not isinstance(task_id, str) or not task_id:
+            raise self._protocol(resp, "the answer to txt2img has no task_id")
+        try:
+            return await self._finish_task(task_id, body, headers, deadline, progress)
+        except ProviderError as exc:
+            # Novita accepted the task and bills it whatever happens next (a failed task says
+            # so itself): the router must not send the request elsewhere.
+            if exc.billed is None:
+                exc.billed = True
+            raise
+
+    async def _finish_task(
+        self,
+        task_id: str,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        deadline: Deadline,
+        progress: ProgressCallback,
+    ) -> GeneratedImage:
+        http = self._http()
+        result = await self._poll(task_id, headers, deadline, progress)
+        images = result.get("images")
+        if not isinstance(images, list) or not images or not isinstance(images[0], dict):
+            raise self._protocol(None, f"task {task_id} succeeded without an image")
+        url = images[0].get("image_url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise self._protocol(None, f"task {task_id} gave no usable image_url")
+        # A presigned URL on another host: no Authorization header, or S3 refuses it.
+        image = await http.request("GET", url, deadline=deadline)
+        if not image.ok:
+            raise _map_error(image, self.name)
+        png, width, height = _as_png(image.content, self.name, image)
+        return GeneratedImage(
+            png=png, width=width, height=height, seed=_seed(result, body["request"]["seed"])
+        )
+
+    async def _poll(
+        self,
+        task_id: str,
+        headers: Mapping[str, str],
+        deadline: Deadline,
+        progress: ProgressCallback,
+    ) -> dict[str, Any]:
+        """Poll the task until it ends, or the deadline passes; its last answer."""
+        started = time.monotonic()
+        interval = self.settings.poll_interval_s
+        failures: list[ProviderError] = []
+        while True:
+            await _sleep_within(interval, deadline, self.name, started, task_id)
+            interval = min(interval * 1.5, max(_POLL_CAP_S, self.settings.poll_interval_s))
+            try:
+                resp = await self._http().request(
+                    "GET",
+                    "/v3/async/task-result",
+                    deadline=deadline,
+                    params={"task_id": task_id},
+                    headers=headers,
+                )
+                data = self._json(resp)
+            except (RateLimited, Unavailable, UpstreamError, ConnectError) as exc:
+                # The task is submitted (and billed): a failed poll is worth another one.
+                failures.append(exc)
+                if len(failures) >= _POLL_FAILURES:
+                    raise
+                interval = max(interval, exc.retry_after or 0.0)
+                continue
+            except Timeout as exc:
+                if exc.stage == "total":
+                    raise _late(task_id, self.name, started) from exc
+                failures.append(exc)
+                if len(failures) >= _POLL_FAILURES:
+                    raise
+                continue
+            failures.clear()
+            task = data.get("task") if isinstance(data, dict) else None
+            if not isinstance(task, dict):
+                raise self._protocol(resp, f"the result of task {task_id} has no 'task' object")
+            status = task.get("status")
+            if status == _SUCCEED:
+                return dict(data)
+            if status == _FAILED:
+                raise _task_failed(task_id, str(task.get("reason") or ""), self.name, started)
+            percent = task.get("progress_percent")
+            if isinstance(percent, int | float) and 0 <= percent <= 100:
+                progress(Progress(int(percent), 100))
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        if self._key is None:
+            secret = read_secret(self.settings.api_key_env, provider=self.name, key="api_key_env")
+            self._key = secret.get_secret_value() if secret is not None else ""
+        return {"Authorization": f"Bearer {self._key}"}
+
+    def _http(self) -> Transport:
+        if self._transport is None:
+            self._headers()
+            self._transport = Transport.for_config(
+                self.name, self.settings, secrets=[self._key or ""]
+            )
+        return self._transport
+
+    def _json(self, resp: Response) -> Any:
+        if not resp.ok:
+            raise _map_error(resp, self.name)
+        return expect_json(resp, self.name)
+
+    def _protocol(self, resp: Response | None, what: str) -> ProtocolError:
+        where = f"{resp.timings.host}:{resp.timings.port} " if resp is not None else ""
+        return ProtocolError(
+            f"{where}{what}; the API changed or a proxy altered the answer: check the provider's "
+            "url",
+            provider=self.name,
+            stage="read",
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _ProgressTracker:
+    """Folds the progress of n tasks into one Progress: each task is 100 steps."""
+
+    def __init__(self, n: int, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+        self.parts = [0] * n
+        self.last = -1
+
+    def part(self, index: int) -> ProgressCallback:
+        def report(p: Progress) -> None:
+            self.parts[index] = max(self.parts[index], min(p.step, 100))
+            self._emit()
+
+        return report
+
+    def finish(self) -> None:
+        self.parts = [100] * len(self.parts)
+        self._emit()
+
+    def _emit(self) -> None:
+        step = sum(self.parts)
+        if self.callback is not None and step > self.last:
+            self.last = step
+            self.callback(Progress(step, 100 * len(self.parts)))
+
+
+async def _all(jobs: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run ``jobs`` together; the first failure cancels the rest and is raised as itself."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(job) for job in jobs]
+    except BaseExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def _sleep_within(
+    seconds: float, deadline: Deadline, provider: str, started: float, task_id: str
+) -> None:
+    if deadline.remaining() <= seconds:
+        await asyncio.sleep(deadline.remaining())
+        raise _late(task_id, provider, started)
+    await asyncio.sleep(seconds)
+
+
+def _late(task_id: str, provider: str, started: float) -> Timeout:
+    return Timeout(
+        f"task {task_id} did not finish before the request deadline; Novita goes on with it "
+        "(and bills it): raise gateway.deadline_s or the provider's timeout_s, or ask for "
+        "fewer steps",
+        provider=provider,
+        stage="total",
+        elapsed_s=round(time.monotonic() - started, 3),
+    )
+
+
+def _seed(result: Mapping[str, Any], sent: int) -> int:
+    """``extra.seed`` (a string) when it is a number, else the seed we sent."""
+    extra = result.get("extra")
+    value = extra.get("seed") if isinstance(extra, dict) else None
+    try:
+        seed = int(str(value))
+    except ValueError:
+        return sent
+    return seed if 0 <= seed <= MAX_SEED else sent
+
+
+def _as_png(data: bytes, provider: str, resp: Response) -> tuple[bytes, int, int]:
+    """``data`` as PNG bytes with its size; a JPEG or WebP is converted."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+        return data, int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            out = io.BytesIO()
+            img.save(out, format="PNG")
+            return out.getvalue(), img.width, img.height
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ProtocolError(
+            f"{resp.timings.host}:{resp.timings.port} sent {len(data)} bytes that are not an "
+            f"image ({resp.snippet()!r}); the presigned URL may have expired: try again",
+            provider=provider,
+            stage="read",
+        ) from exc
+
+
+def _task_failed(task_id: str, reason: str, provider: str, started: float) -> ProviderError:
+    """A TASK_STATUS_FAILED task as the error its reason describes."""
+    kw: dict[str, Any] = {"provider": provider, "elapsed_s": round(time.monotonic() - started, 3)}
+    said = reason or "no reason given"
+    error: ProviderError
+    if _FILTERED.search(reason):
+        error = ContentFiltered(f"Novita refused task {task_id}: {said}; change the prompt", **kw)
+    elif _INVALID.search(reason):
+        error = InvalidRequest(
+            f"Novita refused task {task_id}: {said}; fix the request", field=_field_in(reason), **kw
+        )
+    else:
+        error = UpstreamError(
+            f"Novita task {task_id} failed: {said}; try again, or route elsewhere", **kw
+        )
+    error.billed = False  # a failed task is not charged
+    return error
+
+
+def _field_in(text: str) -> str | None:
+    """The ImageRequest field a Novita message names, if it names one."""
+    for name, field in _FIELDS.items():
+        if re.search(rf"\b{name}\b", text):
+            return field
+    return None
+
+
+def _map_error(resp: Response, provider: str) -> ProviderError:
+    """A non-2xx Novita answer as an error of the tree: the one place statuses are mapped.
+
+    Bodies are ``{"code", "reason", "message", "metadata"}``. 401 and 403 (INVALID_API_KEY,
+    API_NOT_ALLOWED, NEED_REAL_NAME_VERIFY, BILLING_AUTH_FAILED) -> AuthError; 403
+    NOT_ENOUGH_BALANCE and 400 BILLING_BALANCE_NOT_ENOUGH -> QuotaExceeded; 400 ILLEGAL_PROMPT
+    / ILLEGAL_IMAGE_CONTENT -> ContentFiltered; other 400 -> InvalidRequest naming the field;
+    429 -> RateLimited; 503/504 -> Unavailable; other 5xx -> UpstreamError.
+    """
+    body: Any = None
+    with contextlib.suppress(ProtocolError):
+        body = resp.json()
+    reason = str(body.get("reason") or "") if isinstance(body, dict) else ""
+    message = str(body.get("message") or "") if isinstance(body, dict) else ""
+    where = f"{resp.timings.host}:{resp.timings.port}"
+    said = f"{where} answered {resp.status} {reason or ''}".rstrip()
+    said += f" ({redact(message[:200], resp.secrets) if message else resp.snippet()})"
+    kw: dict[str, Any] = {"provider": provider, "elapsed_s": round(resp.timings.total_s, 3)}
+    retry_after = parse_retry_after(resp.headers.get("retry-after"))
+    status = resp.status
+    if "BALANCE" in reason:
+        return QuotaExceeded(f"{said}; top up the Novita account", **kw)
+    if reason.startswith("ILLEGAL_"):
+        return ContentFiltered(f"{said}; Novita's filter refused it: change the prompt", **kw)
+    if status in (401, 403) or reason in ("MISSING_API_KEY", "INVALID_API_KEY"):
+        return AuthError(
+            f"{said}; check the key in the variable the provider's api_key_env names, and the "
+            "account's permissions and verification in the Novita console",
+            **kw,
+        )
+    if status == 429:
+        return RateLimited(
+            f"{said}; Novita's rate limit: wait, or lower the provider's concurrency",
+            retry_after=retry_after,
+            **kw,
+        )
+    if status in (503, 504):
+        return Unavailable(
+            f"{said}; Novita is overloaded: try again later, or route elsewhere",
+            retry_after=retry_after,
+            **kw,
+        )
+    if status == 400:
+        field = _field_in(message)
+        return InvalidRequest(
+            f"{said}; fix {field or 'the request'} and try again", field=field, **kw
+        )
+    try:
+        raise_for_status(resp, provider)
+    except ProviderError as exc:
+        return exc
+    return UpstreamError(f"{said}; try again", **kw)
