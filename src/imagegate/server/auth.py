@@ -1,7 +1,8 @@
 """API keys: ``Authorization: Bearer KEY`` or HTTP Basic with the key as password.
 
 Keys come from the environment variable that ``server.api_keys_env`` names (comma-separated).
-Each is compared in constant time; none is ever logged or echoed. /healthz stays open.
+Each is compared in constant time; none is ever logged or echoed. /healthz stays open, and so
+does the web page (/ and its assets under /ui/), which holds no data and asks for the key.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/"})
+OPEN_PREFIXES = ("/ui/",)  # the web page's script and style sheet: no data, and it asks for a key
 
 
 def keys_from_env(name: str) -> tuple[bytes, ...]:
@@ -55,7 +57,13 @@ class AuthMiddleware:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        path = str(scope.get("path", ""))
+        if (
+            scope["type"] != "http"
+            or not self.keys
+            or path in OPEN_PATHS
+            or path.startswith(OPEN_PREFIXES)
+        ):
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:

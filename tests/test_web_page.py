@@ -1,0 +1,293 @@
+"""The web page at GET /, driven in Debian's chromium through Playwright.
+
+Generate with live progress, reuse a history item, cancel, see failover and open breakers, work
+with auth on and on a phone, and never reach past the server's own host.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from serverkit import NUMPY_COPY_WARNING, Fake, Live, fake_settings, live, tiny_settings
+
+from imagegate import request as limits
+from imagegate.errors import ConnectError
+from imagegate.server import web
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+from playwright.sync_api import Browser, Page, expect  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+KEY = "sk-web-test"
+WAIT_MS = 20_000
+
+pytestmark = pytest.mark.filterwarnings(NUMPY_COPY_WARNING)
+expect.set_options(timeout=WAIT_MS)  # the first image also loads the pipeline
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless chromium for the module (Debian's, never a downloaded one)."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run does)")
+    with playwright_sync.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh desktop-sized page (no cookies, no localStorage)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(WAIT_MS)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A server whose one provider is the tiny diffusers pipeline, 'local'."""
+    with pytest.MonkeyPatch.context() as mp:
+        for leaked in ("IMAGEGATE_ROUTE", "IMAGEGATE_CONFIG", "IMAGEGATE_API_KEYS"):
+            mp.delenv(leaked, raising=False)
+        mp.setenv("IMAGEGATE_DATA_DIR", str(tmp_path_factory.mktemp("web-data")))
+        with live(tiny_settings(tiny_model)) as server:
+            yield server
+
+
+@pytest.fixture
+def slow() -> Iterator[Live]:
+    """A server whose one provider, 'slow', takes 100 steps of 50 ms."""
+    with live(fake_settings(["slow"]), {"slow": Fake("slow", steps=100, step_s=0.05)}) as server:
+        yield server
+
+
+def refused() -> ConnectError:
+    return ConnectError("connection refused by 127.0.0.1:9; start the server", provider="down")
+
+
+@pytest.fixture
+def failing() -> Iterator[Live]:
+    """A server whose route is 'down' (connection refused) then 'up'."""
+    providers = {"down": Fake("down", fail=refused), "up": Fake("up")}
+    with live(fake_settings(["down", "up"]), providers) as server:
+        yield server
+
+
+def generate_on_page(page: Page, prompt: str, **fields: str) -> None:
+    page.get_by_label("Prompt", exact=True).fill(prompt)
+    for name, value in fields.items():
+        page.locator(f"#{name}").fill(value)
+    page.get_by_role("button", name="Generate").click()
+
+
+def submit_and_wait(server: Live, **body: object) -> dict[str, object]:
+    job_id = httpx.post(f"{server.url}/v1/jobs", json=body).json()["id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job: dict[str, object] = httpx.get(f"{server.url}/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def record_status(page: Page) -> None:
+    """Keep every text the job status line shows in window.seen (steps pass quickly)."""
+    page.evaluate(
+        """() => {
+            window.seen = [];
+            const node = document.getElementById("job-status");
+            new MutationObserver(() => window.seen.push(node.textContent))
+                .observe(node, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+
+
+def test_generating_shows_step_progress_then_the_image(tiny: Live, page: Page) -> None:
+    """A prompt on the tiny pipeline shows its steps, then the image with seed and provider."""
+    page.goto(tiny.url)
+    record_status(page)
+    generate_on_page(page, "a lighthouse at dusk", seed="5", steps="4")
+    expect(page.locator("#job-status")).to_have_text(re.compile(r"^Done in .* on local"))
+    seen: list[str] = page.evaluate("window.seen")
+    assert any(text.startswith("Step 4 of 4") for text in seen), seen
+    image = page.locator("#images img")
+    expect(image).to_have_attribute("src", re.compile(r"^blob:"))
+    assert page.evaluate("document.querySelector('#images img').naturalWidth") == 64
+    expect(page.locator("#details")).to_contain_text("Seed5")
+    expect(page.locator("#details")).to_contain_text("Providerlocal")
+
+
+def test_a_history_item_fills_the_form_with_its_parameters(tiny: Live, page: Page) -> None:
+    """Selecting a stored image puts its prompt, settings and seed back in the form."""
+    submit_and_wait(
+        tiny,
+        prompt="a red boat",
+        negative_prompt="blurry",
+        width=64,
+        height=72,
+        steps=3,
+        guidance=5.5,
+        seed=42,
+        sampler="Euler",
+    )
+    page.goto(tiny.url)
+    page.get_by_role("button", name=re.compile(r"^Reuse: a red boat")).first.click()
+    expect(page.locator("#prompt")).to_have_value("a red boat")
+    expect(page.locator("#negative_prompt")).to_have_value("blurry")
+    expect(page.locator("#seed")).to_have_value("42")
+    expect(page.locator("#steps")).to_have_value("3")
+    expect(page.locator("#height")).to_have_value("72")
+    expect(page.locator("#guidance")).to_have_value("5.5")
+    expect(page.locator("#sampler")).to_have_value("Euler")
+
+
+def test_cancel_stops_a_running_job(slow: Live, page: Page) -> None:
+    """Cancel during the steps ends the job cancelled, on the page and in the API."""
+    page.goto(slow.url)
+    generate_on_page(page, "a slow fox")
+    expect(page.locator("#job-status")).to_have_text(re.compile(r"^Step \d+ of 100"))
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#job-status")).to_have_text("Cancelled.")
+    expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+    jobs = httpx.get(f"{slow.url}/v1/jobs").json()["data"]
+    assert jobs[0]["status"] == "cancelled"
+
+
+def test_a_failover_is_explained_in_words(failing: Live, page: Page) -> None:
+    """The result says why the first provider failed and which one made the image."""
+    page.goto(failing.url)
+    generate_on_page(page, "a harbour")
+    expect(page.locator("#job-status")).to_have_text(re.compile(r"^Done in .* on up"))
+    expect(page.locator("#attempts .failover")).to_have_text(
+        "down: connection refused by 127.0.0.1:9 → used up"
+    )
+    expect(page.locator("#attempts")).to_contain_text("start the server")
+
+
+def test_an_open_breaker_shows_in_the_providers_panel(failing: Live, page: Page) -> None:
+    """A provider that refused connections is listed with its breaker open and the error."""
+    submit_and_wait(failing, prompt="a harbour")
+    page.goto(failing.url)
+    down = page.locator(".provider", has_text="down")
+    expect(down.locator(".badge")).to_have_text("breaker open")
+    expect(down).to_contain_text("connection refused")
+    expect(page.locator(".provider", has_text="up").locator(".badge")).to_have_text("ready")
+    expect(page.locator("#summary")).to_have_text("1 of 2 providers ready")
+
+
+def test_an_api_error_shows_next_to_its_field(slow: Live, page: Page) -> None:
+    """A width the API refuses is reported under the width field, which is marked invalid."""
+    page.goto(slow.url)
+    generate_on_page(page, "a fox", width="100")
+    expect(page.locator("#err-width")).to_contain_text("multiple of 8")
+    expect(page.locator("#width")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#err-prompt")).to_be_empty()
+
+
+def test_the_form_limits_are_image_requests(slow: Live, page: Page) -> None:
+    """The inputs' min and max are ImageRequest's limits, filled in by the server."""
+    page.goto(slow.url)
+    assert page.get_attribute("#width", "min") == str(limits.MIN_SIDE)
+    assert page.get_attribute("#height", "max") == str(limits.MAX_SIDE)
+    assert page.get_attribute("#steps", "max") == str(limits.MAX_STEPS)
+    assert page.get_attribute("#seed", "max") == str(limits.MAX_SEED)
+    assert page.get_attribute("#n", "max") == str(limits.MAX_N)
+    assert "{{" not in page.content()
+
+
+@pytest.fixture
+def keyed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
+    """A server with API keys on and one fast fake provider."""
+    monkeypatch.setenv("IMAGEGATE_API_KEYS", KEY)
+    with live(fake_settings(["fast"]), {"fast": Fake("fast")}) as server:
+        yield server
+
+
+def test_with_auth_on_the_page_asks_for_the_key(keyed: Live, page: Page) -> None:
+    """Without a key the page shows only the key form, and a wrong key is refused there."""
+    page.goto(keyed.url)
+    expect(page.get_by_role("heading", name="This server needs an API key")).to_be_visible()
+    expect(page.locator("#app")).to_be_hidden()
+    page.get_by_label("API key", exact=True).fill("sk-wrong")
+    page.get_by_role("button", name="Use this key").click()
+    expect(page.locator("#err-key")).to_have_text("The server refused this key.")
+    expect(page.locator("#app")).to_be_hidden()
+
+
+def test_with_the_key_the_page_generates_and_remembers_it(keyed: Live, page: Page) -> None:
+    """With the right key the page generates and shows the image; a reload keeps the key."""
+    page.goto(keyed.url)
+    page.get_by_label("API key", exact=True).fill(KEY)
+    page.get_by_role("button", name="Use this key").click()
+    generate_on_page(page, "a locked door", seed="9")
+    expect(page.locator("#job-status")).to_have_text(re.compile(r"^Done in .* on fast"))
+    expect(page.locator("#images img")).to_have_attribute("src", re.compile(r"^blob:"))
+    page.reload()
+    expect(page.locator("#app")).to_be_visible()
+    expect(page.locator("#key-panel")).to_be_hidden()
+    expect(page.locator("#history-grid img").first).to_have_attribute("src", re.compile("blob:"))
+
+
+def test_a_phone_sized_screen_has_no_horizontal_scroll(slow: Live, browser: Browser) -> None:
+    """At 390x844 nothing is wider than the screen and the controls can be tapped."""
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    context.set_default_timeout(WAIT_MS)
+    try:
+        page = context.new_page()
+        page.goto(slow.url)
+        page.locator("#prompt").fill("a pocket-sized fox")
+        page.get_by_role("button", name="Generate").tap()
+        expect(page.locator("#job-status")).to_have_text(re.compile(r"^Step \d+ of 100"))
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.locator("#settings > summary").tap()
+        for name in ("Prompt", "Width", "Seed", "Provider"):
+            box = page.get_by_label(name, exact=True).bounding_box()
+            assert box is not None
+            assert box["x"] >= 0
+            assert box["x"] + box["width"] <= 390
+            assert box["height"] >= 36
+        page.get_by_role("button", name="Cancel").tap()
+        expect(page.locator("#job-status")).to_have_text("Cancelled.")
+    finally:
+        context.close()
+
+
+def test_no_request_leaves_the_servers_host(tiny: Live, page: Page) -> None:
+    """Loading, generating and browsing the history fetch only from 127.0.0.1."""
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    page.goto(tiny.url)
+    generate_on_page(page, "a quiet street")
+    expect(page.locator("#job-status")).to_have_text(re.compile(r"^Done in"))
+    expect(page.locator("#history-grid img").first).to_have_attribute("src", re.compile("blob:"))
+    assert urls
+    for url in urls:
+        if url.startswith("data:"):
+            continue
+        assert urlsplit(url.removeprefix("blob:")).hostname == "127.0.0.1", url
+
+
+def test_the_page_ships_in_the_package() -> None:
+    """index.html, app.js and style.css are package files, next to web.py."""
+    assert {path.name for path in web.UI_DIR.iterdir()} >= {"index.html", "app.js", "style.css"}
