@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,8 @@ def test_dotenv_in_cwd_is_read(isolated_env: Path, monkeypatch: pytest.MonkeyPat
     try:
         assert load_config().gateway.route == ["x"]
     finally:
-        monkeypatch.delenv("IMAGEGATE_ROUTE", raising=False)
+        # load_dotenv wrote os.environ directly; monkeypatch would restore its value.
+        os.environ.pop("IMAGEGATE_ROUTE", None)
 
 
 def test_misspelt_key_is_an_error_listing_allowed_keys(isolated_env: Path) -> None:
