@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     prov = sub.add_parser("providers", help="list the configured providers")
     _common(prov, json_flag=True)
 
+    doctor = sub.add_parser("doctor", help="check each provider stage by stage: cause and fix")
+    doctor.add_argument("names", nargs="*", metavar="NAME", help="providers (default: all)")
+    doctor.add_argument("--generate", action="store_true", help="also make one tiny test image")
+    _common(doctor, json_flag=True)
+
     hist = sub.add_parser("history", help="list recent generations")
     hist.add_argument("--limit", type=int, default=20)
     _common(hist, json_flag=True)
@@ -99,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _serve,
         "providers": _providers,
         "history": _history,
+        "doctor": _doctor,
         "models": _models,
     }[args.command]
     try:
@@ -293,6 +299,22 @@ def _providers(args: argparse.Namespace, console: Console) -> int:
         ],
     )
     return EXIT_OK
+
+
+def _doctor(args: argparse.Namespace, console: Console) -> int:
+    from imagegate import doctor
+
+    settings = load_config(args.config)
+    encoding = getattr(console.stdout, "encoding", None)
+    report = asyncio.run(
+        doctor.run_doctor(settings, args.names, generate=args.generate, stdout_encoding=encoding)
+    )
+    if args.json:
+        console.json(report.to_json())
+    else:
+        for line in doctor.format_text(report):
+            console.line(line)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _history(args: argparse.Namespace, console: Console) -> int:

@@ -29,6 +29,22 @@ class BreakerView(BaseModel):
     last_probe_ok: bool | None
 
 
+class StageView(BaseModel):
+    name: str
+    ok: bool
+    elapsed_s: float | None
+    detail: str
+
+
+class DoctorView(BaseModel):
+    """``imagegate doctor``'s stages for this provider, run on request (``?doctor=true``)."""
+
+    ok: bool
+    stages: list[StageView]
+    cause: str | None
+    fix: str | None
+
+
 class ProviderView(BaseModel):
     name: str
     type: str
@@ -42,6 +58,7 @@ class ProviderView(BaseModel):
     last_error_at: datetime | None
     recent_latency_p50_s: float | None
     recent_samples: int
+    doctor: DoctorView | None = None
 
 
 class ProviderList(BaseModel):
@@ -89,8 +106,15 @@ def _wall(monotonic_at: float) -> datetime | None:
 
 
 @router.get("/v1/providers", response_model=ProviderList, summary="Providers and their breakers")
-async def providers(ctx: Ctx) -> ProviderList:
+async def providers(ctx: Ctx, doctor: bool = False) -> ProviderList:
+    """``doctor=true`` also runs the doctor's stages (no generation) on every provider."""
     route = ctx.settings.gateway.route
+    checked: dict[str, DoctorView] = {}
+    if doctor:
+        from imagegate.doctor import check_providers
+
+        reports = await check_providers(ctx.gateway.providers, close=False)
+        checked = {r.name: DoctorView.model_validate(r.to_json()) for r in reports}
     views = []
     for name, provider in ctx.gateway.providers.items():
         breaker = ctx.gateway.router.breakers[name]
@@ -115,6 +139,7 @@ async def providers(ctx: Ctx) -> ProviderList:
                 last_error_at=stats.last_error_at if stats else None,
                 recent_latency_p50_s=stats.p50() if stats else None,
                 recent_samples=len(stats.latencies) if stats else 0,
+                doctor=checked.get(name),
             )
         )
     return ProviderList(route=list(route), data=views)
