@@ -179,11 +179,18 @@ def resolve_device_dtype(
 
 
 def _import_torch() -> tuple[Any, Any]:
+    # transformers warns at import about optional image backends a text-to-image pipeline
+    # never uses; imagegate reports progress itself, so the libraries' own bars stay off.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         import diffusers
         import torch
+        import transformers
     except ImportError:
         raise MissingDependency("local", "torch") from None
+    for lib in (diffusers, transformers):
+        quiet: Any = lib.utils.logging
+        quiet.disable_progress_bar()
     return torch, diffusers
 
 
