@@ -1,0 +1,812 @@
+"""Gradio apps and Hugging Face Spaces (``type = "gradio"``), spoken over imagegate's own HTTP.
+
+Why not ``gradio_client``: it has no TLS budget (httpx folds the handshake into one connect
+timeout), its Hub calls run with ``timeout=None``, ``Client()`` polls a BUILDING Space every
+2 s without limit, and ``predict()`` has no timeout; the story behind imagegate is calls to
+RUNNING Spaces dying in the TLS handshake after 10-30 s. So this module speaks Gradio's small
+HTTP protocol on ``imagegate.transport``: every call (Hub, config, join, stream, file) has
+its per-stage budgets inside the request's deadline. One attempt, in stages:
+
+1. Runtime (``space = "owner/name"`` only): ``GET {hub_url}/api/spaces/{owner}/{name}``
+   gives ``runtime.stage`` and ``host``. RUNNING is trusted for ``RUNTIME_CACHE_S`` (no Hub
+   call per request); any failure forgets it. SLEEPING/STOPPED with ``wake = true``: one
+   background ``GET {host}/config`` (``WAKE_BUDGET_S``, never awaited) wakes it and the
+   attempt fails at once with ``Unavailable(stage="runtime", retry_after=wake_retry_after_s)``;
+   the router serves elsewhere and its background ``probe()`` (stage RUNNING and ``/config``
+   answers) lets the Space rejoin. Other stages are Unavailable too, naming the fix.
+2. Schema, kept until an attempt fails: ``GET /config`` (``api_prefix``: ``/gradio_api``
+   since Gradio 5, empty before; ``dependencies`` give the ``fn_index``) and ``GET
+   {prefix}/info``. Without ``api_name``, the first endpoint taking a prompt and returning
+   an image. Fields map to parameters by name (``DEFAULT_PARAMS``) or by ``params``; a
+   ``randomize_seed`` is sent False; other parameters keep the app's defaults; a request
+   field with nowhere to go is refused, never dropped.
+3. ``POST {prefix}/call/{api_name}`` ``{"data", "session_hash"}`` -> ``event_id``, then
+   ``GET {prefix}/call/{api_name}/{event_id}``: SSE ``generating``, ``progress`` (reported
+   when sent; Gradio 6 sends none here), ``heartbeat`` (every 15 s, within
+   ``read_timeout_s``), ``complete`` (outputs) or ``error``.
+4. The image's file data is fetched from ``{prefix}/file={path}`` in the same deadline and
+   re-encoded as PNG (Gradio sends WebP). An output labelled "seed" is the seed reported.
+
+n > 1 is n calls seeded seed, seed+1, ... Cancelling closes the stream and, in the
+background, ``POST {prefix}/cancel`` (``CANCEL_BUDGET_S``). The token (``token_env``) goes
+to the Hub as ``Authorization`` and to the Space as ``x-hf-authorization`` (gradio_client's
+header, stripped by the Space proxy), never elsewhere. Answers map in ``_map_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import io
+import json
+import logging
+import random
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field, PositiveFloat, model_validator
+
+from imagegate.errors import (
+    AuthError,
+    ContentFiltered,
+    InvalidRequest,
+    ProtocolError,
+    ProviderError,
+    QuotaExceeded,
+    RateLimited,
+    Unavailable,
+    UpstreamError,
+)
+from imagegate.providers.base import (
+    Deadline,
+    Progress,
+    ProgressCallback,
+    Provider,
+    ProviderConfig,
+    RemoteConfig,
+    read_secret,
+)
+from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
+from imagegate.transport import (
+    Response,
+    StageBudgets,
+    StreamResponse,
+    Transport,
+    expect_json,
+    parse_retry_after,
+    raise_for_status,
+    redact,
+)
+
+__all__ = ["DEFAULT_PARAMS", "GradioConfig", "GradioProvider"]
+
+log = logging.getLogger(__name__)
+
+RequestField = Literal[
+    "prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance", "sampler"
+]
+
+DEFAULT_PARAMS: dict[str, tuple[str, ...]] = {
+    "prompt": ("prompt", "text", "positive_prompt"),
+    "negative_prompt": ("negative_prompt", "negative", "neg_prompt"),
+    "seed": ("seed",),
+    "width": ("width",),
+    "height": ("height",),
+    "steps": ("steps", "num_inference_steps", "num_steps", "inference_steps"),
+    "guidance": ("guidance", "guidance_scale", "cfg", "cfg_scale"),
+    "sampler": ("sampler", "sampler_name"),
+}
+"""Endpoint parameter names each request field goes to, in order of preference."""
+
+RANDOMIZE_SEED = ("randomize_seed", "random_seed")
+IMAGE_COMPONENTS = frozenset({"Image", "Gallery", "ImageEditor", "ImageSlider"})
+
+RUNTIME_CACHE_S = 5.0  # a RUNNING stage is trusted this long before the Hub is asked again
+HUB_BUDGET_S = 10.0  # first byte and read gaps of a Hub API call
+WAKE_BUDGET_S = 10.0  # the background request that wakes a sleeping Space
+CANCEL_BUDGET_S = 2.0  # the background POST /cancel after the caller cancelled
+BROKEN_RETRY_AFTER_S = 300.0  # a paused or broken Space is not probed more often than this
+SEED_LIMIT = 2**31 - 1  # Spaces commonly cap seed sliders at int32's maximum
+
+RUNNING = frozenset({"RUNNING", "RUNNING_BUILDING"})
+ASLEEP = frozenset({"SLEEPING", "STOPPED"})
+STARTING = frozenset({"BUILDING", "APP_STARTING", "RUNNING_APP_STARTING"})
+BROKEN: dict[str, str] = {
+    "PAUSED": "only its owner can restart it: ask them, or take it off the route",
+    "BUILD_ERROR": "its build failed: the owner must fix it (see the Space's logs)",
+    "RUNTIME_ERROR": "the app crashed: the owner must restart or fix it (see its logs)",
+    "CONFIG_ERROR": "its README configuration is wrong: the owner must fix it",
+    "NO_APP_FILE": "it has no app file: the owner must add one",
+    "DELETING": "it is being deleted: take it off the route",
+}
+
+
+class GradioConfig(RemoteConfig):
+    """Settings of a Gradio app or a Hugging Face Space; ``space`` or ``url`` is required.
+
+    With both, ``space`` is checked on the Hub (runtime stage, wake) and ``url`` overrides
+    the Space's host (a mirror, a proxy, a test server).
+    """
+
+    type: Literal["gradio"] = "gradio"
+    space: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+    api_name: str | None = Field(default=None, min_length=1)
+    params: dict[RequestField, str] = Field(default_factory=dict)
+    token_env: str | None = None
+    wake: bool = True
+    wake_retry_after_s: PositiveFloat = 30.0
+    hub_url: str = "https://huggingface.co"
+
+    @model_validator(mode="after")
+    def _space_or_url(self) -> GradioConfig:
+        if not self.space and not self.url:
+            raise ValueError('set space = "owner/name" or url = "http://host:port"')
+        return self
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    stage: str
+    host: str
+    at: float
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """One named endpoint of the app, as /info describes it, and how a request fills it."""
+
+    api_name: str  # without the leading slash
+    fn_index: int | None
+    parameters: list[dict[str, Any]]
+    returns: list[dict[str, Any]]
+    fields: dict[str, str]  # request field -> parameter name
+
+
+@dataclass(frozen=True)
+class _App:
+    host: str
+    prefix: str
+    version: str
+    endpoint: _Endpoint
+
+
+class GradioProvider(Provider):
+    """Text to image on a Gradio app or a Hugging Face Space, woken when it sleeps."""
+
+    type = "gradio"
+    Config = GradioConfig
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        if not isinstance(config, GradioConfig):
+            config = GradioConfig.model_validate(config.model_dump())
+        super().__init__(name, config)
+        self.settings: GradioConfig = config
+        self._host_http: Transport | None = None
+        self._hub_http: Transport | None = None
+        self._runtime: _Runtime | None = None
+        self._app: _App | None = None
+        self._waking: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- public surface ------------------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        return self.settings.space or str(self.settings.url)
+
+    def endpoint(self) -> str | None:
+        """The app's base URL: ``url``, else the Space's host (as the Hub last said)."""
+        if self.settings.url:
+            return self.settings.url.rstrip("/")
+        if self._runtime is not None:
+            return self._runtime.host
+        return _default_host(self.settings.space or "")
+
+    async def generate(
+        self, request: ImageRequest, deadline: Deadline, progress: ProgressCallback | None
+    ) -> list[GeneratedImage]:
+        """Make ``request.n`` images, one call each, on a Space known to be running."""
+        self._check_request(request)
+        token = self._token()
+        seed = request.seed if request.seed is not None else random.randint(0, SEED_LIMIT)
+        with self._forget_on_failure():
+            host = await self._ready_host(deadline, token)
+            app = await self._schema(host, deadline, token)
+        self._check_fields(app.endpoint, request)
+        with self._forget_on_failure():
+            return [
+                await self._one(
+                    app, request, (seed + i) % (MAX_SEED + 1), deadline, token, progress
+                )
+                for i in range(request.n)
+            ]
+
+    async def probe(self, deadline: Deadline) -> str | None:
+        """Stage RUNNING on the Hub (for a Space) and the app's /config and /info answer."""
+        token = self._token()
+        self._runtime = None
+        self._app = None
+        host = await self._ready_host(deadline, token)
+        app = await self._schema(host, deadline, token)
+        stage = f"{self._runtime.stage}, " if self._runtime is not None else ""
+        return f"{stage}gradio {app.version}, endpoint /{app.endpoint.api_name}"
+
+    async def aclose(self) -> None:
+        """Stop background wake and cancel requests and close the connections."""
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for http in (self._host_http, self._hub_http):
+            if http is not None:
+                await http.aclose()
+        self._host_http = self._hub_http = None
+
+    def describe(self) -> dict[str, Any]:
+        """Name, type, paid, plus the Space or URL, the endpoint and whether it wakes."""
+        info = super().describe()
+        info.update(
+            space=self.settings.space,
+            url=self.endpoint(),
+            api_name=self._app.endpoint.api_name if self._app else self.settings.api_name,
+            wake=self.settings.wake,
+        )
+        return info
+
+    # -- 1. runtime ------------------------------------------------------------------------
+
+    async def _ready_host(self, deadline: Deadline, token: str | None) -> str:
+        """The host to call, once the Hub says the Space runs; Unavailable when it does not."""
+        space = self.settings.space
+        if not space:
+            return str(self.settings.url).rstrip("/")
+        runtime = self._runtime
+        if runtime is None or time.monotonic() - runtime.at > RUNTIME_CACHE_S:
+            runtime = await self._fetch_runtime(space, deadline, token)
+        if runtime.stage in RUNNING:
+            self._runtime = runtime
+            return runtime.host
+        self._runtime = None
+        if runtime.stage in ASLEEP and self.settings.wake:
+            self._wake(runtime.host, token)
+        raise _not_running(self.name, space, runtime.stage, self.settings)
+
+    async def _fetch_runtime(self, space: str, deadline: Deadline, token: str | None) -> _Runtime:
+        hub = self.settings.hub_url.rstrip("/")
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        resp = await self._hub().request(
+            "GET", f"{hub}/api/spaces/{space}", deadline=deadline, headers=headers
+        )
+        if not resp.ok:
+            raise _map_error(self.name, "hub", resp=resp)
+        info = expect_json(resp)
+        runtime = info.get("runtime") if isinstance(info, dict) else None
+        stage = runtime.get("stage") if isinstance(runtime, dict) else None
+        if not isinstance(stage, str):
+            raise _map_error(self.name, "hub", detail="the Hub's answer has no runtime.stage")
+        host = self.settings.url or info.get("host")
+        if not host and info.get("subdomain"):
+            host = f"https://{info['subdomain']}.hf.space"
+        return _Runtime(stage, str(host or _default_host(space)).rstrip("/"), time.monotonic())
+
+    def _wake(self, host: str, token: str | None) -> None:
+        """Send one request to a sleeping Space's host in the background; never awaited."""
+        if self._waking is not None and not self._waking.done():
+            return
+        log.info("%s: waking the Space %s (one request to %s)", self.name, self.model, host)
+        self._waking = self._spawn("GET", f"{host}/config", WAKE_BUDGET_S, token)
+
+    # -- 2. schema -------------------------------------------------------------------------
+
+    async def _schema(self, host: str, deadline: Deadline, token: str | None) -> _App:
+        """The app's API prefix and chosen endpoint, read once and kept until a failure."""
+        if self._app is not None and self._app.host == host:
+            return self._app
+        headers = _space_auth(token)
+        resp = await self._host().request(
+            "GET", f"{host}/config", deadline=deadline, headers=headers
+        )
+        if not resp.ok:
+            raise _map_error(self.name, "config", resp=resp)
+        config = expect_json(resp)
+        if not isinstance(config, dict):
+            raise _map_error(self.name, "config", detail="/config is not a JSON object")
+        prefix = str(config.get("api_prefix") or "").rstrip("/")
+        resp = await self._host().request(
+            "GET", f"{host}{prefix}/info", deadline=deadline, headers=headers
+        )
+        if not resp.ok:
+            raise _map_error(self.name, "info", resp=resp)
+        info = expect_json(resp)
+        named = info.get("named_endpoints") if isinstance(info, dict) else None
+        if not isinstance(named, dict):
+            raise _map_error(self.name, "info", detail="/info has no named_endpoints")
+        endpoint = self._pick_endpoint(named, config.get("dependencies") or [])
+        self._app = _App(host, prefix, str(config.get("version") or "?"), endpoint)
+        return self._app
+
+    def _pick_endpoint(self, named: Mapping[str, Any], dependencies: list[Any]) -> _Endpoint:
+        wanted = self.settings.api_name
+        names = sorted(named)
+        if wanted is not None:
+            key = "/" + wanted.strip("/")
+            if key not in named:
+                raise InvalidRequest(
+                    f"api_name: the app has no endpoint {key!r} (it has: {', '.join(names)}); "
+                    "set api_name to one of those",
+                    field="api_name",
+                    limit=f"one of {', '.join(names)}",
+                    provider=self.name,
+                )
+            candidates = [key]
+        else:
+            candidates = [k for k in named if _returns_image(named[k])]
+        for key in candidates:
+            params = [p for p in named[key].get("parameters") or [] if isinstance(p, dict)]
+            fields = self._map_fields(key, params, strict=wanted is not None)
+            if fields is None:
+                continue
+            name = key.strip("/")
+            return _Endpoint(
+                name, _fn_index(dependencies, name), params, named[key].get("returns") or [], fields
+            )
+        raise InvalidRequest(
+            f"api_name: no endpoint of the app takes a prompt and returns an image (it has: "
+            f'{", ".join(names) or "none"}); set api_name, and params = {{ prompt = "..." }}',
+            field="api_name",
+            provider=self.name,
+        )
+
+    def _map_fields(
+        self, key: str, params: list[dict[str, Any]], *, strict: bool
+    ) -> dict[str, str] | None:
+        """Request field -> parameter name for endpoint ``key``; None if prompt has no home."""
+        available = [_param_name(p) for p in params]
+        fields: dict[str, str] = {}
+        for field, names in DEFAULT_PARAMS.items():
+            found = next((n for n in names if n in available), None)
+            if found is not None:
+                fields[field] = found
+        for field, name in self.settings.params.items():
+            if name not in available:
+                raise InvalidRequest(
+                    f"params.{field}: endpoint {key} has no parameter {name!r} (it has: "
+                    f"{', '.join(available)}); fix params.{field}",
+                    field=f"params.{field}",
+                    limit=f"one of {', '.join(available)}",
+                    provider=self.name,
+                )
+            fields[field] = name
+        if "prompt" not in fields:
+            if strict:
+                raise InvalidRequest(
+                    f"params.prompt: no parameter of endpoint {key} is a prompt (it has: "
+                    f'{", ".join(available)}); set params = {{ prompt = "<one of those>" }}',
+                    field="params.prompt",
+                    provider=self.name,
+                )
+            return None
+        return fields
+
+    # -- 3. one call -----------------------------------------------------------------------
+
+    async def _one(
+        self,
+        app: _App,
+        request: ImageRequest,
+        seed: int,
+        deadline: Deadline,
+        token: str | None,
+        progress: ProgressCallback | None,
+    ) -> GeneratedImage:
+        endpoint = app.endpoint
+        base = f"{app.host}{app.prefix}/call/{endpoint.api_name}"
+        headers = _space_auth(token)
+        session = uuid.uuid4().hex
+        body = {"data": _data(endpoint, request, seed), "session_hash": session}
+        resp = await self._host().request(
+            "POST", base, deadline=deadline, json=body, headers=headers
+        )
+        if not resp.ok:
+            raise _map_error(self.name, "call", resp=resp)
+        answer = expect_json(resp)
+        event_id = answer.get("event_id") if isinstance(answer, dict) else None
+        if not isinstance(event_id, str):
+            raise _map_error(self.name, "call", detail="the call's answer has no event_id")
+        try:
+            async with self._host().stream(
+                "GET", f"{base}/{event_id}", deadline=deadline, headers=headers
+            ) as stream:
+                outputs = await self._outputs(stream, progress)
+        except asyncio.CancelledError:
+            if endpoint.fn_index is not None:
+                ids = {"session_hash": session, "fn_index": endpoint.fn_index, "event_id": event_id}
+                url = f"{app.host}{app.prefix}/cancel"
+                self._spawn("POST", url, CANCEL_BUDGET_S, token, ids)
+            raise
+        png, width, height = await self._image(app, outputs, deadline, token)
+        return GeneratedImage(
+            png=png, width=width, height=height, seed=_seed_of(endpoint, outputs, seed)
+        )
+
+    async def _outputs(self, stream: StreamResponse, progress: ProgressCallback | None) -> Any:
+        """Read the SSE stream until ``complete`` (its outputs) or ``error`` (raised)."""
+        if stream.status != 200:
+            content = await stream.aread()
+            secrets = self._host().secrets
+            whole = Response(
+                stream.status, stream.headers, content, "", stream.timings, self.name, secrets
+            )
+            raise _map_error(self.name, "stream", resp=whole)
+        async for event, data in _sse(stream):
+            if event == "complete":
+                return data
+            if event == "error":
+                raise _map_error(self.name, "event", event=data)
+            if event == "progress" and progress is not None:
+                step = _progress_of(data)
+                if step is not None:
+                    progress(step)
+        raise _map_error(self.name, "stream", detail="the event stream ended without a result")
+
+    # -- 4. the image ----------------------------------------------------------------------
+
+    async def _image(
+        self, app: _App, outputs: Any, deadline: Deadline, token: str | None
+    ) -> tuple[bytes, int, int]:
+        file = next(_files(outputs), None)
+        if file is None:
+            raise _map_error(self.name, "image", detail="the outputs hold no image file")
+        url = file.get("url")
+        path = file.get("path")
+        if not (isinstance(url, str) and url.startswith(app.host + "/")):
+            if not isinstance(path, str):
+                raise _map_error(self.name, "image", detail="the image has no path or url")
+            url = f"{app.host}{app.prefix}/file={path}"
+        resp = await self._host().request("GET", url, deadline=deadline, headers=_space_auth(token))
+        if not resp.ok:
+            raise _map_error(self.name, "file", resp=resp)
+        try:
+            return await asyncio.to_thread(_to_png, resp.content)
+        except (OSError, ValueError) as exc:
+            raise _map_error(
+                self.name, "image", detail=f"the image did not decode ({exc})"
+            ) from exc
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _check_request(self, request: ImageRequest) -> None:
+        if request.model is not None and request.model != self.model:
+            raise InvalidRequest(
+                f"model: this provider serves {self.model!r} only; got {request.model!r}. "
+                "Leave model out, or route to a provider that has it.",
+                field="model",
+                limit=f"must be {self.model!r}",
+                provider=self.name,
+            )
+
+    def _check_fields(self, endpoint: _Endpoint, request: ImageRequest) -> None:
+        """Refuse a request field the endpoint has no parameter for: nothing is dropped."""
+        for field, value in _values(request, request.seed).items():
+            if value is not None and field not in endpoint.fields:
+                raise InvalidRequest(
+                    f"{field}: endpoint /{endpoint.api_name} of {self.model} takes no {field}; "
+                    f'leave {field} out, or map it with params = {{ {field} = "..." }}',
+                    field=field,
+                    limit=f"not supported by /{endpoint.api_name}",
+                    provider=self.name,
+                )
+
+    @contextlib.contextmanager
+    def _forget_on_failure(self) -> Iterator[None]:
+        """On a failure, ask the Hub again next time and read the schema again."""
+        try:
+            yield
+        except ProviderError:
+            self._runtime = None
+            self._app = None
+            raise
+
+    def _token(self) -> str | None:
+        secret = read_secret(self.settings.token_env, provider=self.name, key="token_env")
+        return secret.get_secret_value() if secret is not None else None
+
+    def _host(self) -> Transport:
+        if self._host_http is None:
+            self._host_http = self._transport(StageBudgets.from_config(self.settings))
+        return self._host_http
+
+    def _hub(self) -> Transport:
+        if self._hub_http is None:
+            full = StageBudgets.from_config(self.settings)
+            first_byte_s, read_s = (
+                min(full.first_byte_s, HUB_BUDGET_S),
+                min(full.read_s, HUB_BUDGET_S),
+            )
+            budgets = dataclasses.replace(full, first_byte_s=first_byte_s, read_s=read_s)
+            self._hub_http = self._transport(budgets)
+        return self._hub_http
+
+    def _transport(self, budgets: StageBudgets) -> Transport:
+        token = self._token()
+        secrets = (token,) if token else ()
+        return Transport(self.name, budgets, verify=self.settings.ca_file or True, secrets=secrets)
+
+    def _spawn(
+        self, method: str, url: str, budget_s: float, token: str | None, body: Any = None
+    ) -> asyncio.Task[None]:
+        """Send one request in the background, outside the request's context; never awaited.
+
+        Its answer and its errors are ignored; ``aclose`` cancels it if it is still running.
+        """
+
+        async def send() -> None:
+            with contextlib.suppress(ProviderError):
+                await self._host().request(
+                    method, url, deadline=Deadline(budget_s), json=body, headers=_space_auth(token)
+                )
+
+        task = asyncio.get_running_loop().create_task(send(), context=contextvars.Context())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+
+# --------------------------------------------------------------------------- error mapping
+
+
+def _map_error(
+    provider: str,
+    what: Literal["hub", "config", "info", "call", "stream", "event", "file", "image"],
+    *,
+    resp: Response | None = None,
+    event: Any = None,
+    detail: str | None = None,
+) -> ProviderError:
+    """The one place where the Hub's and the app's answers become the error tree.
+
+    ``resp``: an HTTP answer that was not 2xx; ``event``: the data of an SSE ``error``
+    event; ``detail``: an answer that broke the protocol.
+    """
+    if detail is not None:
+        fix = "check hub_url" if what == "hub" else "check that url/space is a Gradio 4+ app"
+        return ProtocolError(f"{detail}; {fix}", provider=provider, stage="read")
+    if resp is None:
+        message = _event_message(event)
+        for pattern, kind, fix in _EVENT_ERRORS:
+            if re.search(pattern, message.lower()):
+                return kind(f"the app answered: {message}; {fix}", provider=provider)
+        message = message or "an error without a message (the app lacks show_error=True)"
+        return UpstreamError(
+            f"the app failed: {message}; check the Space's logs, or route elsewhere",
+            provider=provider,
+        )
+    status = resp.status
+    said = f"{resp.timings.host}:{resp.timings.port} answered {status} ({resp.snippet()})"
+    kw: dict[str, Any] = {"provider": provider, "elapsed_s": round(resp.timings.total_s, 3)}
+    if status == 404 and what in _NOT_FOUND:
+        field, fix = _NOT_FOUND[what]
+        return InvalidRequest(f"{said}; {fix}", field=field, provider=provider)
+    if status in (400, 422) and what == "call":
+        fix = "the app refused the call's data: check params"
+        return InvalidRequest(f"{said}; {fix}", field="params", provider=provider)
+    cls: type[ProviderError]
+    if status in (401, 403):
+        cls, fix = AuthError, _AUTH_FIX["hub" if what == "hub" else "space"]
+    elif status == 429:
+        cls, fix = RateLimited, "wait, or set token_env to a token with a higher limit"
+        kw["retry_after"] = _ratelimit_reset(resp)
+    elif status in (502, 503, 504) and what != "hub":
+        cls, fix = Unavailable, _BUSY_FIX["call" if what == "call" else "app"]
+        kw["retry_after"] = parse_retry_after(resp.headers.get("retry-after"))
+    else:
+        try:
+            raise_for_status(resp, provider)
+        except ProviderError as exc:
+            return exc
+        return ProtocolError(f"{said} unexpectedly", **kw)
+    return cls(f"{said}; {fix}", **kw)
+
+
+_EVENT_ERRORS: list[tuple[str, type[ProviderError], str]] = [
+    (r"\b429\b|too many requests|rate limit", RateLimited, "wait, or duplicate the Space"),
+    (r"quota", QuotaExceeded, "the Space's GPU quota is spent: set token_env to a token "
+        "with quota left (PRO has more), or wait for the daily reset"),
+    (r"queue is full", Unavailable, "route elsewhere, or try again later"),
+    (r"\b(nsfw|unsafe|safety checker|content filter)", ContentFiltered, "change the prompt"),
+    (r"\bis (less|greater) than (the )?(minimum|maximum)\b", InvalidRequest,
+        "change the request to fit the app's limits"),
+]  # fmt: skip
+"""SSE ``error`` texts that say more than "the app failed": pattern, class, fix."""
+
+_NOT_FOUND: dict[str, tuple[str, str]] = {
+    "hub": ("space", "no such Space (a private one answers 404 without a token): check "
+        "space and token_env"),
+    "config": ("url", "no Gradio app there: check url / space"),
+    "info": ("url", "no Gradio API there: check url / space"),
+    "call": ("api_name", "no such endpoint: check api_name"),
+}  # fmt: skip
+_AUTH_FIX = {
+    "hub": "set token_env to a Hugging Face token that may read the Space",
+    "space": "a private Space needs token_env; an app behind a login (auth=) is not supported",
+}
+_BUSY_FIX = {
+    "call": "the app's queue is full or stopped: route elsewhere, or try again later",
+    "app": "the app is starting, restarting or overloaded: route elsewhere, or try later",
+}
+
+
+def _event_message(data: Any) -> str:
+    """The text of an SSE ``error`` event: ``{"error": "..."}``, a string, or nothing."""
+    if isinstance(data, dict):
+        data = data.get("error") or data.get("message")
+    return redact(" ".join(str(data).split())[:300]) if data else ""
+
+
+def _ratelimit_reset(resp: Response) -> float | None:
+    """Seconds until the limit resets: the IETF ``RateLimit: ...;t=N`` header, or Retry-After."""
+    match = re.search(r"(?:^|;)\s*t=(\d+(?:\.\d+)?)", resp.headers.get("ratelimit", ""))
+    if match:
+        return float(match.group(1))
+    return parse_retry_after(resp.headers.get("retry-after"))
+
+
+def _not_running(provider: str, space: str, stage: str, cfg: GradioConfig) -> Unavailable:
+    """Unavailable(stage="runtime") naming the Space's stage and what to do about it."""
+    retry: float = cfg.wake_retry_after_s
+    if stage in ASLEEP and cfg.wake:
+        why = (f"is {stage}; imagegate sent it a request to wake it and routes elsewhere until "
+            "the Hub says RUNNING (waking takes 30 s to a few minutes)")  # fmt: skip
+    elif stage in ASLEEP:
+        why = f"is {stage}; set wake = true, or open the Space's page to wake it"
+    elif stage in STARTING:
+        why = f"is {stage}; routing elsewhere until it runs"
+    elif stage in BROKEN:
+        why, retry = f"is {stage}: {BROKEN[stage]}", BROKEN_RETRY_AFTER_S
+    else:
+        why = f"is in stage {stage}, not RUNNING; routing elsewhere until it runs"
+    return Unavailable(
+        f"the Space {space} {why}", provider=provider, stage="runtime", retry_after=retry
+    )
+
+
+# --------------------------------------------------------------------------- protocol helpers
+
+
+def _space_auth(token: str | None) -> dict[str, str]:
+    return {"x-hf-authorization": f"Bearer {token}"} if token else {}
+
+
+def _default_host(space: str) -> str:
+    """``owner/na_me.x`` -> ``https://owner-na-me-x.hf.space`` (the Hub's own rule)."""
+    return "https://" + re.sub(r"[/_.]", "-", space).lower() + ".hf.space"
+
+
+def _param_name(param: Mapping[str, Any]) -> str:
+    name = param.get("parameter_name")
+    if isinstance(name, str) and name:
+        return name
+    return re.sub(r"\W+", "_", str(param.get("label") or "")).strip("_").lower()
+
+
+def _returns_image(endpoint: Any) -> bool:
+    returns = endpoint.get("returns") if isinstance(endpoint, dict) else None
+    return any(
+        isinstance(r, dict) and r.get("component") in IMAGE_COMPONENTS for r in returns or []
+    )
+
+
+def _fn_index(dependencies: list[Any], api_name: str) -> int | None:
+    """The endpoint's fn_index (its dependency ``id``, or its position in Gradio 4)."""
+    for position, dep in enumerate(dependencies):
+        if isinstance(dep, dict) and str(dep.get("api_name") or "").strip("/") == api_name:
+            found = dep.get("id", position)
+            return found if isinstance(found, int) else position
+    return None
+
+
+def _values(request: ImageRequest, seed: int | None) -> dict[str, Any]:
+    """The request's fields by name; None (or an empty negative prompt) = not given."""
+    return {
+        "prompt": request.prompt, "negative_prompt": request.negative_prompt or None,
+        "seed": seed, "width": request.width, "height": request.height, "steps": request.steps,
+        "guidance": request.guidance, "sampler": request.sampler,
+    }  # fmt: skip
+
+
+def _data(endpoint: _Endpoint, request: ImageRequest, seed: int) -> list[Any]:
+    """The call's positional data: the request's fields where mapped, the app's defaults else."""
+    values = _values(request, seed)
+    given = {name: values[f] for f, name in endpoint.fields.items() if values[f] is not None}
+    data: list[Any] = []
+    for param in endpoint.parameters:
+        name = _param_name(param)
+        if name in given:
+            data.append(given[name])
+        elif name in RANDOMIZE_SEED:
+            data.append(False)
+        else:
+            data.append(
+                param.get("parameter_default") if param.get("parameter_has_default") else None
+            )
+    return data
+
+
+async def _sse(stream: StreamResponse) -> AsyncIterator[tuple[str, Any]]:
+    """(event, data) pairs of a server-sent event stream; data parsed as JSON when it is."""
+    event: str | None = None
+    lines: list[str] = []
+    async for line in stream.aiter_lines():
+        if line:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                event = value
+            elif field == "data":
+                lines.append(value)
+            continue
+        if event is not None or lines:
+            yield event or "message", _json_or_text("\n".join(lines))
+        event, lines = None, []
+    if event is not None or lines:
+        yield event or "message", _json_or_text("\n".join(lines))
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return text
+
+
+def _progress_of(data: Any) -> Progress | None:
+    """Progress from a ``progress`` event: ``progress_data`` of ``{index, length}``."""
+    units = data.get("progress_data") if isinstance(data, dict) else data
+    if isinstance(units, list) and units and isinstance(units[-1], dict):
+        index, length = units[-1].get("index"), units[-1].get("length")
+        if isinstance(index, int) and isinstance(length, int) and 0 <= index <= length:
+            return Progress(index, length)
+    return None
+
+
+def _files(outputs: Any) -> Iterator[dict[str, Any]]:
+    """File data in the outputs, depth first: an Image's dict or a Gallery's ``image`` items."""
+    if isinstance(outputs, dict):
+        if isinstance(outputs.get("path"), str) or isinstance(outputs.get("url"), str):
+            yield outputs
+            return
+        for value in outputs.values():
+            yield from _files(value)
+    elif isinstance(outputs, list):
+        for value in outputs:
+            yield from _files(value)
+
+
+def _seed_of(endpoint: _Endpoint, outputs: Any, sent: int) -> int:
+    """The seed a numeric output labelled "seed" reports, else the one sent."""
+    if isinstance(outputs, list):
+        for spec, value in zip(endpoint.returns, outputs, strict=False):
+            label = str(spec.get("label") or "") if isinstance(spec, dict) else ""
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if "seed" in label.lower() and number and value >= 0:
+                return int(value)
+    return sent
+
+
+def _to_png(data: bytes) -> tuple[bytes, int, int]:
+    """PNG bytes, width and height of an image in any format Pillow reads."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        if img.format == "PNG":
+            return data, img.width, img.height
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue(), img.width, img.height
