@@ -207,8 +207,13 @@ class SQLiteWriter:
             inline.close()
         if executor is None:
             return
-        if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        try:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        except RuntimeError:  # at interpreter exit executors take no new work
+            executor.shutdown(wait=True)
+            if conn is not None:
+                conn.close()  # the connection is not bound to its thread
         executor.shutdown(wait=True)
 
 
