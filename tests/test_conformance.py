@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 from conformance import CANARY, CANARY_ENV, Setup, load_cases
+from fakekit import drive
 
 from imagegate.config import Settings
 from imagegate.errors import ImagegateError, ProviderError, Timeout
 from imagegate.gateway import Gateway
-from imagegate.providers.base import Deadline, Progress, Provider
+from imagegate.providers.base import Deadline, Progress
 from imagegate.request import ImageRequest
 
 T = TypeVar("T")
@@ -30,18 +31,6 @@ def setup(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
     monkeypatch.setenv(CANARY_ENV, CANARY)
     with ExitStack() as stack:
         yield CASES[request.param](request, stack)
-
-
-def drive(provider: Provider, body: Callable[[], Awaitable[T]]) -> T:
-    """Run ``body`` on one event loop, then close the provider on that same loop."""
-
-    async def main() -> T:
-        try:
-            return await body()
-        finally:
-            await provider.aclose()
-
-    return asyncio.run(main())
 
 
 def generate(setup: Setup, req: ImageRequest = REQUEST) -> list[int]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
+import fakekit
 import pytest
 from conformance import CANARY_ENV
+from fakekit import drive
 from faults import serve_app
 from vendor_a1111 import A1111Fake, a1111_provider
 
@@ -17,7 +18,6 @@ from imagegate.providers.a1111 import A1111Provider
 from imagegate.providers.base import Deadline, Progress
 from imagegate.request import GeneratedImage, ImageRequest
 
-T = TypeVar("T")
 REQUEST = ImageRequest(prompt="a lighthouse", width=64, height=64, steps=2, seed=7)
 
 
@@ -30,24 +30,12 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[A1111Fake, str]]:
         yield state, base
 
 
-def drive(provider: A1111Provider, body: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await body()
-        finally:
-            await provider.aclose()
-
-    return asyncio.run(main())
-
-
 def generate(provider: A1111Provider, req: ImageRequest = REQUEST) -> list[GeneratedImage]:
-    return drive(provider, lambda: provider.generate(req, Deadline(10), None))
+    return fakekit.generate(provider, req)
 
 
 def failure(provider: A1111Provider, req: ImageRequest = REQUEST) -> Exception:
-    with pytest.raises(Exception) as info:  # noqa: PT011 - the tests check the class
-        generate(provider, req)
-    return info.value
+    return fakekit.failure(provider, req)
 
 
 def test_body_carries_the_request_in_a1111_names(fake: tuple[A1111Fake, str]) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import fakekit
 import pytest
+from fakekit import drive
 from pydantic import ValidationError
 from vendor_comfyui import ComfyUIFake
 
@@ -18,7 +20,6 @@ from imagegate.providers.base import Deadline, Progress
 from imagegate.providers.comfyui import ComfyUIConfig, ComfyUIProvider
 from imagegate.request import GeneratedImage, ImageRequest
 
-T = TypeVar("T")
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 REQUEST = ImageRequest(prompt="a lighthouse", width=64, height=64, steps=4, seed=7)
 
@@ -44,21 +45,10 @@ def provider(url: str, **settings: Any) -> ComfyUIProvider:
     return ComfyUIProvider("comfy", ComfyUIConfig.model_validate(config))
 
 
-def run(prov: ComfyUIProvider, body: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await body()
-        finally:
-            await prov.aclose()
-
-    return asyncio.run(main())
-
-
 def generate(
     prov: ComfyUIProvider, req: ImageRequest = REQUEST, seen: list[Progress] | None = None
 ) -> list[GeneratedImage]:
-    callback = seen.append if seen is not None else None
-    return run(prov, lambda: prov.generate(req, Deadline(10), callback))
+    return fakekit.generate(prov, req, seen)
 
 
 def sampler_inputs(body: dict[str, Any]) -> dict[str, Any]:
@@ -217,7 +207,7 @@ def test_cancel_deletes_and_interrupts(fake: ComfyUIFake) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    run(prov, body)
+    drive(prov, body)
     prompt_id = fake.prompts[0]["prompt_id"]
     assert fake.deleted == [prompt_id]
     assert fake.interrupts == [{"prompt_id": prompt_id}]
@@ -313,7 +303,7 @@ def test_builtin_workflow_needs_a_checkpoint() -> None:
 def test_probe_reports_the_version_and_checkpoint(fake: ComfyUIFake) -> None:
     """probe() reads /system_stats and finds the checkpoint in /object_info."""
     prov = provider(fake.url)
-    detail = run(prov, lambda: prov.probe(Deadline(5)))
+    detail = drive(prov, lambda: prov.probe(Deadline(5)))
     assert detail == f"ComfyUI 0.3.99, checkpoint {CHECKPOINT} present"
 
 
@@ -321,7 +311,7 @@ def test_probe_refuses_a_missing_checkpoint_listing_those_present(fake: ComfyUIF
     """probe() with a checkpoint ComfyUI lacks is InvalidRequest naming checkpoint."""
     prov = provider(fake.url, checkpoint="gone.safetensors")
     with pytest.raises(InvalidRequest, match=r"sdxl\.safetensors") as info:
-        run(prov, lambda: prov.probe(Deadline(5)))
+        drive(prov, lambda: prov.probe(Deadline(5)))
     assert info.value.field == "checkpoint"
 
 

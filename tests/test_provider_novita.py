@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
+import fakekit
 import pytest
+from fakekit import drive
 from vendor_novita import NovitaFake
 
 from imagegate.config import GatewaySettings
@@ -24,7 +26,6 @@ from imagegate.providers.novita import NovitaConfig, NovitaProvider
 from imagegate.request import GeneratedImage, ImageRequest
 from imagegate.router import Router
 
-T = TypeVar("T")
 KEY = "nv-test-key-0123456789"
 REQUEST = ImageRequest(prompt="a lighthouse", width=128, height=128, steps=4, seed=7)
 
@@ -49,22 +50,10 @@ def provider(fake: NovitaFake, **settings: Any) -> NovitaProvider:
     return NovitaProvider("novita", config)
 
 
-def run(prov: NovitaProvider, body: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await body()
-        finally:
-            await prov.aclose()
-
-    return asyncio.run(main())
-
-
 def generate(
     prov: NovitaProvider, req: ImageRequest = REQUEST, seen: list[Progress] | None = None
 ) -> list[GeneratedImage]:
-    return run(
-        prov, lambda: prov.generate(req, Deadline(10), seen.append if seen is not None else None)
-    )
+    return fakekit.generate(prov, req, seen)
 
 
 def test_polling_reports_progress_percent_until_complete(fake: NovitaFake) -> None:
@@ -206,7 +195,7 @@ def test_cancel_stops_polling(fake: NovitaFake) -> None:
         return polls
 
     prov = provider(fake)
-    assert run(prov, body) >= 1
+    assert drive(prov, body) >= 1
 
 
 def test_deadline_while_polling_is_a_total_timeout(fake: NovitaFake) -> None:
@@ -214,7 +203,7 @@ def test_deadline_while_polling_is_a_total_timeout(fake: NovitaFake) -> None:
     fake.step_s = 1.0
     prov = provider(fake)
     with pytest.raises(Timeout, match="did not finish") as info:
-        run(prov, lambda: prov.generate(REQUEST, Deadline(0.3), None))
+        drive(prov, lambda: prov.generate(REQUEST, Deadline(0.3), None))
     assert info.value.stage == "total"
 
 
@@ -231,7 +220,7 @@ def test_missing_key_variable_is_an_auth_error(
 def test_probe_confirms_the_configured_checkpoint(fake: NovitaFake) -> None:
     """probe() lists checkpoints (GET /v3/model) and finds the configured one."""
     prov = provider(fake)
-    assert run(prov, lambda: prov.probe(Deadline(5))) == (
+    assert drive(prov, lambda: prov.probe(Deadline(5))) == (
         "checkpoint sd_xl_base_1.0.safetensors available"
     )
 
@@ -240,7 +229,7 @@ def test_probe_refuses_an_unknown_checkpoint(fake: NovitaFake) -> None:
     """probe() with a model Novita does not list is InvalidRequest naming model."""
     prov = provider(fake, model="no-such-model.safetensors")
     with pytest.raises(InvalidRequest) as info:
-        run(prov, lambda: prov.probe(Deadline(5)))
+        drive(prov, lambda: prov.probe(Deadline(5)))
     assert info.value.field == "model"
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
+import fakekit
 import pytest
 from conformance import CANARY_ENV
+from fakekit import drive
 from faults import serve_app
 from PIL import Image
 from vendor_openai import OpenAIFake, openai_provider
@@ -24,7 +25,6 @@ from imagegate.providers.base import Deadline
 from imagegate.providers.openai import OpenAIProvider
 from imagegate.request import GeneratedImage, ImageRequest
 
-T = TypeVar("T")
 KEY = "sk-test-0123456789abcdef"
 REQUEST = ImageRequest(prompt="a lighthouse", width=96, height=64, seed=5)
 
@@ -38,24 +38,12 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[OpenAIFake, str]]:
         yield state, base
 
 
-def drive(provider: OpenAIProvider, body: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await body()
-        finally:
-            await provider.aclose()
-
-    return asyncio.run(main())
-
-
 def generate(provider: OpenAIProvider, req: ImageRequest = REQUEST) -> list[GeneratedImage]:
-    return drive(provider, lambda: provider.generate(req, Deadline(10), None))
+    return fakekit.generate(provider, req)
 
 
 def failure(provider: OpenAIProvider, req: ImageRequest = REQUEST) -> Exception:
-    with pytest.raises(Exception) as info:  # noqa: PT011 - the tests check the class
-        generate(provider, req)
-    return info.value
+    return fakekit.failure(provider, req)
 
 
 def test_body_carries_size_n_model_and_b64_format(fake: tuple[OpenAIFake, str]) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
+import fakekit
 import pytest
+from fakekit import drive
 from vendor_stability import StabilityFake
 
 from imagegate.errors import ContentFiltered, InvalidRequest, QuotaExceeded, RateLimited
@@ -14,7 +15,6 @@ from imagegate.providers.base import Deadline, Progress
 from imagegate.providers.stability import StabilityConfig, StabilityProvider
 from imagegate.request import GeneratedImage, ImageRequest
 
-T = TypeVar("T")
 KEY = "sk-stability-test-0123456789"
 REQUEST = ImageRequest(prompt="a lighthouse", width=1024, height=576, seed=7)
 
@@ -40,21 +40,10 @@ def provider(fake: StabilityFake, **settings: Any) -> StabilityProvider:
     return StabilityProvider("stability", StabilityConfig(url=fake.url, **settings))
 
 
-def run(prov: StabilityProvider, body: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await body()
-        finally:
-            await prov.aclose()
-
-    return asyncio.run(main())
-
-
 def generate(
     prov: StabilityProvider, req: ImageRequest = REQUEST, seen: list[Progress] | None = None
 ) -> list[GeneratedImage]:
-    callback = seen.append if seen is not None else None
-    return run(prov, lambda: prov.generate(req, Deadline(10), callback))
+    return fakekit.generate(prov, req, seen)
 
 
 @pytest.mark.parametrize(
@@ -199,7 +188,7 @@ def test_unknown_model_is_refused_listing_the_models(fake: StabilityFake) -> Non
 def test_probe_reports_the_credit_balance(fake: StabilityFake) -> None:
     """probe() reads GET /v1/user/balance."""
     prov = provider(fake)
-    assert run(prov, lambda: prov.probe(Deadline(5))) == "25.5 credits"
+    assert drive(prov, lambda: prov.probe(Deadline(5))) == "25.5 credits"
 
 
 def test_probe_with_no_credits_is_quota_exceeded(fake: StabilityFake) -> None:
@@ -207,4 +196,4 @@ def test_probe_with_no_credits_is_quota_exceeded(fake: StabilityFake) -> None:
     fake.credits = 0
     prov = provider(fake)
     with pytest.raises(QuotaExceeded):
-        run(prov, lambda: prov.probe(Deadline(5)))
+        drive(prov, lambda: prov.probe(Deadline(5)))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,6 +33,7 @@ from typing import Any
 
 import pytest
 from conformance import CANARY_ENV, Setup, case
+from fakekit import Armed, bearer_token
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from faults import serve_app
@@ -171,8 +171,7 @@ class ComfyUIFake:
         self.deleted: list[str] = []
         self.ws_clients: list[str] = []
         self.history_polls = 0
-        self._armed: list[str] = []
-        self._lock = threading.Lock()
+        self._armed = Armed("ComfyUI", EXPECTED)
         self._stack = ExitStack()
         self._pending: list[dict[str, Any]] = []
         self._running: dict[str, Any] | None = None
@@ -185,17 +184,7 @@ class ComfyUIFake:
 
     def arm(self, name: str, times: int = 1) -> None:
         """Make the next ``times`` prompts meet the error ``name``."""
-        if name not in EXPECTED:
-            raise KeyError(f"unknown ComfyUI error {name!r}; known: {sorted(EXPECTED)}")
-        with self._lock:
-            self._armed += [name] * times
-
-    def _take(self, *names: str) -> str | None:
-        with self._lock:
-            for i, armed in enumerate(self._armed):
-                if armed in names:
-                    return self._armed.pop(i)
-        return None
+        self._armed.arm(name, times)
 
     def __enter__(self) -> ComfyUIFake:
         ws = "websockets-sansio" if self.websocket else "none"
@@ -393,7 +382,7 @@ class ComfyUIFake:
     # -- the app -------------------------------------------------------------------------
 
     def _denied(self, headers: Any) -> bool:
-        return self.key is not None and headers.get("authorization") != f"Bearer {self.key}"
+        return self.key is not None and bearer_token(headers) != self.key
 
     def _app(self) -> FastAPI:
         @contextlib.asynccontextmanager
@@ -416,9 +405,9 @@ class ComfyUIFake:
 
         @app.post("/prompt")
         async def prompt(request: Request) -> Response:
-            if self._take("proxy_unauthorized"):
+            if self._armed.take("proxy_unauthorized"):
                 return Response("401 Authorization Required", status_code=401)
-            if self._take("server_error"):
+            if self._armed.take("server_error"):
                 return Response(
                     "500 Internal Server Error\n\nServer got itself in trouble",
                     status_code=500,
@@ -429,7 +418,7 @@ class ComfyUIFake:
             except ValueError:
                 return Response("500 Internal Server Error", status_code=500)
             graph = body.get("prompt")
-            armed = self._take("node_errors", "missing_node_type")
+            armed = self._armed.take("node_errors", "missing_node_type")
             if armed == "node_errors":
                 graph = {
                     **graph,
@@ -463,7 +452,7 @@ class ComfyUIFake:
                     "graph": graph,
                     "client_id": body.get("client_id"),
                     "number": self._number,
-                    "failure": self._take(
+                    "failure": self._armed.take(
                         "execution_error", "out_of_memory", "execution_interrupted"
                     ),
                 }

@@ -32,9 +32,7 @@ uses and reports whatever was sent, as Novita does for -1).
 
 from __future__ import annotations
 
-import io
 import random
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,10 +41,10 @@ from typing import Any
 
 import pytest
 from conformance import CANARY_ENV, Setup, case
+from fakekit import Armed, bearer_token, solid_png
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faults import serve_app
-from PIL import Image
 
 from imagegate.errors import (
     AuthError,
@@ -106,10 +104,7 @@ _DEFAULT_MODELS = ("sd_xl_base_1.0.safetensors", "dreamshaper_8_93211.safetensor
 
 def tiny_png(width: int, height: int, seed: int) -> bytes:
     """A solid PNG whose colour follows ``seed``: quick to make, distinct per seed."""
-    colour = (seed % 251, (seed // 251) % 241, (seed // 60491) % 239)
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), colour).save(out, format="PNG", compress_level=1)
-    return out.getvalue()
+    return solid_png(width, height, (seed % 251, (seed // 251) % 241, (seed // 60491) % 239))
 
 
 def _error(status: int, reason: str, message: str) -> JSONResponse:
@@ -141,10 +136,9 @@ class NovitaFake:
         self.counts = {"submit": 0, "poll": 0, "download": 0, "models": 0}
         self.submitted: list[dict[str, Any]] = []
         self.download_headers: list[dict[str, str]] = []
-        self._armed: list[str] = []
+        self._armed = Armed("Novita", {*EXPECTED, "get_result_failed"})
         self._tasks: dict[str, dict[str, Any]] = {}
         self._images: dict[str, bytes] = {}
-        self._lock = threading.Lock()
         self._stack = ExitStack()
         self._knobs = (step_s, min_side, models, fail_reason, reported_seed)
 
@@ -152,31 +146,19 @@ class NovitaFake:
 
     def arm(self, name: str, times: int = 1) -> None:
         """Answer the next ``times`` matching calls with the error ``name``."""
-        if name not in ERRORS and name not in ("task_failed", "get_result_failed"):
-            raise KeyError(f"unknown Novita error {name!r}; known: {sorted(EXPECTED)}")
-        with self._lock:
-            self._armed += [name] * times
+        self._armed.arm(name, times)
 
     def disarm(self) -> None:
         """Forget every armed error."""
-        with self._lock:
-            self._armed.clear()
+        self._armed.clear()
 
     def reset(self) -> None:
         """Back to the state after start: knobs as constructed, no counts, nothing armed."""
         self.step_s, self.min_side, self.models, self.fail_reason, self.reported_seed = self._knobs
-        with self._lock:
-            self._armed.clear()
+        self._armed.clear()
         self.counts = dict.fromkeys(self.counts, 0)
         self.submitted.clear()
         self.download_headers.clear()
-
-    def _take(self, *names: str) -> str | None:
-        with self._lock:
-            for i, armed in enumerate(self._armed):
-                if armed in names:
-                    return self._armed.pop(i)
-        return None
 
     def __enter__(self) -> NovitaFake:
         self.images_url = self._stack.enter_context(serve_app(self._image_app()))
@@ -189,10 +171,10 @@ class NovitaFake:
     # -- the API -------------------------------------------------------------------------
 
     def _auth(self, request: Request) -> JSONResponse | None:
-        header = request.headers.get("authorization", "")
-        if not header.startswith("Bearer ") or not header[7:].strip():
+        token = bearer_token(request.headers)
+        if not token.strip():
             return _error(*ERRORS["unauthorized"])
-        if self.key is not None and header[7:] != self.key:
+        if self.key is not None and token != self.key:
             return _error(*ERRORS["invalid_api_key"])
         return None
 
@@ -230,7 +212,7 @@ class NovitaFake:
             denied = self._auth(request)
             if denied is not None:
                 return denied
-            armed = self._take(*ERRORS)
+            armed = self._armed.take(*ERRORS)
             if armed is not None:
                 return _error(*ERRORS[armed])
             try:
@@ -252,7 +234,7 @@ class NovitaFake:
                 "height": req["height"],
                 "image_num": req["image_num"],
                 "nsfw": bool(body.get("extra", {}).get("enable_nsfw_detection")),
-                "failed": self._take("task_failed") is not None,
+                "failed": self._armed.take("task_failed") is not None,
             }
             return JSONResponse({"task_id": task_id})
 
@@ -262,7 +244,7 @@ class NovitaFake:
             denied = self._auth(request)
             if denied is not None:
                 return denied
-            if self._take("get_result_failed"):
+            if self._armed.take("get_result_failed"):
                 return _error(500, "GET_RESULT_FAILED", "Failed to get task result")
             task = self._tasks.get(task_id)
             if task is None:

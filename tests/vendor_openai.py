@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import itertools
 import time
 from contextlib import ExitStack
@@ -20,10 +19,10 @@ from typing import Any
 
 import pytest
 from conformance import CANARY_ENV, Setup, case
+from fakekit import bearer_token, solid_png
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faults import serve_app
-from PIL import Image
 
 from imagegate.errors import (
     AuthError,
@@ -103,9 +102,7 @@ MAPPED = {
 
 def tiny_png(width: int = 64, height: int = 64, shade: int = 0, fmt: str = "PNG") -> bytes:
     """A small solid-colour image made with Pillow (PNG unless ``fmt`` says otherwise)."""
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (shade % 256, 90, 160)).save(buf, format=fmt)
-    return buf.getvalue()
+    return solid_png(width, height, (shade % 256, 90, 160), fmt)
 
 
 @dataclass
@@ -137,8 +134,7 @@ class OpenAIFake:
         api = FastAPI()
 
         def refused(request: Request) -> JSONResponse | None:
-            given = request.headers.get("authorization", "")
-            if self.key is not None and given != f"Bearer {self.key}":
+            if self.key is not None and bearer_token(request.headers) != self.key:
                 status, body = ERRORS["invalid_api_key"]
                 return JSONResponse(body, status)
             return None

@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
-import threading
 import uuid
 from contextlib import ExitStack
 from typing import Any
 
 import pytest
 from conformance import CANARY_ENV, Setup, case
+from fakekit import Armed, bearer_token
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faults import serve_app
@@ -106,20 +106,12 @@ class StabilityFake:
         self.url = ""
         self.calls: list[dict[str, Any]] = []
         self.content_types: list[str] = []
-        self._armed: list[str] = []
-        self._lock = threading.Lock()
+        self._armed = Armed("Stability", EXPECTED)
         self._stack = ExitStack()
 
     def arm(self, name: str, times: int = 1) -> None:
         """Answer the next ``times`` generate calls with the error ``name``."""
-        if name not in EXPECTED:
-            raise KeyError(f"unknown Stability error {name!r}; known: {sorted(EXPECTED)}")
-        with self._lock:
-            self._armed += [name] * times
-
-    def _take(self) -> str | None:
-        with self._lock:
-            return self._armed.pop(0) if self._armed else None
+        self._armed.arm(name, times)
 
     def __enter__(self) -> StabilityFake:
         self.url = self._stack.enter_context(serve_app(self._app()))
@@ -129,8 +121,7 @@ class StabilityFake:
         self._stack.close()
 
     def _auth(self, request: Request) -> JSONResponse | None:
-        header = request.headers.get("authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
+        token = bearer_token(request.headers)
         if not token or (self.key is not None and token != self.key):
             return _error(*ERRORS["unauthorized"])
         return None
@@ -178,7 +169,7 @@ class StabilityFake:
             self.calls.append({"model": model, "form": form, "accept": accept})
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            armed = self._take()
+            armed = self._armed.take()
             if armed in ERRORS:
                 return _error(*ERRORS[armed])
             if accept not in ("image/*", "application/json"):

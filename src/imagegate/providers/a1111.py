@@ -52,10 +52,10 @@ from imagegate.providers.base import (
     Deadline,
     Progress,
     ProgressCallback,
-    Provider,
+    ProviderConfig,
     RemoteConfig,
-    read_secret,
 )
+from imagegate.providers.remote import RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
 from imagegate.responses import Response, raise_for_status, redact
 from imagegate.transport import Transport
@@ -95,21 +95,23 @@ class A1111Config(RemoteConfig):
     progress_interval_s: PositiveFloat = 0.5
 
 
-class A1111Provider(Provider):
+class A1111Provider(RemoteProvider):
     """An AUTOMATIC1111 / Forge / SD.Next server's ``/sdapi/v1`` API."""
 
     type = "a1111"
     Config = A1111Config
+    config: A1111Config
+    key_setting = "auth_env"
+    describes_key = False
+    json_any_content_type = True
 
-    def __init__(self, name: str, config: A1111Config) -> None:
+    def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
-        self.cfg = config
-        self._transport: Transport | None = None
         self._lock = asyncio.Lock()
 
     @property
     def model(self) -> str:
-        return self.cfg.model or "a1111"
+        return self.config.model or "a1111"
 
     # ------------------------------------------------------------------ protocol
 
@@ -136,7 +138,7 @@ class A1111Provider(Provider):
             body["width"] = request.width
         if request.height is not None:
             body["height"] = request.height
-        model = request.model or self.cfg.model
+        model = request.model or self.config.model
         if model:
             body["override_settings"] = {"sd_model_checkpoint": model}
         try:
@@ -156,9 +158,7 @@ class A1111Provider(Provider):
             resp = await self._while_polling(call, deadline, progress, auth)
         finally:
             self._lock.release()
-        if not resp.ok:
-            raise _map_error(resp, self.name)
-        payload = resp.json()
+        payload = self._json(resp)
         if not isinstance(payload, dict):
             raise self._protocol(resp, "the answer is not a JSON object")
         images = self._images(payload, request, seed, resp)
@@ -169,31 +169,29 @@ class A1111Provider(Provider):
     def effective_params(self, request: ImageRequest) -> dict[str, Any]:
         """The request's steps, sampler and guidance, else the config's (the web UI's)."""
         return {
-            "steps": request.steps if request.steps is not None else self.cfg.steps,
-            "sampler": request.sampler or self.cfg.sampler,
-            "guidance": request.guidance if request.guidance is not None else self.cfg.guidance,
+            "steps": request.steps if request.steps is not None else self.config.steps,
+            "sampler": request.sampler or self.config.sampler,
+            "guidance": request.guidance if request.guidance is not None else self.config.guidance,
         }
 
     async def probe(self, deadline: Deadline) -> str | None:
         """``GET /sdapi/v1/sd-models``: the API is on, auth passes; "N checkpoints"."""
         transport, auth = self._connect()
         resp = await transport.request("GET", "sdapi/v1/sd-models", deadline=deadline, auth=auth)
-        if not resp.ok:
-            raise _map_error(resp, self.name)
-        models = resp.json()
+        models = self._json(resp)
         if not isinstance(models, list):
             raise self._protocol(resp, "the checkpoint list is not a list")
-        if self.cfg.model:
+        if self.config.model:
             names = {
                 str(m.get(key))
                 for m in models
                 if isinstance(m, dict)
                 for key in ("title", "model_name")
             }
-            if self.cfg.model not in names:
+            if self.config.model not in names:
                 shown = ", ".join(sorted(names)[:5]) or "none"
                 raise InvalidRequest(
-                    f"the checkpoint {self.cfg.model!r} is not on the server (it has: {shown}); "
+                    f"the checkpoint {self.config.model!r} is not on the server (it has: {shown}); "
                     "set the provider's model to one of those, or put the file in "
                     "models/Stable-diffusion and refresh the checkpoints",
                     field="model",
@@ -201,30 +199,22 @@ class A1111Provider(Provider):
                 )
         return f"{len(models)} checkpoints"
 
-    async def aclose(self) -> None:
-        if self._transport is not None:
-            transport, self._transport = self._transport, None
-            await transport.aclose()
-
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(url=self.cfg.url, auth=bool(self.cfg.auth_env))
+        info.update(auth=bool(self.config.auth_env))
         return info
 
     # ------------------------------------------------------------------ helpers
 
     def _connect(self) -> tuple[Transport, tuple[str, str] | None]:
         """The transport, and the Basic credentials read now from ``auth_env``."""
-        secret = read_secret(self.cfg.auth_env, provider=self.name, key="auth_env")
-        value = secret.get_secret_value() if secret is not None else ""
+        value = self._read_key()
         user, _, password = value.partition(":") if ":" in value else ("", "", value)
-        if self._transport is None:
-            base = (self.cfg.url or "").rstrip("/") + "/"
-            cfg = self.cfg.model_copy(update={"url": base})
-            self._transport = Transport.for_config(self.name, cfg, secrets=[value, password])
-        elif password and password not in self._transport.secrets:
-            self._transport.secrets = (*self._transport.secrets, value, password)
-        return self._transport, ((user, password) if secret is not None else None)
+        transport = self._http(value, password)
+        return transport, ((user, password) if self.config.auth_env else None)
+
+    def _error(self, resp: Response) -> ProviderError:
+        return _map_error(resp, self.name)
 
     async def _while_polling(
         self,
@@ -262,7 +252,7 @@ class A1111Provider(Provider):
         assert transport is not None
         last = -1
         while True:
-            await asyncio.sleep(self.cfg.progress_interval_s)
+            await asyncio.sleep(self.config.progress_interval_s)
             with contextlib.suppress(ImagegateError):
                 resp = await transport.request(
                     "GET",

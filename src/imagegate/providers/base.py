@@ -113,12 +113,23 @@ def read_secret(env_name: str | None, *, provider: str, key: str) -> SecretStr |
 
 
 class Provider(ABC):
-    """One backend. Subclasses set ``type`` and ``Config`` and implement ``generate``."""
+    """One backend. Subclasses set ``type`` and ``Config`` and implement ``generate``.
+
+    Remote ones subclass ``imagegate.providers.remote.RemoteProvider`` instead.
+    """
 
     type: ClassVar[str]
     Config: ClassVar[builtins.type[ProviderConfig]] = ProviderConfig
 
+    config: ProviderConfig
+    """This provider's settings, always an instance of its ``Config``; a subclass narrows the
+    annotation (``config: MyConfig``) for typed access."""
+
     def __init__(self, name: str, config: ProviderConfig) -> None:
+        """``config`` may be a generic ProviderConfig: it is validated into ``Config`` here."""
+        cls = type(self).Config
+        if not isinstance(config, cls):
+            config = cls.model_validate(config.model_dump())
         self.name = name
         self.config = config
 

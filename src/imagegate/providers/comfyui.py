@@ -66,13 +66,12 @@ from imagegate.providers.base import (
     Deadline,
     Progress,
     ProgressCallback,
-    Provider,
     ProviderConfig,
     RemoteConfig,
-    read_secret,
 )
+from imagegate.providers.remote import RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
-from imagegate.transport import Response, Transport, expect_json, raise_for_status, redact
+from imagegate.transport import Response, raise_for_status, redact
 
 __all__ = ["PLACEHOLDERS", "SAMPLERS", "SCHEDULES", "ComfyUIConfig", "ComfyUIProvider"]
 
@@ -231,25 +230,21 @@ class _Events:
             self.callback(progress)
 
 
-class ComfyUIProvider(Provider):
+class ComfyUIProvider(RemoteProvider):
     """Text to image on a ComfyUI server, through a workflow with placeholders."""
 
     type = "comfyui"
     Config = ComfyUIConfig
+    config: ComfyUIConfig
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
-        if not isinstance(config, ComfyUIConfig):
-            config = ComfyUIConfig.model_validate(config.model_dump())
         super().__init__(name, config)
-        self.settings: ComfyUIConfig = config
-        self.workflow, self._slots = _load_workflow(config, name)
-        self._transport: Transport | None = None
-        self._key: str | None = None
+        self.workflow, self._slots = _load_workflow(self.config, name)
 
     @property
     def model(self) -> str:
         """The checkpoint, or the workflow file when it names none."""
-        return self.settings.checkpoint or Path(self.settings.workflow or "comfyui").name
+        return self.config.checkpoint or Path(self.config.workflow or "comfyui").name
 
     # -- public surface ------------------------------------------------------------------
 
@@ -264,7 +259,7 @@ class ComfyUIProvider(Provider):
         events = _Events(runs, progress)
         client_id = uuid.uuid4().hex
         listener = None
-        if self.settings.websocket:
+        if self.config.websocket:
             listener = asyncio.create_task(self._listen(client_id, headers, events))
             # ComfyUI sends a prompt's events only to a socket already there: wait a moment.
             with contextlib.suppress(TimeoutError):
@@ -291,56 +286,46 @@ class ComfyUIProvider(Provider):
         """``GET /system_stats``; with a checkpoint, confirm ComfyUI has it."""
         http, headers = self._http(), self._headers()
         resp = await http.request("GET", "/system_stats", deadline=deadline, headers=headers)
-        stats = _json(resp, self.name)
+        stats = self._json(resp)
         system = stats.get("system") if isinstance(stats, dict) else None
         version = system.get("comfyui_version") if isinstance(system, dict) else None
         detail = f"ComfyUI {version or '(version unknown)'}"
-        if self.settings.checkpoint is not None and "checkpoint" in self._slots.values():
+        if self.config.checkpoint is not None and "checkpoint" in self._slots.values():
             resp = await http.request(
                 "GET", "/object_info/CheckpointLoaderSimple", deadline=deadline, headers=headers
             )
-            names = _choices(_json(resp, self.name), "CheckpointLoaderSimple", "ckpt_name")
-            if self.settings.checkpoint not in names:
+            names = _choices(self._json(resp), "CheckpointLoaderSimple", "ckpt_name")
+            if self.config.checkpoint not in names:
                 shown = ", ".join(names[:20]) or "none"
                 raise InvalidRequest(
-                    f"checkpoint: ComfyUI has no checkpoint {self.settings.checkpoint!r}; it "
+                    f"checkpoint: ComfyUI has no checkpoint {self.config.checkpoint!r}; it "
                     f"has: {shown}. Set checkpoint to one of them",
                     field="checkpoint",
                     limit=f"one of: {shown}",
                     provider=self.name,
                 )
-            detail += f", checkpoint {self.settings.checkpoint} present"
+            detail += f", checkpoint {self.config.checkpoint} present"
         return detail
 
     def effective_params(self, request: ImageRequest) -> dict[str, Any]:
         """The steps, A1111 sampler name and guidance put into the workflow."""
         return {
-            "steps": request.steps or self.settings.steps,
-            "sampler": request.sampler or self.settings.sampler,
-            "guidance": self.settings.guidance if request.guidance is None else request.guidance,
+            "steps": request.steps or self.config.steps,
+            "sampler": request.sampler or self.config.sampler,
+            "guidance": self.config.guidance if request.guidance is None else request.guidance,
         }
 
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            await transport.aclose()
-
     def describe(self) -> dict[str, Any]:
-        """Name, type, checkpoint, url, workflow and the token's variable (never the token)."""
+        """Name, type, checkpoint, url, the token's variable (never the token) and workflow."""
         info = super().describe()
-        info.update(
-            url=self.settings.url,
-            workflow=self.settings.workflow or "built-in",
-            api_key_env=self.settings.api_key_env,
-        )
+        info.update(workflow=self.config.workflow or "built-in")
         return info
 
     # -- one request ---------------------------------------------------------------------
 
     def _sampler(self, request: ImageRequest) -> tuple[str, str]:
         """ComfyUI's (sampler_name, scheduler) for the request's A1111 sampler name."""
-        name = request.sampler or self.settings.sampler
+        name = request.sampler or self.config.sampler
         base, schedule = name, None
         if name not in SAMPLERS:
             for label in sorted(SCHEDULES, key=len, reverse=True):
@@ -369,7 +354,7 @@ class ComfyUIProvider(Provider):
     def _values(
         self, request: ImageRequest, seed: int, sampler_name: str, scheduler: str
     ) -> dict[str, Any]:
-        cfg, params = self.settings, self.effective_params(request)
+        cfg, params = self.config, self.effective_params(request)
         return {
             "prompt": request.prompt,
             "negative_prompt": request.negative_prompt,
@@ -407,7 +392,9 @@ class ComfyUIProvider(Provider):
             run.submitted = exc.stage in ("first_byte", "read")
             raise
         run.submitted = resp.ok
-        data = _json(resp, self.name, self._slots)
+        if not resp.ok:
+            raise _map_error(resp, self.name, self._slots)
+        data = self._json(resp)
         answered = data.get("prompt_id") if isinstance(data, dict) else None
         if not isinstance(answered, str) or not answered:
             raise _protocol(resp, self.name, "the answer to /prompt has no prompt_id")
@@ -419,7 +406,7 @@ class ComfyUIProvider(Provider):
     ) -> list[GeneratedImage]:
         """Poll /history until the prompt is there (sooner when the socket says it ended)."""
         started = time.monotonic()
-        interval = self.settings.poll_interval_s
+        interval = self.config.poll_interval_s
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.ended.wait(), min(interval, deadline.remaining()))
@@ -432,11 +419,11 @@ class ComfyUIProvider(Provider):
                     stage="total",
                     elapsed_s=round(time.monotonic() - started, 3),
                 )
-            interval = min(interval * 1.5, max(_POLL_CAP_S, self.settings.poll_interval_s))
+            interval = min(interval * 1.5, max(_POLL_CAP_S, self.config.poll_interval_s))
             resp = await self._http().request(
                 "GET", f"/history/{run.prompt_id}", deadline=deadline, headers=headers
             )
-            history = _json(resp, self.name)
+            history = self._json(resp)
             entry = history.get(run.prompt_id) if isinstance(history, dict) else None
             if isinstance(entry, dict):
                 run.finished = True
@@ -502,18 +489,18 @@ class ComfyUIProvider(Provider):
         """Feed ``events`` from the WebSocket until cancelled; a failure only ends progress."""
         from websockets.asyncio.client import connect
 
-        parts = urlsplit(self.settings.url or "")
+        parts = urlsplit(self.config.url or "")
         scheme = "wss" if parts.scheme == "https" else "ws"
         path = parts.path.rstrip("/") + "/ws"
         uri = urlunsplit((scheme, parts.netloc, path, f"clientId={client_id}", ""))
         tls: dict[str, Any] = {}
         if scheme == "wss":
-            tls["ssl"] = ssl.create_default_context(cafile=self.settings.ca_file)
+            tls["ssl"] = ssl.create_default_context(cafile=self.config.ca_file)
         try:
             async with connect(
                 uri,
                 additional_headers=headers,
-                open_timeout=self.settings.connect_timeout_s + self.settings.tls_timeout_s,
+                open_timeout=self.config.connect_timeout_s + self.config.tls_timeout_s,
                 max_size=2**26,
                 logger=_WS_LOG,
                 **tls,
@@ -535,18 +522,11 @@ class ComfyUIProvider(Provider):
     # -- plumbing ------------------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
-        if self._key is None:
-            secret = read_secret(self.settings.api_key_env, provider=self.name, key="api_key_env")
-            self._key = secret.get_secret_value() if secret is not None else ""
-        return {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        key = self._api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _http(self) -> Transport:
-        if self._transport is None:
-            self._headers()
-            self._transport = Transport.for_config(
-                self.name, self.settings, secrets=[self._key or ""]
-            )
-        return self._transport
+    def _error(self, resp: Response) -> ProviderError:
+        return _map_error(resp, self.name)
 
 
 # --------------------------------------------------------------------------- workflows
@@ -649,12 +629,6 @@ def _choices(info: Any, node: str, name: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- errors
-
-
-def _json(resp: Response, provider: str, slots: dict[tuple[str, str], str] | None = None) -> Any:
-    if not resp.ok:
-        raise _map_error(resp, provider, slots or {})
-    return expect_json(resp, provider)
 
 
 def _protocol(resp: Response, provider: str, what: str) -> ProtocolError:

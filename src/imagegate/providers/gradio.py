@@ -181,12 +181,10 @@ class GradioProvider(Provider):
 
     type = "gradio"
     Config = GradioConfig
+    config: GradioConfig
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
-        if not isinstance(config, GradioConfig):
-            config = GradioConfig.model_validate(config.model_dump())
         super().__init__(name, config)
-        self.settings: GradioConfig = config
         self._host_http: Transport | None = None
         self._hub_http: Transport | None = None
         self._runtime: _Runtime | None = None
@@ -198,15 +196,15 @@ class GradioProvider(Provider):
 
     @property
     def model(self) -> str:
-        return self.settings.space or str(self.settings.url)
+        return self.config.space or str(self.config.url)
 
     def endpoint(self) -> str | None:
         """The app's base URL: ``url``, else the Space's host (as the Hub last said)."""
-        if self.settings.url:
-            return self.settings.url.rstrip("/")
+        if self.config.url:
+            return self.config.url.rstrip("/")
         if self._runtime is not None:
             return self._runtime.host
-        return _default_host(self.settings.space or "")
+        return _default_host(self.config.space or "")
 
     async def generate(
         self, request: ImageRequest, deadline: Deadline, progress: ProgressCallback | None
@@ -252,10 +250,10 @@ class GradioProvider(Provider):
         """Name, type, paid, plus the Space or URL, the endpoint and whether it wakes."""
         info = super().describe()
         info.update(
-            space=self.settings.space,
+            space=self.config.space,
             url=self.endpoint(),
-            api_name=self._app.endpoint.api_name if self._app else self.settings.api_name,
-            wake=self.settings.wake,
+            api_name=self._app.endpoint.api_name if self._app else self.config.api_name,
+            wake=self.config.wake,
         )
         return info
 
@@ -263,9 +261,9 @@ class GradioProvider(Provider):
 
     async def _ready_host(self, deadline: Deadline, token: str | None) -> str:
         """The host to call, once the Hub says the Space runs; Unavailable when it does not."""
-        space = self.settings.space
+        space = self.config.space
         if not space:
-            return str(self.settings.url).rstrip("/")
+            return str(self.config.url).rstrip("/")
         runtime = self._runtime
         if runtime is None or time.monotonic() - runtime.at > RUNTIME_CACHE_S:
             runtime = await self._fetch_runtime(space, deadline, token)
@@ -273,12 +271,12 @@ class GradioProvider(Provider):
             self._runtime = runtime
             return runtime.host
         self._runtime = None
-        if runtime.stage in ASLEEP and self.settings.wake:
+        if runtime.stage in ASLEEP and self.config.wake:
             self._wake(runtime.host, token)
-        raise _not_running(self.name, space, runtime.stage, self.settings)
+        raise _not_running(self.name, space, runtime.stage, self.config)
 
     async def _fetch_runtime(self, space: str, deadline: Deadline, token: str | None) -> _Runtime:
-        hub = self.settings.hub_url.rstrip("/")
+        hub = self.config.hub_url.rstrip("/")
         headers = {"authorization": f"Bearer {token}"} if token else {}
         resp = await self._hub().request(
             "GET", f"{hub}/api/spaces/{space}", deadline=deadline, headers=headers
@@ -290,7 +288,7 @@ class GradioProvider(Provider):
         stage = runtime.get("stage") if isinstance(runtime, dict) else None
         if not isinstance(stage, str):
             raise _map_error(self.name, "hub", detail="the Hub's answer has no runtime.stage")
-        host = self.settings.url or info.get("host")
+        host = self.config.url or info.get("host")
         if not host and info.get("subdomain"):
             host = f"https://{info['subdomain']}.hf.space"
         return _Runtime(stage, str(host or _default_host(space)).rstrip("/"), time.monotonic())
@@ -332,7 +330,7 @@ class GradioProvider(Provider):
         return self._app
 
     def _pick_endpoint(self, named: Mapping[str, Any], dependencies: list[Any]) -> _Endpoint:
-        wanted = self.settings.api_name
+        wanted = self.config.api_name
         names = sorted(named)
         if wanted is not None:
             key = "/" + wanted.strip("/")
@@ -373,7 +371,7 @@ class GradioProvider(Provider):
             found = next((n for n in names if n in available), None)
             if found is not None:
                 fields[field] = found
-        for field, name in self.settings.params.items():
+        for field, name in self.config.params.items():
             if name not in available:
                 raise InvalidRequest(
                     f"params.{field}: endpoint {key} has no parameter {name!r} (it has: "
@@ -514,17 +512,17 @@ class GradioProvider(Provider):
             raise
 
     def _token(self) -> str | None:
-        secret = read_secret(self.settings.token_env, provider=self.name, key="token_env")
+        secret = read_secret(self.config.token_env, provider=self.name, key="token_env")
         return secret.get_secret_value() if secret is not None else None
 
     def _host(self) -> Transport:
         if self._host_http is None:
-            self._host_http = self._transport(StageBudgets.from_config(self.settings))
+            self._host_http = self._transport(StageBudgets.from_config(self.config))
         return self._host_http
 
     def _hub(self) -> Transport:
         if self._hub_http is None:
-            full = StageBudgets.from_config(self.settings)
+            full = StageBudgets.from_config(self.config)
             first_byte_s, read_s = (
                 min(full.first_byte_s, HUB_BUDGET_S),
                 min(full.read_s, HUB_BUDGET_S),
@@ -536,7 +534,7 @@ class GradioProvider(Provider):
     def _transport(self, budgets: StageBudgets) -> Transport:
         token = self._token()
         secrets = (token,) if token else ()
-        return Transport(self.name, budgets, verify=self.settings.ca_file or True, secrets=secrets)
+        return Transport(self.name, budgets, verify=self.config.ca_file or True, secrets=secrets)
 
     def _spawn(
         self, method: str, url: str, budget_s: float, token: str | None, body: Any = None

@@ -48,14 +48,13 @@ from imagegate.providers.base import (
     Deadline,
     Progress,
     ProgressCallback,
-    Provider,
-    ProviderConfig,
     RemoteConfig,
     read_secret,
 )
 from imagegate.providers.local import SAMPLERS
+from imagegate.providers.remote import RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
-from imagegate.transport import Response, Transport, expect_json, raise_for_status
+from imagegate.transport import Response, raise_for_status
 
 __all__ = ["DEFAULT_URL", "SCHEDULERS", "HFInferenceConfig", "HFInferenceProvider"]
 
@@ -79,24 +78,20 @@ class HFInferenceConfig(RemoteConfig):
     hub_url: str = DEFAULT_HUB_URL
 
 
-class HFInferenceProvider(Provider):
+class HFInferenceProvider(RemoteProvider):
     """Text to image through Hugging Face's hf-inference provider: one call per image."""
 
     type = "hf-inference"
     Config = HFInferenceConfig
-
-    def __init__(self, name: str, config: ProviderConfig) -> None:
-        if not isinstance(config, HFInferenceConfig):
-            config = HFInferenceConfig.model_validate(config.model_dump())
-        super().__init__(name, config)
-        self.settings: HFInferenceConfig = config
-        self._http: Transport | None = None
+    config: HFInferenceConfig
+    key_setting = "token_env"
+    describes_key = False
 
     # -- public surface ------------------------------------------------------------------
 
     def endpoint(self) -> str | None:
         """Where images are made: the model's URL on the route (or the endpoint URL)."""
-        return self._model_url(self.settings.model)
+        return self._model_url(self.config.model)
 
     async def generate(
         self, request: ImageRequest, deadline: Deadline, progress: ProgressCallback | None
@@ -104,16 +99,16 @@ class HFInferenceProvider(Provider):
         """Make ``request.n`` images, one call each, seeds counting up from the first."""
         parameters = self._parameters(request)
         token = self._token()
-        url = self._model_url(request.model or self.settings.model)
+        url = self._model_url(request.model or self.config.model)
         headers = {"authorization": f"Bearer {token}", "accept": "image/png"}
-        if self.settings.wait_for_model:
+        if self.config.wait_for_model:
             headers["x-wait-for-model"] = "true"
         seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
         images: list[GeneratedImage] = []
         for i in range(request.n):
             this_seed = (seed + i) % (MAX_SEED + 1)
             body = {"inputs": request.prompt, "parameters": {**parameters, "seed": this_seed}}
-            resp = await self._transport(token).request(
+            resp = await self._http(token).request(
                 "POST", url, deadline=deadline, json=body, headers=headers
             )
             if not resp.ok:
@@ -129,20 +124,18 @@ class HFInferenceProvider(Provider):
     async def probe(self, deadline: Deadline) -> str | None:
         """The Hub's status of the model, with the token: ``GET /api/models/{model}``."""
         token = self._token()
-        model = self.settings.model
+        model = self.config.model
         if model.startswith(("http://", "https://")):
             return "an Inference Endpoint URL (no Hub status to read)"
-        hub = self.settings.hub_url.rstrip("/")
-        resp = await self._transport(token).request(
+        hub = self.config.hub_url.rstrip("/")
+        resp = await self._http(token).request(
             "GET",
             f"{hub}/api/models/{model}",
             deadline=deadline,
             params={"expand": ["inference", "inferenceProviderMapping"]},
             headers={"authorization": f"Bearer {token}"},
         )
-        if not resp.ok:
-            raise _map_error(self.name, resp)
-        info = expect_json(resp)
+        info = self._json(resp)
         mapping = info.get("inferenceProviderMapping") if isinstance(info, dict) else None
         if isinstance(mapping, dict) and mapping and "hf-inference" not in mapping:
             others = ", ".join(sorted(mapping))
@@ -155,16 +148,10 @@ class HFInferenceProvider(Provider):
         status = info.get("inference") if isinstance(info, dict) else None
         return f"{model}: {status or 'status unknown'}"
 
-    async def aclose(self) -> None:
-        """Close the connections."""
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
-
     def describe(self) -> dict[str, Any]:
-        """Name, type, model, paid, and the URL (never the token)."""
+        """Name, type, model, paid, and the model's URL (never the token)."""
         info = super().describe()
-        info.update(url=self.endpoint(), wait_for_model=self.settings.wait_for_model)
+        info.update(url=self.endpoint(), wait_for_model=self.config.wait_for_model)
         return info
 
     # -- helpers ---------------------------------------------------------------------------
@@ -196,10 +183,10 @@ class HFInferenceProvider(Provider):
     def _model_url(self, model: str) -> str:
         if model.startswith(("http://", "https://")):
             return model
-        return f"{(self.settings.url or DEFAULT_URL).rstrip('/')}/models/{model}"
+        return f"{(self.config.url or DEFAULT_URL).rstrip('/')}/models/{model}"
 
     def _token(self) -> str:
-        secret = read_secret(self.settings.token_env, provider=self.name, key="token_env")
+        secret = read_secret(self.config.token_env, provider=self.name, key="token_env")
         if secret is None:
             raise AuthError(
                 "hf-inference needs a Hugging Face token: set token_env to the variable that "
@@ -209,10 +196,8 @@ class HFInferenceProvider(Provider):
             )
         return secret.get_secret_value()
 
-    def _transport(self, token: str) -> Transport:
-        if self._http is None:
-            self._http = Transport.for_config(self.name, self.settings, secrets=(token,))
-        return self._http
+    def _error(self, resp: Response) -> ProviderError:
+        return _map_error(self.name, resp)
 
     async def _decode(self, resp: Response) -> tuple[bytes, int, int]:
         try:

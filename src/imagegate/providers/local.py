@@ -242,12 +242,10 @@ class DiffusersProvider(Provider):
 
     type = "diffusers"
     Config = DiffusersConfig
+    config: DiffusersConfig
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
-        if not isinstance(config, DiffusersConfig):
-            config = DiffusersConfig.model_validate(config.model_dump())
         super().__init__(name, config)
-        self.settings: DiffusersConfig = config
         self._pool: ThreadPoolExecutor | None = None
         self._guard = threading.Lock()
         self._loading: Future[_Loaded] | None = None
@@ -280,7 +278,7 @@ class DiffusersProvider(Provider):
     async def probe(self, deadline: Deadline) -> str | None:
         """Check that torch is installed and the model is loadable, without loading it."""
         if self._loaded is not None:
-            return f"{self.settings.model} loaded on {self._loaded.device} ({self._loaded.dtype})"
+            return f"{self.config.model} loaded on {self._loaded.device} ({self._loaded.dtype})"
         import importlib.util
 
         if (
@@ -294,7 +292,7 @@ class DiffusersProvider(Provider):
             )
         except TimeoutError:
             raise self._timeout("while checking the model", None) from None
-        return f"{self.settings.model} found at {source}"
+        return f"{self.config.model} found at {source}"
 
     async def aclose(self) -> None:
         """Drop the pipeline and stop the worker thread."""
@@ -310,9 +308,9 @@ class DiffusersProvider(Provider):
         info = super().describe()
         loaded = self._loaded
         info.update(
-            device=loaded.device if loaded else self.settings.device,
-            dtype=loaded.dtype if loaded else self.settings.dtype,
-            vae=loaded.vae if loaded else self.settings.vae,
+            device=loaded.device if loaded else self.config.device,
+            dtype=loaded.dtype if loaded else self.config.dtype,
+            vae=loaded.vae if loaded else self.config.vae,
             loaded=loaded is not None,
         )
         return info
@@ -320,12 +318,12 @@ class DiffusersProvider(Provider):
     # -- the event-loop side -------------------------------------------------------------
 
     def _check_request(self, request: ImageRequest) -> None:
-        if request.model is not None and request.model != self.settings.model:
+        if request.model is not None and request.model != self.config.model:
             raise InvalidRequest(
-                f"model: this provider serves {self.settings.model!r} only; got "
+                f"model: this provider serves {self.config.model!r} only; got "
                 f"{request.model!r}. Leave model out, or route to a provider that has it.",
                 field="model",
-                limit=f"must be {self.settings.model!r}",
+                limit=f"must be {self.config.model!r}",
                 provider=self.name,
             )
         if request.sampler is not None and request.sampler not in SAMPLERS:
@@ -402,13 +400,13 @@ class DiffusersProvider(Provider):
         except ImagegateError:
             raise
         except Exception as exc:
-            raise _map_error(exc, self.name, self.settings.model, started, "generate") from exc
+            raise _map_error(exc, self.name, self.config.model, started, "generate") from exc
 
     # -- the worker thread ---------------------------------------------------------------
 
     def _source(self) -> tuple[str, bool]:
         """Where to load the model from, and whether from local files only; fails fast."""
-        return _resolve(self.settings.model, self.name, "model")
+        return _resolve(self.config.model, self.name, "model")
 
     def _load_sync(self) -> _Loaded:
         started = time.monotonic()
@@ -417,7 +415,7 @@ class DiffusersProvider(Provider):
         except ImagegateError:
             raise
         except Exception as exc:
-            raise _map_error(exc, self.name, self.settings.model, started, "load") from exc
+            raise _map_error(exc, self.name, self.config.model, started, "load") from exc
 
     def _load_inner(self) -> _Loaded:
         torch, diffusers = _import_torch()
@@ -426,14 +424,14 @@ class DiffusersProvider(Provider):
             getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
         )
         device, dtype = resolve_device_dtype(
-            self.settings.device,
-            self.settings.dtype,
+            self.config.device,
+            self.config.dtype,
             cuda=torch.cuda.is_available(),
             mps=has_mps,
             flags=cpu_flags(),
         )
         if device == "cpu":
-            torch.set_num_threads(self.settings.threads or _cpu_threads(torch))
+            torch.set_num_threads(self.config.threads or _cpu_threads(torch))
         torch_dtype = getattr(torch, dtype)
         pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
             source, local_files_only=local_only, **_dtype_kwarg(torch_dtype)
@@ -447,7 +445,7 @@ class DiffusersProvider(Provider):
             dtype=dtype,
             vae=vae,
             base_scheduler=pipe.scheduler,
-            defaults=MODEL_DEFAULTS.get(self.settings.model, OTHER_MODEL_DEFAULTS),
+            defaults=MODEL_DEFAULTS.get(self.config.model, OTHER_MODEL_DEFAULTS),
         )
         log.info("%s: loaded %s on %s as %s, %s VAE", self.name, source, device, dtype, vae)
         return self._loaded
@@ -455,7 +453,7 @@ class DiffusersProvider(Provider):
     def _swap_vae(
         self, pipe: Any, diffusers: Any, device: str, torch_dtype: Any
     ) -> Literal["full", "tiny"]:
-        choice = self.settings.vae
+        choice = self.config.vae
         if choice == "full" or (choice == "auto" and device != "cpu"):
             return "full"
         repo = self._tiny_vae_for(pipe)
@@ -489,8 +487,8 @@ class DiffusersProvider(Provider):
         return "tiny"
 
     def _tiny_vae_for(self, pipe: Any) -> str | None:
-        if self.settings.tiny_vae != DEFAULT_TINY_VAE:
-            return self.settings.tiny_vae
+        if self.config.tiny_vae != DEFAULT_TINY_VAE:
+            return self.config.tiny_vae
         vae = getattr(pipe, "vae", None)
         if vae is None or getattr(vae.config, "latent_channels", None) != 4:
             return None  # SD3, Flux and others need their own TAESD variants
@@ -505,7 +503,7 @@ class DiffusersProvider(Provider):
             raise _Stopped("deadline")
         torch, _ = _import_torch()
         pipe = loaded.pipe
-        cfg = self.settings
+        cfg = self.config
         defaults = loaded.defaults
         width = request.width or cfg.width or defaults.width
         height = request.height or cfg.height or defaults.height
@@ -540,7 +538,7 @@ class DiffusersProvider(Provider):
         defaults = (
             self._loaded.defaults
             if self._loaded is not None
-            else MODEL_DEFAULTS.get(self.settings.model, OTHER_MODEL_DEFAULTS)
+            else MODEL_DEFAULTS.get(self.config.model, OTHER_MODEL_DEFAULTS)
         )
         steps, guidance = self._steps_guidance(request, defaults)
         sampler = request.sampler
@@ -549,7 +547,7 @@ class DiffusersProvider(Provider):
         return {"steps": steps, "guidance": guidance, "sampler": sampler}
 
     def _steps_guidance(self, request: ImageRequest, defaults: ModelDefaults) -> tuple[int, float]:
-        cfg = self.settings
+        cfg = self.config
         steps = request.steps or cfg.steps or defaults.steps
         return steps, _first(request.guidance, cfg.guidance, defaults.guidance)
 

@@ -46,16 +46,12 @@ from imagegate.providers.base import (
     Deadline,
     Progress,
     ProgressCallback,
-    Provider,
-    ProviderConfig,
     RemoteConfig,
-    read_secret,
 )
+from imagegate.providers.remote import RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
 from imagegate.transport import (
     Response,
-    Transport,
-    expect_json,
     parse_retry_after,
     raise_for_status,
     redact,
@@ -116,19 +112,12 @@ class NovitaConfig(RemoteConfig):
     """The first wait between two polls of a task; it grows by half each time, to 4 s."""
 
 
-class NovitaProvider(Provider):
+class NovitaProvider(RemoteProvider):
     """Text to image with Novita's v3 async API: submit, poll, download."""
 
     type = "novita"
     Config = NovitaConfig
-
-    def __init__(self, name: str, config: ProviderConfig) -> None:
-        if not isinstance(config, NovitaConfig):
-            config = NovitaConfig.model_validate(config.model_dump())
-        super().__init__(name, config)
-        self.settings: NovitaConfig = config
-        self._transport: Transport | None = None
-        self._key: str | None = None
+    config: NovitaConfig
 
     # -- public surface ------------------------------------------------------------------
 
@@ -155,7 +144,7 @@ class NovitaProvider(Provider):
         """List checkpoints matching the configured model (``GET /v3/model``)."""
         params = {
             "filter.types": "checkpoint",
-            "filter.query": self.settings.model,
+            "filter.query": self.config.model,
             "pagination.limit": "100",
         }
         resp = await self._http().request(
@@ -171,36 +160,22 @@ class NovitaProvider(Provider):
             if isinstance(m, dict)
             for key in ("sd_name", "sd_name_in_api")
         }
-        if self.settings.model not in names:
+        if self.config.model not in names:
             raise InvalidRequest(
-                f"model: Novita has no checkpoint named {self.settings.model!r}; pick an sd_name "
+                f"model: Novita has no checkpoint named {self.config.model!r}; pick an sd_name "
                 "from GET /v3/model?filter.types=checkpoint and set the provider's model",
                 field="model",
                 provider=self.name,
             )
-        return f"checkpoint {self.settings.model} available"
+        return f"checkpoint {self.config.model} available"
 
     def effective_params(self, request: ImageRequest) -> dict[str, Any]:
         """The steps, sampler and guidance sent to Novita for ``request``."""
         return {
-            "steps": request.steps or self.settings.steps,
-            "sampler": request.sampler or self.settings.sampler,
-            "guidance": request.guidance
-            if request.guidance is not None
-            else self.settings.guidance,
+            "steps": request.steps or self.config.steps,
+            "sampler": request.sampler or self.config.sampler,
+            "guidance": request.guidance if request.guidance is not None else self.config.guidance,
         }
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            await transport.aclose()
-
-    def describe(self) -> dict[str, Any]:
-        """Name, type, model, paid, the base URL and the key's variable name (never the key)."""
-        info = super().describe()
-        info.update(url=self.settings.url, api_key_env=self.settings.api_key_env)
-        return info
 
     # -- one task ------------------------------------------------------------------------
 
@@ -215,7 +190,7 @@ class NovitaProvider(Provider):
             )
 
     def _body(self, request: ImageRequest, seed: int) -> dict[str, Any]:
-        cfg = self.settings
+        cfg = self.config
         params = self.effective_params(request)
         body: dict[str, Any] = {
             "model_name": request.model or cfg.model,
@@ -295,11 +270,11 @@ class NovitaProvider(Provider):
     ) -> dict[str, Any]:
         """Poll the task until it ends, or the deadline passes; its last answer."""
         started = time.monotonic()
-        interval = self.settings.poll_interval_s
+        interval = self.config.poll_interval_s
         failures: list[ProviderError] = []
         while True:
             await _sleep_within(interval, deadline, self.name, started, task_id)
-            interval = min(interval * 1.5, max(_POLL_CAP_S, self.settings.poll_interval_s))
+            interval = min(interval * 1.5, max(_POLL_CAP_S, self.config.poll_interval_s))
             try:
                 resp = await self._http().request(
                     "GET",
@@ -339,23 +314,10 @@ class NovitaProvider(Provider):
     # -- plumbing ------------------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
-        if self._key is None:
-            secret = read_secret(self.settings.api_key_env, provider=self.name, key="api_key_env")
-            self._key = secret.get_secret_value() if secret is not None else ""
-        return {"Authorization": f"Bearer {self._key}"}
+        return {"Authorization": f"Bearer {self._api_key()}"}
 
-    def _http(self) -> Transport:
-        if self._transport is None:
-            self._headers()
-            self._transport = Transport.for_config(
-                self.name, self.settings, secrets=[self._key or ""]
-            )
-        return self._transport
-
-    def _json(self, resp: Response) -> Any:
-        if not resp.ok:
-            raise _map_error(resp, self.name)
-        return expect_json(resp, self.name)
+    def _error(self, resp: Response) -> ProviderError:
+        return _map_error(resp, self.name)
 
     def _protocol(self, resp: Response | None, what: str) -> ProtocolError:
         where = f"{resp.timings.host}:{resp.timings.port} " if resp is not None else ""

@@ -24,7 +24,6 @@ connection.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import random
@@ -46,10 +45,9 @@ from imagegate.errors import (
 from imagegate.providers.base import (
     Deadline,
     ProgressCallback,
-    Provider,
     RemoteConfig,
-    read_secret,
 )
+from imagegate.providers.remote import RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
 from imagegate.responses import Response, parse_retry_after, raise_for_status, redact
 from imagegate.transport import Transport
@@ -80,16 +78,14 @@ class OpenAIConfig(RemoteConfig):
     """More body fields sent as they are (quality, style, moderation, ...)."""
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(RemoteProvider):
     """An OpenAI-compatible ``/images/generations`` endpoint."""
 
     type = "openai"
     Config = OpenAIConfig
-
-    def __init__(self, name: str, config: OpenAIConfig) -> None:
-        super().__init__(name, config)
-        self.cfg = config
-        self._transport: Transport | None = None
+    config: OpenAIConfig
+    describes_key = False
+    json_any_content_type = True  # compatible servers are loose about the content type
 
     # ------------------------------------------------------------------ protocol
 
@@ -99,16 +95,16 @@ class OpenAIProvider(Provider):
         """One generation request; ``url`` answers are downloaded before the deadline."""
         transport, headers = self._connect()
         seed = request.seed
-        body: dict[str, Any] = {**self.cfg.extra_body, "prompt": request.prompt, "n": request.n}
-        model = request.model or self.cfg.model
+        body: dict[str, Any] = {**self.config.extra_body, "prompt": request.prompt, "n": request.n}
+        model = request.model or self.config.model
         if model:
             body["model"] = model
         size = _size(request, self.name)
         if size:
             body["size"] = size
         if not str(model or "").startswith(_ALWAYS_B64_MODELS):
-            body.setdefault("response_format", self.cfg.response_format)
-        if self.cfg.extensions:
+            body.setdefault("response_format", self.config.response_format)
+        if self.config.extensions:
             seed = seed if seed is not None else random.randint(0, MAX_SEED)
             body["seed"] = seed
             for key in _EXTENSION_FIELDS:
@@ -118,7 +114,7 @@ class OpenAIProvider(Provider):
         resp = await transport.request(
             "POST", "images/generations", deadline=deadline, json=body, headers=headers
         )
-        payload = self._json_or_error(resp)
+        payload = self._json(resp)
         items = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(items, list) or len(items) < request.n:
             count = len(items) if isinstance(items, list) else "no"
@@ -129,7 +125,7 @@ class OpenAIProvider(Provider):
             reported = item.get("seed") if isinstance(item, dict) else None
             if isinstance(reported, int) and not isinstance(reported, bool):
                 image_seed = reported
-            elif self.cfg.extensions and seed is not None:
+            elif self.config.extensions and seed is not None:
                 image_seed = (seed + i) % (MAX_SEED + 1)
             else:
                 image_seed = seed if seed is not None else 0
@@ -138,7 +134,7 @@ class OpenAIProvider(Provider):
 
     def effective_params(self, request: ImageRequest) -> dict[str, Any]:
         """Steps, sampler and guidance reach the server only as extensions."""
-        if self.cfg.extensions:
+        if self.config.extensions:
             return super().effective_params(request)
         return {"steps": None, "sampler": None, "guidance": None}
 
@@ -146,23 +142,17 @@ class OpenAIProvider(Provider):
         """``GET {url}/models``: the key is accepted and the API answers; "N models"."""
         transport, headers = self._connect()
         resp = await transport.request("GET", "models", deadline=deadline, headers=headers)
-        payload = self._json_or_error(resp)
+        payload = self._json(resp)
         models = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(models, list):
             raise self._protocol(resp, "no 'data' list in the model list")
         return f"{len(models)} models"
 
-    async def aclose(self) -> None:
-        if self._transport is not None:
-            transport, self._transport = self._transport, None
-            await transport.aclose()
-
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(
-            url=self.cfg.url,
-            response_format=self.cfg.response_format,
-            seeds="sent as an extension" if self.cfg.extensions else "not honoured",
+            response_format=self.config.response_format,
+            seeds="sent as an extension" if self.config.extensions else "not honoured",
         )
         return info
 
@@ -170,20 +160,11 @@ class OpenAIProvider(Provider):
 
     def _connect(self) -> tuple[Transport, dict[str, str]]:
         """The transport, and the Authorization header with the key read now."""
-        key = read_secret(self.cfg.api_key_env, provider=self.name, key="api_key_env")
-        secret = key.get_secret_value() if key is not None else None
-        if self._transport is None:
-            base = (self.cfg.url or "").rstrip("/") + "/"
-            cfg = self.cfg.model_copy(update={"url": base})
-            self._transport = Transport.for_config(self.name, cfg, secrets=[secret or ""])
-        elif secret and secret not in self._transport.secrets:
-            self._transport.secrets = (*self._transport.secrets, secret)
-        return self._transport, ({"authorization": f"Bearer {secret}"} if secret else {})
+        secret = self._read_key()
+        return self._http(secret), ({"authorization": f"Bearer {secret}"} if secret else {})
 
-    def _json_or_error(self, resp: Response) -> Any:
-        if not resp.ok:
-            raise _map_error(resp, self.name)
-        return resp.json()
+    def _error(self, resp: Response) -> ProviderError:
+        return _map_error(resp, self.name)
 
     def _protocol(self, resp: Response, what: str) -> ProtocolError:
         host = f"{resp.timings.host}:{resp.timings.port}"
@@ -201,8 +182,11 @@ class OpenAIProvider(Provider):
             raise self._protocol(resp, "an entry of 'data' is not an object")
         b64 = item.get("b64_json")
         if isinstance(b64, str) and b64:
+            if "," in b64:  # a data URL: the base64 follows the first comma
+                b64 = b64.split(",", 1)[-1]
             try:
-                return base64.b64decode(b64.split(",", 1)[-1], validate=True)
+                # what b64decode(validate=True) does, without copying the text twice first
+                return binascii.a2b_base64(b64, strict_mode=True)
             except (binascii.Error, ValueError):
                 raise self._protocol(resp, "'b64_json' is not valid base64") from None
         url = item.get("url")

@@ -46,15 +46,12 @@ from imagegate.providers.base import (
     Deadline,
     Progress,
     ProgressCallback,
-    Provider,
-    ProviderConfig,
     RemoteConfig,
-    read_secret,
 )
+from imagegate.providers.remote import RemoteProvider
 from imagegate.request import GeneratedImage, ImageRequest
 from imagegate.transport import (
     Response,
-    Transport,
     expect_json,
     parse_retry_after,
     raise_for_status,
@@ -111,19 +108,12 @@ class StabilityConfig(RemoteConfig):
     """sd3's ``cfg_scale`` when the request has no guidance; None = Stability's default."""
 
 
-class StabilityProvider(Provider):
+class StabilityProvider(RemoteProvider):
     """Text to image with Stability's v2beta Stable Image API."""
 
     type = "stability"
     Config = StabilityConfig
-
-    def __init__(self, name: str, config: ProviderConfig) -> None:
-        if not isinstance(config, StabilityConfig):
-            config = StabilityConfig.model_validate(config.model_dump())
-        super().__init__(name, config)
-        self.settings: StabilityConfig = config
-        self._transport: Transport | None = None
-        self._key: str | None = None
+    config: StabilityConfig
 
     # -- public surface ------------------------------------------------------------------
 
@@ -155,9 +145,7 @@ class StabilityProvider(Provider):
         resp = await self._http().request(
             "GET", "/v1/user/balance", deadline=deadline, headers=self._headers()
         )
-        if not resp.ok:
-            raise _map_error(resp, self.name)
-        data = expect_json(resp, self.name)
+        data = self._json(resp)
         credits = data.get("credits") if isinstance(data, dict) else None
         if not isinstance(credits, int | float):
             raise _protocol(resp, self.name, "the balance answer has no 'credits' number")
@@ -172,26 +160,14 @@ class StabilityProvider(Provider):
         """No steps or sampler at this API; guidance only as sd3's cfg_scale."""
         guidance = None
         if self._model(request)[0] == "sd3":
-            guidance = request.guidance if request.guidance is not None else self.settings.guidance
+            guidance = request.guidance if request.guidance is not None else self.config.guidance
         return {"steps": None, "sampler": None, "guidance": guidance}
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            await transport.aclose()
-
-    def describe(self) -> dict[str, Any]:
-        """Name, type, model, paid, the base URL and the key's variable name (never the key)."""
-        info = super().describe()
-        info.update(url=self.settings.url, api_key_env=self.settings.api_key_env)
-        return info
 
     # -- the request ---------------------------------------------------------------------
 
     def _model(self, request: ImageRequest) -> tuple[str, str | None]:
         """(endpoint, sd3 model or None) for the request's model or the configured one."""
-        name = request.model or self.settings.model
+        name = request.model or self.config.model
         if name not in MODELS:
             raise InvalidRequest(
                 f"model: Stability has no model {name!r} here; use one of: {', '.join(MODELS)}",
@@ -211,12 +187,12 @@ class StabilityProvider(Provider):
         ratio = self._aspect_ratio(request)
         if ratio is not None:
             form["aspect_ratio"] = ratio
-        if self.settings.style_preset is not None:
-            form["style_preset"] = self.settings.style_preset
+        if self.config.style_preset is not None:
+            form["style_preset"] = self.config.style_preset
         if sd3_model is not None:
             form["model"] = sd3_model
         if endpoint == "sd3":
-            guidance = request.guidance if request.guidance is not None else self.settings.guidance
+            guidance = request.guidance if request.guidance is not None else self.config.guidance
             if guidance is not None and not 1.0 <= guidance <= 10.0:
                 raise InvalidRequest(
                     f"guidance: Stability's sd3 takes a cfg_scale between 1 and 10; got "
@@ -265,7 +241,7 @@ class StabilityProvider(Provider):
         headers: dict[str, str],
         deadline: Deadline,
     ) -> GeneratedImage:
-        accept = "application/json" if self.settings.accept == "json" else "image/*"
+        accept = "application/json" if self.config.accept == "json" else "image/*"
         # Every field as a multipart part without a filename: the API takes multipart only.
         parts = {name: (None, value.encode()) for name, value in fields.items()}
         resp = await self._http().request(
@@ -306,18 +282,10 @@ class StabilityProvider(Provider):
     # -- plumbing ------------------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
-        if self._key is None:
-            secret = read_secret(self.settings.api_key_env, provider=self.name, key="api_key_env")
-            self._key = secret.get_secret_value() if secret is not None else ""
-        return {"Authorization": f"Bearer {self._key}"}
+        return {"Authorization": f"Bearer {self._api_key()}"}
 
-    def _http(self) -> Transport:
-        if self._transport is None:
-            self._headers()
-            self._transport = Transport.for_config(
-                self.name, self.settings, secrets=[self._key or ""]
-            )
-        return self._transport
+    def _error(self, resp: Response) -> ProviderError:
+        return _map_error(resp, self.name)
 
 
 # --------------------------------------------------------------------------- helpers
