@@ -1,14 +1,24 @@
-"""The local backplane: persisted submits, positions, cancel, recovery, event replay."""
+"""The backplanes: the local one's own behaviour, then one contract run against each of
+local and PostgreSQL (submit, cancel, queues, priority, rollback, SSE replay)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from serverkit import tiny_png
 
-from imagegate.backplane import JobContext, LocalBackplane, QueueFull
+from imagegate.backplane import Backplane, JobContext, LocalBackplane, QueueFull
+from imagegate.errors import Cancelled
 from imagegate.providers.base import Progress
 from imagegate.request import GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
@@ -53,11 +63,11 @@ async def _backplane(data: Path, **kwargs: object) -> tuple[Store, LocalBackplan
     return store, LocalBackplane(store, **kwargs)  # type: ignore[arg-type]
 
 
-def test_submit_persists_the_job_with_its_position(tmp_path: Path) -> None:
+def test_submit_persists_the_job_with_its_position(make: Make) -> None:
     """A submitted job is in the store, queued, before submit returns; positions count up."""
 
     async def main() -> None:
-        store, bp = await _backplane(tmp_path)
+        store, bp = await make()
         first = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
         second = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
         job = await store.get_job(second.job_id)
@@ -69,11 +79,11 @@ def test_submit_persists_the_job_with_its_position(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_a_full_queue_refuses_with_retry_after(tmp_path: Path) -> None:
+def test_a_full_queue_refuses_with_retry_after(make: Make) -> None:
     """Past max_queue waiting jobs, submit raises QueueFull carrying a retry_after."""
 
     async def main() -> None:
-        store, bp = await _backplane(tmp_path, max_queue=2)
+        store, bp = await make(max_queue=2)
         for _ in range(2):
             await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
         with pytest.raises(QueueFull) as caught:
@@ -84,11 +94,11 @@ def test_a_full_queue_refuses_with_retry_after(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_jobs_run_and_wait_returns_the_result(tmp_path: Path) -> None:
+def test_jobs_run_and_wait_returns_the_result(make: Make) -> None:
     """A started backplane runs queued jobs; wait() hands back the stored result."""
 
     async def main() -> None:
-        store, bp = await _backplane(tmp_path)
+        store, bp = await make()
         await bp.start(Handler(store))
         submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
         outcome = await asyncio.wait_for(bp.jobs.wait(submitted.job_id), 5)
@@ -120,11 +130,11 @@ def test_concurrency_per_queue_is_enforced(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_cancel_of_a_queued_job_ends_it_at_once(tmp_path: Path) -> None:
+def test_cancel_of_a_queued_job_ends_it_at_once(make: Make) -> None:
     """Cancelling a job that has not started marks it cancelled without running it."""
 
     async def main() -> None:
-        store, bp = await _backplane(tmp_path)
+        store, bp = await make()
         submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
         job = await bp.jobs.cancel(submitted.job_id)
         assert job is not None
@@ -161,11 +171,11 @@ def test_restart_resumes_queued_and_retries_running_once(tmp_path: Path) -> None
     asyncio.run(main())
 
 
-def test_subscribe_replays_stored_events_then_follows_live_ones(tmp_path: Path) -> None:
+def test_subscribe_replays_stored_events_then_follows_live_ones(make: Make) -> None:
     """A subscriber gets the events after its last id in order, progress included, to the end."""
 
     async def main() -> None:
-        store, bp = await _backplane(tmp_path)
+        store, bp = await make()
         await bp.start(Handler(store, steps=3))
         submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
         kinds = []
@@ -200,11 +210,11 @@ class RecordingHandler(Handler):
         return await job.recorder.finish_job(job.job_id, result)
 
 
-def test_run_starts_a_job_at_once_when_a_slot_is_free(tmp_path: Path) -> None:
+def test_run_starts_a_job_at_once_when_a_slot_is_free(make: Make) -> None:
     """run() persists the job with queued and started, runs it, and logs one terminal event."""
 
     async def main() -> None:
-        store, bp = await _backplane(tmp_path)
+        store, bp = await make()
         await bp.start(RecordingHandler(store))
         outcome = await asyncio.wait_for(
             bp.jobs.run(REQUEST, route=["p"], source="openai", queue="p"), 5
@@ -241,3 +251,335 @@ def test_run_waits_its_turn_when_the_queue_is_busy(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(main())
+
+
+# -- the contract: every backplane behaves the same ------------------------------------------
+
+
+def _database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped after it."""
+    import psycopg  # the `scale` extra; the README's test command installs it
+    name = f"imagegate_t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        pytest.fail("PostgreSQL is not running on 127.0.0.1:5432 (.ci/run starts it)")
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield f"{PG_SERVER}/{name}"
+        finally:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database."""
+    yield from _database()
+
+
+@pytest.fixture(params=["local", "postgres"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which backplane a contract test runs against."""
+    return str(request.param)
+
+
+@pytest.fixture
+def make(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Make:
+    """Build (store, backplane) of ``kind``; postgres ones work the given queues."""
+    url = request.getfixturevalue("pg_url") if kind == "postgres" else None
+
+    async def build(queues: Sequence[str] = ("p",), **kwargs: Any) -> tuple[Store, Backplane]:
+        if url is None:
+            store = Store(tmp_path)
+            await store.open()
+            return store, LocalBackplane(store, **kwargs)
+        from imagegate.backplane.postgres import PostgresBackplane, sqlalchemy_url
+
+        store = Store(tmp_path, url=sqlalchemy_url(url))
+        backplane = PostgresBackplane(
+            store,
+            url,
+            worker_queues=list(queues),
+            heartbeat_s=0.5,
+            stalled_s=2.0,
+            sweep_s=0.5,
+            paid=kwargs.get("paid", ()),
+            max_queue=kwargs.get("max_queue", 100),
+        )
+        await backplane.open()
+        return store, backplane
+
+    return build
+
+
+Make = Callable[..., Awaitable[tuple[Store, Backplane]]]
+
+
+def test_contract_submit_and_complete(make: Make) -> None:
+    """A submitted job is queued on disk, runs on a worker, and wait() hands back its images."""
+
+    async def main() -> None:
+        store, bp = await make()
+        await bp.start(RecordingHandler(store))
+        submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
+        outcome = await asyncio.wait_for(bp.jobs.wait(submitted.job_id), 10)
+        assert outcome.status == "succeeded", repr(outcome.error)
+        assert outcome.result is not None
+        assert outcome.result.images[0].png
+        events = await store.events_after(submitted.job_id)
+        assert [e.kind for e in events] == ["queued", "started", "succeeded"]
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())
+
+
+class Blocking(RecordingHandler):
+    """A handler that reports a step every 20 ms for ``steps`` steps, then finishes."""
+
+    def __init__(self, store: Store, steps: int = 500, only: str | None = None) -> None:
+        super().__init__(store)
+        self.steps = steps
+        self.only = only
+        self.started = asyncio.Event()
+        self.cancelled_at: float | None = None
+
+    async def __call__(self, job: JobContext) -> ImageResult:
+        if self.only is not None and job.request.prompt != self.only:
+            return await super().__call__(job)
+        self.started.set()
+        try:
+            for step in range(1, self.steps + 1):
+                await asyncio.sleep(0.02)
+                job.progress(Progress(step, self.steps))
+        except asyncio.CancelledError:
+            self.cancelled_at = time.monotonic()
+            assert job.recorder is not None
+            await job.recorder.fail_job(
+                job.job_id, Cancelled("cancelled"), [], 0.0, status="cancelled"
+            )
+            raise
+        return await super().__call__(job)
+
+
+def test_contract_cancel_of_a_running_job_lands_within_a_second(make: Make) -> None:
+    """Cancelling a running job reaches the handler and ends it cancelled within a second."""
+
+    async def main() -> None:
+        store, bp = await make()
+        handler = Blocking(store)
+        await bp.start(handler)
+        submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
+        await asyncio.wait_for(handler.started.wait(), 10)
+        asked = time.monotonic()
+        job = await asyncio.wait_for(bp.jobs.cancel(submitted.job_id), 5)
+        assert job is not None
+        assert job.status == "cancelled"
+        assert handler.cancelled_at is not None
+        assert handler.cancelled_at - asked < 1.0
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_contract_a_queue_runs_while_another_is_busy(make: Make, kind: str) -> None:
+    """A job on queue b finishes while queue a's only worker is busy with a long job."""
+
+    async def main() -> None:
+        store, bp = await make(queues=["a"])
+        handler = Blocking(store, steps=100, only="busy")
+        await bp.start(handler)
+        extra: list[tuple[Store, Backplane]] = []
+        if kind == "postgres":  # one worker per queue, as `imagegate worker --queue` runs
+            extra.append(await make(queues=["b"]))
+            await extra[0][1].start(handler)
+        slow = ImageRequest(prompt="busy")
+        busy = await bp.jobs.submit(slow, route=["a"], source="jobs", queue="a")
+        await asyncio.wait_for(handler.started.wait(), 10)
+        other = await bp.jobs.submit(REQUEST, route=["b"], source="jobs", queue="b")
+        assert (await asyncio.wait_for(bp.jobs.wait(other.job_id), 10)).status == "succeeded"
+        first = await store.get_job(busy.job_id)
+        assert first is not None
+        assert first.status == "running"
+        for other_store, other_bp in extra:
+            await other_bp.stop()
+            await other_store.close()
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_contract_a_worker_takes_only_its_queue(pg_url: str, tmp_path: Path) -> None:
+    """A PostgreSQL worker of queue b never runs a job of queue a (it stays queued)."""
+    from imagegate.backplane.postgres import PostgresBackplane, sqlalchemy_url
+
+    async def main() -> None:
+        store = Store(tmp_path, url=sqlalchemy_url(pg_url))
+        bp = PostgresBackplane(store, pg_url, worker_queues=["b"])
+        await bp.start(RecordingHandler(store))
+        for_a = await bp.jobs.submit(REQUEST, route=["a"], source="jobs", queue="a")
+        for_b = await bp.jobs.submit(REQUEST, route=["b"], source="jobs", queue="b")
+        assert (await asyncio.wait_for(bp.jobs.wait(for_b.job_id), 10)).status == "succeeded"
+        await asyncio.sleep(0.3)
+        job = await store.get_job(for_a.job_id)
+        assert job is not None
+        assert job.status == "queued"
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_contract_higher_priority_starts_first(make: Make) -> None:
+    """With the worker busy, a later job of higher priority starts before an earlier low one."""
+
+    async def main() -> None:
+        store, bp = await make()
+        order: list[str] = []
+        gate = asyncio.Event()
+        running = asyncio.Event()
+
+        class Ordered(RecordingHandler):
+            async def __call__(self, job: JobContext) -> ImageResult:
+                order.append(job.request.prompt)
+                running.set()
+                await gate.wait()
+                return await super().__call__(job)
+
+        await bp.start(Ordered(store))
+        first = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
+        await asyncio.wait_for(running.wait(), 10)
+        ids = [first.job_id]
+        for prompt, priority in (("low", 0), ("high", 10)):
+            request = ImageRequest(prompt=prompt)
+            submitted = await bp.jobs.submit(
+                request, route=["p"], source="jobs", queue="p", priority=priority
+            )
+            ids.append(submitted.job_id)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*(bp.jobs.wait(i) for i in ids)), 10)
+        assert order == ["a fox", "high", "low"]
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_contract_a_rolled_back_submit_leaves_no_job(pg_url: str, tmp_path: Path) -> None:
+    """When the transaction that enqueues fails, neither the history row nor the job exists."""
+    from sqlalchemy import text
+
+    from imagegate.backplane.postgres import PostgresBackplane, sqlalchemy_url
+
+    async def main() -> None:
+        store = Store(tmp_path, url=sqlalchemy_url(pg_url))
+        bp = PostgresBackplane(store, pg_url, worker_queues=[])
+        await bp.open()
+
+        async def boom(session: Any, job_id: str) -> None:
+            await bp.jobs._defer(session, job_id, "p", 0)
+            raise RuntimeError("the transaction fails after the defer")
+
+        with pytest.raises(RuntimeError):
+            await store.open_job(REQUEST, route=["p"], source="jobs", status="queued", within=boom)
+        async with store.engine.connect() as conn:
+            jobs = await conn.scalar(text("SELECT count(*) FROM jobs"))
+            queued = await conn.scalar(text("SELECT count(*) FROM procrastinate_jobs"))
+        assert (jobs, queued) == (0, 0)
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_contract_sse_replay_after_reconnect(make: Make) -> None:
+    """A subscriber that reconnects after event N gets every later event once, to the end."""
+
+    async def main() -> None:
+        store, bp = await make()
+        await bp.start(Handler(store, steps=5))
+        submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
+        seen = []
+        async with asyncio.timeout(10):
+            async for event in bp.events.subscribe(submitted.job_id):
+                seen.append(event)
+                if len(seen) == 2:
+                    break  # the client drops after "started"
+            resumed = [e async for e in bp.events.subscribe(submitted.job_id, seen[-1].id)]
+        kinds = [e.kind for e in seen + resumed]
+        assert kinds[:2] == ["queued", "started"]
+        assert kinds[-1] == "succeeded"
+        ids = [e.id for e in seen + resumed]
+        assert ids == sorted(set(ids))
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())
+
+
+SLOW_SCRIPT = Path(__file__).parent / "slow_serve.py"
+
+
+def test_contract_kill_9_of_a_worker_mid_job_finishes_it_once(pg_url: str, tmp_path: Path) -> None:
+    """A worker killed mid-job: the sweeper re-queues it and another worker ends it, once.
+
+    (The local backplane's equivalent is restart recovery: the tests above and
+    test_server_restart.py.)
+    """
+    from imagegate.backplane.postgres import PostgresBackplane, sqlalchemy_url
+
+    config = tmp_path / "worker.toml"
+    config.write_text(
+        '[gateway]\nroute = ["slow"]\n\n[providers.slow]\ntype = "diffusers"\n\n'
+        f'[scale]\nbackplane = "{pg_url}"\nheartbeat_s = 0.5\nstalled_s = 2.0\nsweep_s = 0.5\n'
+    )
+    worker = subprocess.Popen(
+        [sys.executable, str(SLOW_SCRIPT), "worker", "--queue", "slow", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def main() -> None:
+        store = Store(tmp_path / "data", url=sqlalchemy_url(pg_url))
+        bp = PostgresBackplane(store, pg_url, worker_queues=[], sweep_s=0.5, stalled_s=2.0)
+        await bp.open()
+        submitted = await bp.jobs.submit(REQUEST, route=["slow"], source="jobs", queue="slow")
+        async with asyncio.timeout(30):
+            while True:
+                job = await store.get_job(submitted.job_id)
+                assert job is not None
+                if job.progress > 0:
+                    break
+                assert worker.poll() is None, "the worker exited"
+                await asyncio.sleep(0.05)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        await bp.stop()
+        rescuer = PostgresBackplane(
+            store, pg_url, worker_queues=["slow"], heartbeat_s=0.5, stalled_s=2.0, sweep_s=0.5
+        )
+        handler = Handler(store)
+        await rescuer.start(handler)
+        outcome = await asyncio.wait_for(rescuer.jobs.wait(submitted.job_id), 20)
+        assert outcome.status == "succeeded"
+        job = await store.get_job(submitted.job_id)
+        assert job is not None
+        assert job.retries == 1
+        kinds = [e.kind for e in await store.events_after(submitted.job_id)]
+        assert kinds.count("succeeded") == 1
+        assert kinds.count("started") == 2
+        await rescuer.stop()
+        await store.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()

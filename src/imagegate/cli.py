@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     _common(serve, json_flag=False)
 
+    worker = sub.add_parser("worker", help="run one scaled-out worker for one queue")
+    worker.add_argument(
+        "--queue", required=True, help='a local provider\'s name, or "remote" for remote ones'
+    )
+    _common(worker, json_flag=False)
+
     prov = sub.add_parser("providers", help="list the configured providers")
     _common(prov, json_flag=True)
 
@@ -102,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {
         "generate": _generate,
         "serve": _serve,
+        "worker": _worker,
         "providers": _providers,
         "history": _history,
         "doctor": _doctor,
@@ -259,6 +266,22 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace, console: Console) -> int:
+    settings = load_config(args.config)
+    if not settings.scale.backplane:
+        raise ConfigError(
+            "a worker needs the shared database: set [scale] backplane = "
+            '"postgresql://..." in the config',
+            file=settings.source,
+            key="scale.backplane",
+        )
+    from imagegate.server import run_worker
+
+    console.info(f"imagegate worker for queue {args.queue} (data {settings.data_dir})")
+    asyncio.run(run_worker(settings, args.queue))
     return EXIT_OK
 
 

@@ -56,6 +56,10 @@ class ScaleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backplane: str | None = None
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    stalled_s: float = Field(default=10.0, gt=0)
+    sweep_s: float = Field(default=2.0, gt=0)
+    remote_concurrency: int = Field(default=8, ge=1)
 
 
 class Settings(BaseModel):

@@ -177,6 +177,22 @@ class Router:
         self._sleep = sleep
         self._rand = rand
         self._probes: dict[str, asyncio.Task[None]] = {}
+        self.on_breaker: Callable[[str], None] | None = None
+        """Called with a provider's name when its breaker opens or closes here (shared state)."""
+
+    def apply_shared(
+        self, name: str, state: str, opened_until: datetime | None, last_error: str | None
+    ) -> None:
+        """Apply a breaker change another process saw; an open one is probed from here too."""
+        breaker = self.breakers.get(name)
+        if breaker is None:
+            return
+        if state == "closed" and breaker.is_open:
+            breaker.close()
+        elif state == "open" and opened_until is not None and not breaker.is_open:
+            breaker.open(max(0.0, (opened_until - datetime.now(UTC)).total_seconds()))
+            breaker.last_error = last_error
+            self._start_probe(name)
 
     async def run(
         self,
@@ -256,6 +272,8 @@ class Router:
     def _record_failure(self, name: str, exc: ProviderError) -> None:
         if _counts_against_provider(exc) and self.breakers[name].record_failure(exc):
             self._start_probe(name)
+            if self.on_breaker is not None:
+                self.on_breaker(name)
 
     async def _try(
         self,
@@ -385,6 +403,8 @@ class Router:
             else:
                 breaker.last_probe_ok = True
                 breaker.close()
+                if self.on_breaker is not None:
+                    self.on_breaker(name)
 
     async def aclose(self) -> None:
         """Stop the background probes."""

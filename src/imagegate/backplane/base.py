@@ -157,9 +157,17 @@ class JobQueue(ABC):
 
     @abstractmethod
     async def submit(
-        self, request: ImageRequest, *, route: Sequence[str], source: str, queue: str
+        self,
+        request: ImageRequest,
+        *,
+        route: Sequence[str],
+        source: str,
+        queue: str,
+        priority: int = 0,
     ) -> Submitted:
-        """Persist a queued job and enqueue it; raises QueueFull when the queue is full."""
+        """Persist a queued job and enqueue it; raises QueueFull when the queue is full.
+
+        A higher ``priority`` starts before lower ones waiting in the same queue."""
 
     @abstractmethod
     async def cancel(self, job_id: str) -> JobRecord | None:
@@ -246,6 +254,10 @@ class BreakerStore(ABC):
     @abstractmethod
     async def save(self, snapshot: BreakerSnapshot) -> None:
         """Record one provider's breaker."""
+
+    def watch(self, callback: Callable[[BreakerSnapshot], None]) -> None:
+        """Call ``callback`` with each change another process saves (none when local)."""
+        del callback  # one process: nothing else saves
 
 
 class Backplane(ABC):

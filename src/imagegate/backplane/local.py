@@ -176,12 +176,13 @@ class LocalBreakerStore(BreakerStore):
 class _Pending:
     """A queued job kept in memory, so the worker need not read it back."""
 
-    __slots__ = ("queue", "request", "source")
+    __slots__ = ("priority", "queue", "request", "source")
 
-    def __init__(self, request: ImageRequest, source: str, queue: str) -> None:
+    def __init__(self, request: ImageRequest, source: str, queue: str, priority: int = 0) -> None:
         self.request = request
         self.source = source
         self.queue = queue
+        self.priority = priority
 
 
 class _ProgressPump:
@@ -294,7 +295,13 @@ class LocalJobQueue(JobQueue):
     # -- JobQueue ----------------------------------------------------------------------------
 
     async def submit(
-        self, request: ImageRequest, *, route: Sequence[str], source: str, queue: str
+        self,
+        request: ImageRequest,
+        *,
+        route: Sequence[str],
+        source: str,
+        queue: str,
+        priority: int = 0,
     ) -> Submitted:
         depth = self.depth()
         if depth >= self._max_queue:
@@ -307,11 +314,16 @@ class LocalJobQueue(JobQueue):
             source=source,
             status="queued",
             queue=queue,
+            priority=priority,
             events=[("queued", {"position": position})],
         )
         for event in events:
             self.events.fan_out(event)
-        waiting[job_id] = _Pending(request, source, queue)
+        waiting[job_id] = _Pending(request, source, queue, priority)
+        if priority:  # higher first; a stable sort keeps arrival order within a priority
+            ordered = sorted(waiting.items(), key=lambda item: -item[1].priority)
+            waiting.clear()
+            waiting.update(ordered)
         self._dispatch(queue)
         return Submitted(job_id=job_id, position=self.position(job_id) or position)
 

@@ -9,6 +9,7 @@ and A1111 routes share the queue, history, progress and metrics with /v1/jobs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -28,7 +29,9 @@ from imagegate.server.deps import ServerContext
 from imagegate.server.limits import BodyLimitMiddleware
 from imagegate.server.metrics import Metrics
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "run_worker"]
+
+log = logging.getLogger("imagegate.server")
 
 
 def create_app(
@@ -53,11 +56,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw = gateway if gateway is not None else Gateway(settings, providers=providers)
+        if backplane is None and settings.scale.backplane:
+            from imagegate.backplane.postgres import shared_store
+
+            gw.store = shared_store(settings)
         await gw.open()
-        bp = backplane if backplane is not None else local_backplane(settings, gw)
+        bp = backplane if backplane is not None else build_backplane(settings, gw)
         ctx = ServerContext(settings=settings, gateway=gw, backplane=bp, metrics=metrics)
         app.state.ctx = ctx
         await _restore_breakers(ctx)
+        share_breakers(ctx)
         await bp.start(job_handler(ctx))
         try:
             yield
@@ -82,15 +90,72 @@ def create_app(
     return app
 
 
+async def run_worker(
+    settings: Settings,
+    queue: str,
+    *,
+    providers: Mapping[str, Provider] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """``imagegate worker``: run the jobs of one queue until SIGTERM/SIGINT (or ``stop``)."""
+    import signal
+
+    from imagegate.backplane.postgres import shared_store
+
+    gw = Gateway(settings, providers=providers)
+    gw.store = shared_store(settings)
+    await gw.open()
+    bp = build_backplane(settings, gw, worker_queues=[queue])
+    ctx = ServerContext(settings=settings, gateway=gw, backplane=bp, metrics=Metrics())
+    await _restore_breakers(ctx)
+    share_breakers(ctx)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await bp.start(job_handler(ctx))
+    try:
+        await stop.wait()
+    finally:
+        await bp.stop()
+        await gw.aclose()
+
+
+def build_backplane(
+    settings: Settings, gateway: Gateway, worker_queues: list[str] | None = None
+) -> Backplane:
+    """The PostgreSQL backplane when ``[scale] backplane`` names one, else the local one."""
+    if not settings.scale.backplane:
+        return local_backplane(settings, gateway)
+    from imagegate.backplane.postgres import postgres_backplane
+
+    return postgres_backplane(settings, gateway, worker_queues)
+
+
+def share_breakers(ctx: ServerContext) -> None:
+    """Save each breaker change to the backplane, and apply the changes others save."""
+    router = ctx.gateway.router
+    pending: set[asyncio.Task[None]] = set()
+
+    async def save(name: str) -> None:
+        try:
+            await _save_breakers(ctx, [name])
+        except Exception as exc:  # the database may be away: the next change saves again
+            log.warning("could not share the breaker of %s: %s", name, type(exc).__name__)
+
+    def changed(name: str) -> None:
+        task = asyncio.get_running_loop().create_task(save(name))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    router.on_breaker = changed
+    ctx.backplane.breakers.watch(
+        lambda s: router.apply_shared(s.provider, s.state, s.opened_until, s.last_error)
+    )
+
+
 def local_backplane(settings: Settings, gateway: Gateway) -> LocalBackplane:
-    """The default backplane on the gateway's store; refuses a scale-out config for now."""
-    if settings.scale.backplane:
-        raise ConfigError(
-            "a distributed backplane is not available in this version; remove it to run "
-            "with the local one",
-            file=settings.source,
-            key="scale.backplane",
-        )
+    """The default backplane on the gateway's store."""
     if gateway.store is None:
         raise ConfigError("the server needs the store; create the Gateway with store=True")
     return LocalBackplane(
@@ -117,7 +182,6 @@ def job_handler(ctx: ServerContext) -> JobHandler:
             ctx.metrics.finished(None, "cancelled", [], time.monotonic() - started)
             raise
         _finished(ctx, result, "succeeded", None, started)
-        await _save_breakers(ctx, [a.provider for a in result.attempts])
         return result
 
     return handle

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +41,7 @@ from imagegate.store.records import EventRecord, ImageRecord, JobRecord
 DB_FILENAME = "imagegate.db"
 SOURCES = ("library", "cli", "openai", "a1111", "jobs")
 SQLITE_BUSY_TIMEOUT_MS = 5000
+MIGRATION_LOCK = 0x1A6E_0001  # PostgreSQL advisory lock: one process migrates a blank database
 _NOT_OPEN = "the store is not open; use `async with Store(data_dir)` or await store.open()"
 
 
@@ -137,6 +138,10 @@ class Store:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         try:
             async with engine.begin() as connection:
+                if engine.dialect.name == "postgresql":  # held until this transaction ends
+                    await connection.exec_driver_sql(
+                        f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"
+                    )
                 await connection.run_sync(upgrade)
         except BaseException:
             await engine.dispose()
@@ -226,9 +231,12 @@ class Store:
         queue: str = "default",
         priority: int = 0,
         events: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        within: Callable[[AsyncSession, str], Awaitable[None]] | None = None,
     ) -> tuple[str, list[EventRecord]]:
         """Record a new job with its first ``events`` (kind, data) in one transaction.
 
+        ``within(session, job_id)`` runs inside that transaction before it commits (a
+        backplane enqueues the job there); it takes the SQLAlchemy path on every database.
         Returns the job's id and the stored events, in order, for the caller to fan out.
         """
         _check("status", status, ("queued", "running"))
@@ -261,7 +269,7 @@ class Store:
         }
         job_id: str = values["id"]
         stamped = [(kind, dict(data), self._now()) for kind, data in events]
-        if self._writer is not None:
+        if self._writer is not None and within is None:
 
             def step(conn: sqlite3.Connection) -> list[int]:
                 with jobsql.transaction(conn):
@@ -274,6 +282,8 @@ class Store:
                 session.add(Job(**values))
                 await session.flush()
                 ids = await _add_events(session, job_id, stamped)
+                if within is not None:
+                    await within(session, job_id)
         return job_id, _event_records(job_id, ids, stamped)
 
     async def claim_job(self, job_id: str) -> EventRecord | None:

@@ -1,0 +1,156 @@
+"""Scale-out end to end: two `serve` replicas, two `worker`s, one PostgreSQL, kill -9 a worker.
+
+The provider is the real ``openai`` one pointed at the loopback OpenAI fake, which counts the
+calls it gets per prompt: an unpaid provider for most jobs, a paid one for every fifth.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from faults import serve_app
+from test_backplane import _database
+from test_server_restart import free_port
+from vendor_openai import OpenAIFake
+
+JOBS = 50
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database."""
+    yield from _database()
+
+
+def _start(args: list[str], config: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "imagegate", *args, "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+
+
+@contextmanager
+def _process(args: list[str], config: Path) -> Iterator[subprocess.Popen[bytes]]:
+    proc = _start(args, config)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _ready(base: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).is_success:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, "the server exited while starting"
+        assert time.monotonic() < deadline, "the server was not ready within 30 s"
+        time.sleep(0.1)
+
+
+def test_two_replicas_two_workers_lose_nothing_when_a_worker_is_killed(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """50 jobs through 2 replicas; a worker killed halfway: every job ends, none runs twice.
+
+    Unpaid jobs succeed (a job cut short is run once more); a paid job that was running
+    when its worker died ends failed as interrupted, and the fake saw it at most once.
+    """
+    fake = OpenAIFake(delay_s=0.15)
+    with ExitStack() as stack:
+        url = stack.enter_context(serve_app(fake.app()))
+        config = tmp_path / "imagegate.toml"
+        config.write_text(
+            '[gateway]\nroute = ["free"]\n\n'
+            f'[providers.free]\ntype = "openai"\nurl = "{url}/v1"\npaid = false\n\n'
+            f'[providers.paid]\ntype = "openai"\nurl = "{url}/v1"\npaid = true\n\n'
+            f'[scale]\nbackplane = "{pg_url}"\nheartbeat_s = 0.5\nstalled_s = 2.0\n'
+            "sweep_s = 0.5\nremote_concurrency = 3\n"
+        )
+        ports = [free_port(), free_port()]
+        bases = [f"http://127.0.0.1:{port}" for port in ports]
+        servers = [
+            stack.enter_context(_process(["serve", "--port", str(port)], config)) for port in ports
+        ]
+        for base, server in zip(bases, servers, strict=True):
+            _ready(base, server)
+        doomed = stack.enter_context(_process(["worker", "--queue", "remote"], config))
+        stack.enter_context(_process(["worker", "--queue", "remote"], config))
+
+        paid = {f"job {i}" for i in range(JOBS) if i % 5 == 0}
+        ids: dict[str, str] = {}
+        for i in range(JOBS):
+            prompt = f"job {i}"
+            body: dict[str, object] = {"prompt": prompt}
+            if prompt in paid:
+                body["provider"] = "paid"
+            answer = httpx.post(f"{bases[i % 2]}/v1/jobs", json=body, timeout=10)
+            assert answer.status_code == 202, answer.text
+            ids[prompt] = answer.json()["id"]
+
+        deadline = time.monotonic() + 30
+        while len(fake.bodies) < JOBS // 2:
+            assert time.monotonic() < deadline, f"only {len(fake.bodies)} calls in 30 s"
+            time.sleep(0.02)
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait(10)
+
+        deadline = time.monotonic() + 45
+        while True:
+            jobs = {
+                prompt: httpx.get(f"{bases[n % 2]}/v1/jobs/{job_id}", timeout=5).json()
+                for n, (prompt, job_id) in enumerate(ids.items())
+            }
+            if all(job["status"] in TERMINAL for job in jobs.values()):
+                break
+            assert time.monotonic() < deadline, Counter(j["status"] for j in jobs.values())
+            time.sleep(0.2)
+        # any replica streams any job's events, and replays after Last-Event-ID
+        first = ids["job 1"]  # submitted to replica 1, streamed from replica 0
+        stream = httpx.get(f"{bases[0]}/v1/jobs/{first}/events", timeout=10).text
+        assert "event: started" in stream
+        assert "event: succeeded" in stream
+        ids_seen = [int(line[4:]) for line in stream.splitlines() if line.startswith("id: ")]
+        replay = httpx.get(
+            f"{bases[0]}/v1/jobs/{first}/events",
+            headers={"last-event-id": str(ids_seen[0])},
+            timeout=10,
+        ).text
+        assert [int(x[4:]) for x in replay.splitlines() if x.startswith("id: ")] == ids_seen[1:]
+
+    calls = Counter(str(body["prompt"]) for body in fake.bodies)
+    for prompt, job in jobs.items():
+        if job["status"] == "succeeded":
+            assert 1 <= calls[prompt] <= 1 + job["retries"], (prompt, calls[prompt], job)
+        else:
+            assert prompt in paid, (prompt, job["status"], job["error"])
+            assert job["status"] == "failed"
+            assert "interrupted" in job["error"]["message"]
+        if prompt in paid:
+            assert calls[prompt] <= 1, (prompt, calls[prompt])
+    assert sum(job["status"] == "succeeded" for job in jobs.values()) >= JOBS - len(paid)
+    hit = [p for p, job in jobs.items() if job["retries"] or job["status"] == "failed"]
+    assert hit, "the killed worker had no job in flight"

@@ -1,0 +1,94 @@
+"""PostgreSQL specifics of the scale-out mode: shared breakers, the migration lock, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from serverkit import Fake
+from test_backplane import _database
+
+from imagegate.backplane import BreakerSnapshot
+from imagegate.config import GatewaySettings
+from imagegate.errors import AllProvidersFailed, ConnectError
+from imagegate.providers.base import Deadline
+from imagegate.request import ImageRequest
+from imagegate.router import Router
+from imagegate.store import Store
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database."""
+    yield from _database()
+
+
+def test_a_breaker_opened_in_one_process_reaches_the_others(pg_url: str, tmp_path: Path) -> None:
+    """A saved open breaker is NOTIFYed to every other backplane and opens its router's copy."""
+    from imagegate.backplane.postgres import PostgresBackplane, sqlalchemy_url
+
+    async def main() -> None:
+        stores = [Store(tmp_path, url=sqlalchemy_url(pg_url)) for _ in range(2)]
+        here, there = (PostgresBackplane(store, pg_url) for store in stores)
+        router = Router(GatewaySettings(route=["p"]), {"p": Fake("p")})
+        got = asyncio.Event()
+
+        def apply(snapshot: BreakerSnapshot) -> None:
+            router.apply_shared(
+                snapshot.provider, snapshot.state, snapshot.opened_until, snapshot.last_error
+            )
+            got.set()
+
+        here.breakers.watch(apply)
+        for backplane in (here, there):
+            await backplane.start(lambda job: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
+        await asyncio.sleep(0.2)  # the LISTEN connections are up
+        until = datetime.now(UTC) + timedelta(seconds=30)
+        await there.breakers.save(BreakerSnapshot("p", "open", until, 3, "ConnectError: refused"))
+        await asyncio.wait_for(got.wait(), 5)
+        assert router.breakers["p"].is_open
+        assert router.breakers["p"].last_error == "ConnectError: refused"
+        assert (await here.breakers.load())["p"].state == "open"
+        await router.aclose()
+        for backplane, store in zip((here, there), stores, strict=True):
+            await backplane.stop()
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_the_router_reports_a_breaker_that_opens() -> None:
+    """Router.on_breaker is called with the provider's name when its breaker opens."""
+
+    async def main() -> None:
+        fake = Fake("p", fail=lambda: ConnectError("refused"))
+        router = Router(GatewaySettings(route=["p"]), {"p": fake})
+        seen: list[str] = []
+        router.on_breaker = seen.append
+        with pytest.raises(AllProvidersFailed):
+            await router.run(ImageRequest(prompt="x"), ["p"], Deadline(5))
+        assert seen == ["p"]
+        await router.aclose()
+
+    asyncio.run(main())
+
+
+def test_two_processes_opening_a_blank_database_migrate_it_once(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Stores and backplanes opening one blank database at once all succeed (advisory locks)."""
+    from imagegate.backplane.postgres import PostgresBackplane, sqlalchemy_url
+
+    async def main() -> None:
+        stores = [Store(tmp_path, url=sqlalchemy_url(pg_url)) for _ in range(3)]
+        backplanes = [PostgresBackplane(store, pg_url) for store in stores]
+        await asyncio.gather(*(backplane.open() for backplane in backplanes))
+        await backplanes[0].store.ping()
+        for backplane, store in zip(backplanes, stores, strict=True):
+            await backplane.stop()
+            await store.close()
+
+    asyncio.run(main())
