@@ -39,14 +39,12 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import io
-import json
 import logging
 import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,15 +61,16 @@ from imagegate.errors import (
     Unavailable,
     UpstreamError,
 )
+from imagegate.providers import gradio_protocol as proto
 from imagegate.providers.base import (
     Deadline,
-    Progress,
     ProgressCallback,
     Provider,
     ProviderConfig,
     RemoteConfig,
     read_secret,
 )
+from imagegate.providers.gradio_protocol import Endpoint
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
 from imagegate.transport import (
     Response,
@@ -104,8 +103,6 @@ DEFAULT_PARAMS: dict[str, tuple[str, ...]] = {
 }
 """Endpoint parameter names each request field goes to, in order of preference."""
 
-RANDOMIZE_SEED = ("randomize_seed", "random_seed")
-IMAGE_COMPONENTS = frozenset({"Image", "Gallery", "ImageEditor", "ImageSlider"})
 
 RUNTIME_CACHE_S = 5.0  # a RUNNING stage is trusted this long before the Hub is asked again
 HUB_BUDGET_S = 10.0  # first byte and read gaps of a Hub API call
@@ -158,22 +155,11 @@ class _Runtime:
 
 
 @dataclass(frozen=True)
-class _Endpoint:
-    """One named endpoint of the app, as /info describes it, and how a request fills it."""
-
-    api_name: str  # without the leading slash
-    fn_index: int | None
-    parameters: list[dict[str, Any]]
-    returns: list[dict[str, Any]]
-    fields: dict[str, str]  # request field -> parameter name
-
-
-@dataclass(frozen=True)
 class _App:
     host: str
     prefix: str
     version: str
-    endpoint: _Endpoint
+    endpoint: Endpoint
 
 
 class GradioProvider(Provider):
@@ -329,7 +315,7 @@ class GradioProvider(Provider):
         self._app = _App(host, prefix, str(config.get("version") or "?"), endpoint)
         return self._app
 
-    def _pick_endpoint(self, named: Mapping[str, Any], dependencies: list[Any]) -> _Endpoint:
+    def _pick_endpoint(self, named: Mapping[str, Any], dependencies: list[Any]) -> Endpoint:
         wanted = self.config.api_name
         names = sorted(named)
         if wanted is not None:
@@ -344,15 +330,19 @@ class GradioProvider(Provider):
                 )
             candidates = [key]
         else:
-            candidates = [k for k in named if _returns_image(named[k])]
+            candidates = [k for k in named if proto.returns_image(named[k])]
         for key in candidates:
             params = [p for p in named[key].get("parameters") or [] if isinstance(p, dict)]
             fields = self._map_fields(key, params, strict=wanted is not None)
             if fields is None:
                 continue
             name = key.strip("/")
-            return _Endpoint(
-                name, _fn_index(dependencies, name), params, named[key].get("returns") or [], fields
+            return Endpoint(
+                name,
+                proto.fn_index(dependencies, name),
+                params,
+                named[key].get("returns") or [],
+                fields,
             )
         raise InvalidRequest(
             f"api_name: no endpoint of the app takes a prompt and returns an image (it has: "
@@ -365,7 +355,7 @@ class GradioProvider(Provider):
         self, key: str, params: list[dict[str, Any]], *, strict: bool
     ) -> dict[str, str] | None:
         """Request field -> parameter name for endpoint ``key``; None if prompt has no home."""
-        available = [_param_name(p) for p in params]
+        available = [proto.param_name(p) for p in params]
         fields: dict[str, str] = {}
         for field, names in DEFAULT_PARAMS.items():
             found = next((n for n in names if n in available), None)
@@ -407,7 +397,7 @@ class GradioProvider(Provider):
         base = f"{app.host}{app.prefix}/call/{endpoint.api_name}"
         headers = _space_auth(token)
         session = uuid.uuid4().hex
-        body = {"data": _data(endpoint, request, seed), "session_hash": session}
+        body = {"data": proto.call_data(endpoint, request, seed), "session_hash": session}
         resp = await self._host().request(
             "POST", base, deadline=deadline, json=body, headers=headers
         )
@@ -430,7 +420,7 @@ class GradioProvider(Provider):
             raise
         png, width, height = await self._image(app, outputs, deadline, token)
         return GeneratedImage(
-            png=png, width=width, height=height, seed=_seed_of(endpoint, outputs, seed)
+            png=png, width=width, height=height, seed=proto.seed_of(endpoint, outputs, seed)
         )
 
     async def _outputs(self, stream: StreamResponse, progress: ProgressCallback | None) -> Any:
@@ -442,13 +432,13 @@ class GradioProvider(Provider):
                 stream.status, stream.headers, content, "", stream.timings, self.name, secrets
             )
             raise _map_error(self.name, "stream", resp=whole)
-        async for event, data in _sse(stream):
+        async for event, data in proto.sse(stream):
             if event == "complete":
                 return data
             if event == "error":
                 raise _map_error(self.name, "event", event=data)
             if event == "progress" and progress is not None:
-                step = _progress_of(data)
+                step = proto.progress_of(data)
                 if step is not None:
                     progress(step)
         raise _map_error(self.name, "stream", detail="the event stream ended without a result")
@@ -458,7 +448,7 @@ class GradioProvider(Provider):
     async def _image(
         self, app: _App, outputs: Any, deadline: Deadline, token: str | None
     ) -> tuple[bytes, int, int]:
-        file = next(_files(outputs), None)
+        file = next(proto.files(outputs), None)
         if file is None:
             raise _map_error(self.name, "image", detail="the outputs hold no image file")
         url = file.get("url")
@@ -471,7 +461,7 @@ class GradioProvider(Provider):
         if not resp.ok:
             raise _map_error(self.name, "file", resp=resp)
         try:
-            return await asyncio.to_thread(_to_png, resp.content)
+            return await asyncio.to_thread(proto.to_png, resp.content)
         except (OSError, ValueError) as exc:
             raise _map_error(
                 self.name, "image", detail=f"the image did not decode ({exc})"
@@ -489,9 +479,9 @@ class GradioProvider(Provider):
                 provider=self.name,
             )
 
-    def _check_fields(self, endpoint: _Endpoint, request: ImageRequest) -> None:
+    def _check_fields(self, endpoint: Endpoint, request: ImageRequest) -> None:
         """Refuse a request field the endpoint has no parameter for: nothing is dropped."""
-        for field, value in _values(request, request.seed).items():
+        for field, value in proto.request_values(request, request.seed).items():
             if value is not None and field not in endpoint.fields:
                 raise InvalidRequest(
                     f"{field}: endpoint /{endpoint.api_name} of {self.model} takes no {field}; "
@@ -684,127 +674,3 @@ def _space_auth(token: str | None) -> dict[str, str]:
 def _default_host(space: str) -> str:
     """``owner/na_me.x`` -> ``https://owner-na-me-x.hf.space`` (the Hub's own rule)."""
     return "https://" + re.sub(r"[/_.]", "-", space).lower() + ".hf.space"
-
-
-def _param_name(param: Mapping[str, Any]) -> str:
-    name = param.get("parameter_name")
-    if isinstance(name, str) and name:
-        return name
-    return re.sub(r"\W+", "_", str(param.get("label") or "")).strip("_").lower()
-
-
-def _returns_image(endpoint: Any) -> bool:
-    returns = endpoint.get("returns") if isinstance(endpoint, dict) else None
-    return any(
-        isinstance(r, dict) and r.get("component") in IMAGE_COMPONENTS for r in returns or []
-    )
-
-
-def _fn_index(dependencies: list[Any], api_name: str) -> int | None:
-    """The endpoint's fn_index (its dependency ``id``, or its position in Gradio 4)."""
-    for position, dep in enumerate(dependencies):
-        if isinstance(dep, dict) and str(dep.get("api_name") or "").strip("/") == api_name:
-            found = dep.get("id", position)
-            return found if isinstance(found, int) else position
-    return None
-
-
-def _values(request: ImageRequest, seed: int | None) -> dict[str, Any]:
-    """The request's fields by name; None (or an empty negative prompt) = not given."""
-    return {
-        "prompt": request.prompt, "negative_prompt": request.negative_prompt or None,
-        "seed": seed, "width": request.width, "height": request.height, "steps": request.steps,
-        "guidance": request.guidance, "sampler": request.sampler,
-    }  # fmt: skip
-
-
-def _data(endpoint: _Endpoint, request: ImageRequest, seed: int) -> list[Any]:
-    """The call's positional data: the request's fields where mapped, the app's defaults else."""
-    values = _values(request, seed)
-    given = {name: values[f] for f, name in endpoint.fields.items() if values[f] is not None}
-    data: list[Any] = []
-    for param in endpoint.parameters:
-        name = _param_name(param)
-        if name in given:
-            data.append(given[name])
-        elif name in RANDOMIZE_SEED:
-            data.append(False)
-        else:
-            data.append(
-                param.get("parameter_default") if param.get("parameter_has_default") else None
-            )
-    return data
-
-
-async def _sse(stream: StreamResponse) -> AsyncIterator[tuple[str, Any]]:
-    """(event, data) pairs of a server-sent event stream; data parsed as JSON when it is."""
-    event: str | None = None
-    lines: list[str] = []
-    async for line in stream.aiter_lines():
-        if line:
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "event":
-                event = value
-            elif field == "data":
-                lines.append(value)
-            continue
-        if event is not None or lines:
-            yield event or "message", _json_or_text("\n".join(lines))
-        event, lines = None, []
-    if event is not None or lines:
-        yield event or "message", _json_or_text("\n".join(lines))
-
-
-def _json_or_text(text: str) -> Any:
-    try:
-        return json.loads(text) if text else None
-    except ValueError:
-        return text
-
-
-def _progress_of(data: Any) -> Progress | None:
-    """Progress from a ``progress`` event: ``progress_data`` of ``{index, length}``."""
-    units = data.get("progress_data") if isinstance(data, dict) else data
-    if isinstance(units, list) and units and isinstance(units[-1], dict):
-        index, length = units[-1].get("index"), units[-1].get("length")
-        if isinstance(index, int) and isinstance(length, int) and 0 <= index <= length:
-            return Progress(index, length)
-    return None
-
-
-def _files(outputs: Any) -> Iterator[dict[str, Any]]:
-    """File data in the outputs, depth first: an Image's dict or a Gallery's ``image`` items."""
-    if isinstance(outputs, dict):
-        if isinstance(outputs.get("path"), str) or isinstance(outputs.get("url"), str):
-            yield outputs
-            return
-        for value in outputs.values():
-            yield from _files(value)
-    elif isinstance(outputs, list):
-        for value in outputs:
-            yield from _files(value)
-
-
-def _seed_of(endpoint: _Endpoint, outputs: Any, sent: int) -> int:
-    """The seed a numeric output labelled "seed" reports, else the one sent."""
-    if isinstance(outputs, list):
-        for spec, value in zip(endpoint.returns, outputs, strict=False):
-            label = str(spec.get("label") or "") if isinstance(spec, dict) else ""
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if "seed" in label.lower() and number and value >= 0:
-                return int(value)
-    return sent
-
-
-def _to_png(data: bytes) -> tuple[bytes, int, int]:
-    """PNG bytes, width and height of an image in any format Pillow reads."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        if img.format == "PNG":
-            return data, img.width, img.height
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return buf.getvalue(), img.width, img.height
