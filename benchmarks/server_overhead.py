@@ -230,14 +230,28 @@ async def load(
 
 
 def measure(
-    name: str, url: str, headers: dict[str, str], pid: int | None, **kw: int
+    name: str,
+    url: str,
+    headers: dict[str, str],
+    pid: int | None,
+    upstream_pid: int | None = None,
+    **kw: int,
 ) -> dict[str, Any]:
-    before = cpu_s(pid) if pid else 0.0
+    """One load run; CPU per request of the gateway, the upstream and this client (ms)."""
+    load_before = os.getloadavg()[0]
+    pids = {"gateway": pid, "upstream": upstream_pid}
+    before = {role: cpu_s(p) for role, p in pids.items() if p}
+    client_before = time.process_time()
     result = asyncio.run(load(url, headers, **kw))
-    if pid:
-        result["gateway_cpu_ms_per_req"] = round(
-            (cpu_s(pid) - before) * 1000 / max(1, result["ok"] + result["errors"]), 3
-        )
+    requests = max(1, result["ok"] + result["errors"])
+    for role, p in pids.items():
+        if p:
+            used = cpu_s(p) - before[role]
+            result[f"{role}_cpu_ms_per_req"] = round(used * 1000 / requests, 3)
+    result["client_cpu_ms_per_req"] = round(
+        (time.process_time() - client_before) * 1000 / requests, 3
+    )
+    result["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["path"] = name
     return result
 
@@ -324,14 +338,14 @@ def run_phase(
     ) as up:
         upstream = f"http://127.0.0.1:{port}"
         path = "/v1/images/generations"
-        results["direct"] = measure("direct", upstream + path, {}, None, **kw)
+        results["direct"] = measure("direct", upstream + path, {}, None, up.pid, **kw)
         with imagegate_server(work, upstream) as (url, pid, provider):
-            results["imagegate"] = measure("imagegate", url + path, {}, pid, **kw)
+            results["imagegate"] = measure("imagegate", url + path, {}, pid, up.pid, **kw)
             results["imagegate"]["provider"] = provider
         if litellm:
             with litellm_server(work, litellm, upstream) as (url, pid, key):
                 headers = {"authorization": f"Bearer {key}"}
-                results["litellm"] = measure("litellm", url + path, headers, pid, **kw)
+                results["litellm"] = measure("litellm", url + path, headers, pid, up.pid, **kw)
         results["upstream_cpu_s"] = round(cpu_s(up.pid), 2)
     # other work on the machine skews every figure: say how busy it was
     results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]

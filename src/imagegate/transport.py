@@ -361,6 +361,8 @@ class Transport:
             follow_redirects=False,
         )
         self._resolved: dict[tuple[str, int], float] = {}
+        # httpx read the proxy settings once, when the client was made; so do we, per host
+        self._proxies: dict[tuple[str, str], str | None] = {}
 
     @classmethod
     def for_config(
@@ -503,6 +505,13 @@ class Transport:
         """The proxy (without credentials) the environment names for ``url``, if any."""
         if not self._trust_env:
             return None
+        key = (url.scheme, url.host)
+        if key not in self._proxies:
+            self._proxies[key] = self._find_proxy(url)
+        return self._proxies[key]
+
+    @staticmethod
+    def _find_proxy(url: httpx.URL) -> str | None:
         proxies = urllib.request.getproxies()
         proxy = proxies.get(url.scheme) or proxies.get("all")
         if not proxy or urllib.request.proxy_bypass(url.host):

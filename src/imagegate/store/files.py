@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
-import tempfile
 from pathlib import Path, PurePosixPath
 
 IMAGES_DIR = "images"
+
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_TEMP_TRIES = 100
+_counter = itertools.count()
+_folders: set[Path] = set()  # folders this process made (or found) already: no mkdir each time
 
 
 def relative_path(sha256: str) -> str:
@@ -30,14 +35,33 @@ def write_png(data_dir: Path, data: bytes) -> tuple[str, str]:
     target = data_dir / relative
     if target.exists():
         return sha256, relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{sha256[:8]}-", suffix=".tmp", dir=target.parent)
+    fd, temp = _create_temp(target.parent, sha256)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
-        Path(temp).replace(target)
+        temp.replace(target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            Path(temp).unlink()
+            temp.unlink()
         raise
     return sha256, relative
+
+
+def _create_temp(folder: Path, sha256: str) -> tuple[int, Path]:
+    """A new file (mode 0600, as ``tempfile.mkstemp`` makes) in ``folder``, made if need be.
+
+    Its name is unique to this process (pid and a counter), so unlike ``mkstemp`` no random
+    name is drawn; ``O_EXCL`` still guarantees it is new, a leftover name is skipped.
+    """
+    if folder not in _folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        _folders.add(folder)
+    for _ in range(_TEMP_TRIES):
+        temp = folder / f".{sha256[:8]}-{os.getpid()}-{next(_counter)}.tmp"
+        try:
+            return os.open(temp, _TEMP_FLAGS, 0o600), temp
+        except FileExistsError:
+            continue
+        except FileNotFoundError:  # the folder was removed since: make it again
+            folder.mkdir(parents=True, exist_ok=True)
+    raise FileExistsError(f"{folder}: no free temporary name after {_TEMP_TRIES} tries")
