@@ -215,3 +215,12 @@ def test_models_pull_offline_fails_fast_with_the_fix(isolated_env: Path) -> None
     assert run.returncode != 0
     assert "stabilityai/sd-turbo" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_json_failure_is_still_one_json_document(isolated_env: Path) -> None:
+    """With --json, a refused request prints {"error": {...}} on stdout and exits 2."""
+    run = cli("generate", "x", "--size", "65x64", "--json", cwd=isolated_env)
+    assert run.returncode == 2
+    doc = json.loads(run.stdout)
+    assert doc["error"]["type"] == "InvalidRequest"
+    assert "width" in doc["error"]["message"]

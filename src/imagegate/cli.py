@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args, console)
     except ImagegateError as exc:
-        if getattr(args, "json", False) and exc.attempts:
+        if getattr(args, "json", False):  # a JSON reader gets a document even on failure
             console.json({"error": _error_json(exc)})
         console.error(str(exc))
         for attempt in exc.attempts:
