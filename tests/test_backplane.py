@@ -259,6 +259,7 @@ def test_run_waits_its_turn_when_the_queue_is_busy(tmp_path: Path) -> None:
 def _database() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped after it."""
     import psycopg  # the `scale` extra; the README's test command installs it
+
     name = f"imagegate_t_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=3)
