@@ -1,15 +1,20 @@
-"""Helpers for server tests: fake providers, settings, and a live app on a uvicorn thread."""
+"""Helpers for server tests: fake providers, settings, a live app on a uvicorn thread, and
+`imagegate` subprocesses."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import io
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from faults import serve_app
 from PIL import Image
@@ -132,3 +137,40 @@ NUMPY_COPY_WARNING = (
     # diffusers' Euler scheduler calls np.array() on a torch tensor; numpy 2 complains.
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def stopped_at_exit(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """``proc``, terminated on exit if still running (killed if it ignores that for 10 s)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], late: str, every_s: float) -> None:
+    """Poll ``url`` until it answers 2xx; fail if ``proc`` exits, or with ``late`` after 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url, timeout=1).is_success:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, "the server exited while starting"
+        assert time.monotonic() < deadline, late
+        time.sleep(every_s)

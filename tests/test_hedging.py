@@ -102,6 +102,18 @@ async def close(router: Router) -> None:
         await provider.aclose()
 
 
+def request_once(router: Router) -> tuple[str, list[tuple[str, str, str | None]], float]:
+    """``run_once`` in a fresh event loop, the router and its providers closed after it."""
+
+    async def scenario() -> tuple[str, list[tuple[str, str, str | None]], float]:
+        try:
+            return await run_once(router)
+        finally:
+            await close(router)
+
+    return asyncio.run(scenario())
+
+
 def test_stalled_handshake_is_raced_and_loses_after_half_a_second(
     tls_stall: str, client_ssl: ssl.SSLContext, healthy: tuple[str, list[float]]
 ) -> None:
@@ -110,13 +122,7 @@ def test_stalled_handshake_is_raced_and_loses_after_half_a_second(
         NetProvider("stalled", tls_stall, client_ssl), NetProvider("ok", healthy[0])
     )
 
-    async def scenario() -> tuple[str, list[tuple[str, str, str | None]], float]:
-        try:
-            return await run_once(router)
-        finally:
-            await close(router)
-
-    served_by, attempts, elapsed = asyncio.run(scenario())
+    served_by, attempts, elapsed = request_once(router)
     assert served_by == "ok"
     assert attempts == [("stalled", "error", "tls"), ("ok", "ok", None)]
     assert 0.4 < elapsed < 1.5
@@ -132,13 +138,7 @@ def test_without_hedging_the_stall_costs_the_tls_budget(
         hedge_connect_after_s=0,
     )
 
-    async def scenario() -> tuple[str, list[tuple[str, str, str | None]], float]:
-        try:
-            return await run_once(router)
-        finally:
-            await close(router)
-
-    served_by, attempts, elapsed = asyncio.run(scenario())
+    served_by, attempts, elapsed = request_once(router)
     assert served_by == "ok"
     assert attempts[0] == ("stalled", "error", "tls")
     assert 1.9 < elapsed < 3.5
@@ -159,14 +159,7 @@ def test_slow_but_live_handshake_keeps_its_budget_when_nothing_is_faster(
     server = fault_server(app(slow_then_answer), tls=server_ssl)
     router = make_router(NetProvider("slow", server.url, client_ssl))
 
-    async def scenario() -> str:
-        try:
-            name, _, _ = await run_once(router)
-            return name
-        finally:
-            await close(router)
-
-    assert asyncio.run(scenario()) == "slow"
+    assert request_once(router)[0] == "slow"
 
 
 def test_losing_handshake_never_sends_its_request(
@@ -181,13 +174,7 @@ def test_losing_handshake_never_sends_its_request(
         NetProvider("stalled", stalled.url, client_ssl), NetProvider("ok", healthy[0])
     )
 
-    async def scenario() -> None:
-        try:
-            await run_once(router)
-        finally:
-            await close(router)
-
-    asyncio.run(scenario())
+    request_once(router)
     assert stalled.requests == []
 
 
@@ -224,13 +211,7 @@ def test_request_hedging_races_a_lagging_unpaid_answer() -> None:
             NetProvider("slow", slow_url), NetProvider("fast", fast_url), hedge_after_s=0.3
         )
 
-        async def scenario() -> tuple[str, list[tuple[str, str, str | None]], float]:
-            try:
-                return await run_once(router)
-            finally:
-                await close(router)
-
-        served_by, attempts, elapsed = asyncio.run(scenario())
+        served_by, attempts, elapsed = request_once(router)
     assert served_by == "fast"
     assert attempts == [("slow", "cancelled", "first_byte"), ("fast", "ok", None)]
     assert elapsed < 1.5
@@ -249,14 +230,7 @@ def test_request_hedging_never_resends_to_a_paid_provider() -> None:
             hedge_after_s=0.1,
         )
 
-        async def scenario() -> str:
-            try:
-                name, _, _ = await run_once(router)
-                return name
-            finally:
-                await close(router)
-
-        assert asyncio.run(scenario()) == "slow"
+        assert request_once(router)[0] == "slow"
     assert fast_seen == []
 
 

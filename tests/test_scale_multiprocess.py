@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 from faults import serve_app
+from serverkit import free_port, stopped_at_exit, wait_until_up
 from test_backplane import _database
-from test_server_restart import free_port
 from vendor_openai import OpenAIFake
 
 JOBS = 50
@@ -45,30 +45,12 @@ def _start(args: list[str], config: Path) -> subprocess.Popen[bytes]:
 
 @contextmanager
 def _process(args: list[str], config: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = _start(args, config)
-    try:
+    with stopped_at_exit(_start(args, config)) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _ready(base: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).is_success:
-                return
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, "the server exited while starting"
-        assert time.monotonic() < deadline, "the server was not ready within 30 s"
-        time.sleep(0.1)
+    wait_until_up(f"{base}/readyz", proc, "the server was not ready within 30 s", every_s=0.1)
 
 
 def test_two_replicas_two_workers_lose_nothing_when_a_worker_is_killed(

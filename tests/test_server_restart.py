@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from serverkit import free_port, stopped_at_exit, wait_until_up
 
 SCRIPT = Path(__file__).parent / "slow_serve.py"
 TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -33,26 +26,10 @@ def serve(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "the server exited while starting"
-            assert time.monotonic() < deadline, "the server did not start within 30 s"
-            time.sleep(0.05)
+    with stopped_at_exit(proc):
+        late = "the server did not start within 30 s"
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", proc, late, every_s=0.05)
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def test_kill_9_mid_run_then_restart_finishes_every_job(isolated_env: Path) -> None:

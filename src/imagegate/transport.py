@@ -75,6 +75,7 @@ __all__ = [
     "StageTimings",
     "StreamResponse",
     "Transport",
+    "cause_of",
     "expect_json",
     "parse_retry_after",
     "raise_for_status",
@@ -593,7 +594,7 @@ async def _open_first(infos: Sequence[Any]) -> asyncio.StreamWriter:
 # --------------------------------------------------------------------------- error mapping
 
 
-def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+def cause_of(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
     """The first exception of type ``kind`` in ``exc``'s chain of causes."""
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -677,8 +678,8 @@ def _map_exception(exc: BaseException, t: _Tracker) -> ProviderError:
 
     connected = _ms(t.durations.get("connect"))
     reading = t.body_started is not None
-    gai = _cause(exc, socket.gaierror)
-    cert = _cause(exc, ssl.SSLCertVerificationError)
+    gai = cause_of(exc, socket.gaierror)
+    cert = cause_of(exc, ssl.SSLCertVerificationError)
     if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
         return InvalidRequest(
             f"the url is not valid ({detail}); set the provider's url to an http:// or "
@@ -697,7 +698,7 @@ def _map_exception(exc: BaseException, t: _Tracker) -> ProviderError:
             f"rejected ({reason}); TCP connected in {connected}, so this is a bad certificate, "
             "not a stall: check the url's host name, or set SSL_CERT_FILE to the CA bundle "
             "that signed it")  # fmt: skip
-    if _cause(exc, ssl.SSLError) is not None or (
+    if cause_of(exc, ssl.SSLError) is not None or (
         phase == "tls" and isinstance(exc, httpx.ConnectError)
     ):
         return err(ConnectError, "tls", f"the TLS handshake with {t.where} failed ({detail}); "
@@ -707,7 +708,7 @@ def _map_exception(exc: BaseException, t: _Tracker) -> ProviderError:
         return err(ConnectError, "connect", f"the proxy {t.proxy or ''} refused the connection "
             f"to {t.where} ({detail}); check HTTPS_PROXY and NO_PROXY")  # fmt: skip
     connecting = phase in ("pool", "dns", "connect")
-    if _cause(exc, ConnectionRefusedError) is not None and connecting:
+    if cause_of(exc, ConnectionRefusedError) is not None and connecting:
         return err(ConnectError, "connect", f"nothing listens on {t.where} (connection "
             "refused); check the url's port and that the server is running")  # fmt: skip
     if isinstance(exc, httpx.ConnectError) or connecting:

@@ -27,7 +27,7 @@ import httpx
 from imagegate.doctor.report import StageFailed, StageResult
 from imagegate.errors import ConnectError, ProviderError, Timeout
 from imagegate.providers.base import Deadline
-from imagegate.transport import StageBudgets, StageTimings, Transport
+from imagegate.transport import StageBudgets, StageTimings, Transport, cause_of
 
 # OpenSSL's X509_V_ERR_* codes, as ssl.SSLCertVerificationError.verify_code carries them.
 _EXPIRED = frozenset({9, 10})  # not yet valid, expired
@@ -204,17 +204,6 @@ def covers(names: Sequence[str], host: str) -> bool:
     return False
 
 
-def _cause_of(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
 # --------------------------------------------------------------------------- the stages
 
 
@@ -314,7 +303,7 @@ async def _advice(
                 "connect_timeout_s only if the resolver is known to be slow",
                 detail,
             )
-        gai = _cause_of(exc, socket.gaierror)
+        gai = cause_of(exc, socket.gaierror)
         reason = (getattr(gai, "strerror", None) or str(gai)) if gai else detail
         return (
             f"the host name {host} did not resolve ({reason}) after {elapsed}, so no "
@@ -333,7 +322,7 @@ async def _advice(
                 f"{target.port}; raise connect_timeout_s only if the link is known to be slow",
                 detail,
             )
-        if _cause_of(exc, ConnectionRefusedError) is not None and not target.proxy:
+        if cause_of(exc, ConnectionRefusedError) is not None and not target.proxy:
             return (
                 f"nothing listens on {where}: the connection was refused after {elapsed}",
                 f"start the server on {where}, or correct the host and port in {url_key}",
@@ -364,7 +353,7 @@ async def _tls_rejected(
     p, host, where = target.provider, target.host, target.where
     b = target.budgets
     trust = f"providers.{p}.ca_file (or SSL_CERT_FILE)"
-    err = _cause_of(exc, ssl.SSLCertVerificationError)
+    err = cause_of(exc, ssl.SSLCertVerificationError)
     if not isinstance(err, ssl.SSLCertVerificationError):
         return (
             f"the TLS handshake with {where} failed after TCP connected in {tcp_ms} "

@@ -28,13 +28,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import io
 import json
 import random
 from collections.abc import Awaitable
 from typing import Any, Literal
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from pydantic import Field, PositiveFloat
 
 from imagegate.errors import (
@@ -48,6 +47,7 @@ from imagegate.errors import (
     UpstreamError,
 )
 from imagegate.hedging import current_gate
+from imagegate.images import to_png
 from imagegate.providers.base import (
     Deadline,
     Progress,
@@ -297,15 +297,11 @@ class A1111Provider(RemoteProvider):
     def _decode(self, b64: Any, seed: int, resp: Response) -> GeneratedImage:
         try:
             data = base64.b64decode(str(b64).split(",", 1)[-1], validate=True)
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                if img.format != "PNG":  # samples_format = jpg or webp
-                    buf = io.BytesIO()
-                    img.save(buf, format="PNG")
-                    data = buf.getvalue()
+            # samples_format = jpg or webp is re-encoded
+            png, width, height = to_png(data, decode_png=False)
         except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
             raise self._protocol(resp, "an image could not be decoded") from None
-        return GeneratedImage(png=data, width=width, height=height, seed=seed)
+        return GeneratedImage(png=png, width=width, height=height, seed=seed)
 
     def _protocol(self, resp: Response, what: str) -> ProtocolError:
         return ProtocolError(

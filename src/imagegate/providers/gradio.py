@@ -61,6 +61,7 @@ from imagegate.errors import (
     Unavailable,
     UpstreamError,
 )
+from imagegate.images import to_png
 from imagegate.providers import gradio_protocol as proto
 from imagegate.providers.base import (
     Deadline,
@@ -461,7 +462,7 @@ class GradioProvider(Provider):
         if not resp.ok:
             raise _map_error(self.name, "file", resp=resp)
         try:
-            return await asyncio.to_thread(proto.to_png, resp.content)
+            return await asyncio.to_thread(to_png, resp.content)
         except (OSError, ValueError) as exc:
             raise _map_error(
                 self.name, "image", detail=f"the image did not decode ({exc})"

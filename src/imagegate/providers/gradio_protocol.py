@@ -4,7 +4,6 @@ values in endpoint order, the SSE answer stream, and the files it returns.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -139,16 +138,3 @@ def seed_of(endpoint: Endpoint, outputs: Any, sent: int) -> int:
             if "seed" in label.lower() and number and value >= 0:
                 return int(value)
     return sent
-
-
-def to_png(data: bytes) -> tuple[bytes, int, int]:
-    """PNG bytes, width and height of an image in any format Pillow reads."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        if img.format == "PNG":
-            return data, img.width, img.height
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return buf.getvalue(), img.width, img.height

@@ -30,7 +30,6 @@ task closes the connection.
 from __future__ import annotations
 
 import asyncio
-import io
 import random
 from typing import Any, Literal
 
@@ -44,6 +43,7 @@ from imagegate.errors import (
     QuotaExceeded,
     Unavailable,
 )
+from imagegate.images import to_png
 from imagegate.providers.base import (
     Deadline,
     Progress,
@@ -201,7 +201,7 @@ class HFInferenceProvider(RemoteProvider):
 
     async def _decode(self, resp: Response) -> tuple[bytes, int, int]:
         try:
-            return await asyncio.to_thread(_to_png, resp.content)
+            return await asyncio.to_thread(to_png, resp.content)
         except (OSError, ValueError) as exc:
             raise _map_error(self.name, resp, broken="a readable image") from exc
 
@@ -267,16 +267,3 @@ def _json_or_none(resp: Response) -> Any:
         return resp.json()
     except ProviderError:
         return None
-
-
-def _to_png(data: bytes) -> tuple[bytes, int, int]:
-    """PNG bytes, width and height of an image in any format Pillow reads."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        if img.format == "PNG":
-            return data, img.width, img.height
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return buf.getvalue(), img.width, img.height

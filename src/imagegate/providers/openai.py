@@ -25,12 +25,11 @@ connection.
 from __future__ import annotations
 
 import binascii
-import io
 import random
 from typing import Any, Literal
 
 import httpx
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from pydantic import Field
 
 from imagegate.errors import (
@@ -42,6 +41,7 @@ from imagegate.errors import (
     QuotaExceeded,
     RateLimited,
 )
+from imagegate.images import to_png
 from imagegate.providers.base import (
     Deadline,
     ProgressCallback,
@@ -223,12 +223,7 @@ def _size(request: ImageRequest, provider: str) -> str | None:
 def _to_png(data: bytes, seed: int, resp: Response, provider: str) -> GeneratedImage:
     """One image as PNG (re-encoded when the server sent jpeg or webp)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if img.format != "PNG":
-                buf = io.BytesIO()
-                img.save(buf, format="PNG")
-                data = buf.getvalue()
+        png, width, height = to_png(data, decode_png=False)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         host = f"{resp.timings.host}:{resp.timings.port}"
         raise ProtocolError(
@@ -238,7 +233,7 @@ def _to_png(data: bytes, seed: int, resp: Response, provider: str) -> GeneratedI
             provider=provider,
             stage="read",
         ) from exc
-    return GeneratedImage(png=data, width=width, height=height, seed=seed)
+    return GeneratedImage(png=png, width=width, height=height, seed=seed)
 
 
 def _map_error(resp: Response, provider: str) -> ProviderError:
