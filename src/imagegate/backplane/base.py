@@ -23,17 +23,22 @@ when one of its queue's workers is free, but the job is on disk before it runs e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from imagegate.errors import ImagegateError
 from imagegate.providers.base import Progress
 from imagegate.request import Attempt, ImageRequest, ImageResult
 from imagegate.store.records import EventRecord, ImageRecord, JobRecord
+
+if TYPE_CHECKING:
+    from imagegate.store import Store
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -49,6 +54,7 @@ __all__ = [
     "JobQueue",
     "JobRecorder",
     "JobStore",
+    "ProgressPump",
     "QueueFull",
     "Submitted",
 ]
@@ -275,3 +281,54 @@ class Backplane(ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Stop the workers; jobs still running go back to the queue for the next start."""
+
+
+class ProgressPump:
+    """Writes a job's progress rows in order, keeping only the newest step while one is written.
+
+    ``every_s`` spaces the rows out (a shared bus such as NOTIFY wants few), and ``on_event``
+    hands each written row to an in-process fan-out. ``flush`` waits for the last row, so no
+    progress lands after the job's end.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        job_id: str,
+        *,
+        every_s: float = 0.0,
+        on_event: Callable[[EventRecord], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._job_id = job_id
+        self._every_s = every_s
+        self._on_event = on_event
+        self._next: Progress | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()
+
+    def report(self, step: Progress) -> None:
+        """Note the newest step; it is written as soon as the previous write is done."""
+        self._next = step
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._next is not None:
+            step, self._next = self._next, None
+            if step.steps < 1 or not 0 <= step.step <= step.steps:
+                continue
+            event = await self._store.record_progress(self._job_id, step.step, step.steps)
+            if self._on_event is not None:
+                self._on_event(event)
+            if self._every_s and not self._hurry.is_set():  # newer steps wait, newest wins
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._every_s):
+                        await self._hurry.wait()
+
+    async def flush(self) -> None:
+        """Wait until every reported step is written."""
+        self._hurry.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task

@@ -46,11 +46,11 @@ from imagegate.backplane.base import (
     JobOutcome,
     JobQueue,
     JobStore,
+    ProgressPump,
     QueueFull,
     Submitted,
 )
 from imagegate.errors import Cancelled, ImagegateError
-from imagegate.providers.base import Progress
 from imagegate.request import Attempt, ImageRequest, ImageResult
 from imagegate.store import Store
 from imagegate.store.db import ended_event_data, succeeded_event_data
@@ -185,40 +185,10 @@ class _Pending:
         self.priority = priority
 
 
-class _ProgressPump:
-    """Writes a job's progress in order, keeping only the newest step while one is written."""
-
-    def __init__(self, bus: LocalEventBus, store: Store, job_id: str) -> None:
-        self._bus = bus
-        self._store = store
-        self._job_id = job_id
-        self._next: Progress | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def report(self, step: Progress) -> None:
-        self._next = step
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        while self._next is not None:
-            step, self._next = self._next, None
-            if step.steps < 1 or not 0 <= step.step <= step.steps:
-                continue
-            event = await self._store.record_progress(self._job_id, step.step, step.steps)
-            self._bus.fan_out(event)
-
-    async def flush(self) -> None:
-        """Wait until every reported step is written."""
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
-
-
 class _Recorder:
     """Records a job's end and its terminal event in one transaction, then fans it out."""
 
-    def __init__(self, jobs: LocalJobQueue, pump: _ProgressPump) -> None:
+    def __init__(self, jobs: LocalJobQueue, pump: ProgressPump) -> None:
         self._jobs = jobs
         self._pump = pump
         self.ended = False
@@ -468,7 +438,7 @@ class LocalJobQueue(JobQueue):
         """Run the handler on a claimed job; record and publish how it ended."""
         handler = self._handler
         assert handler is not None
-        pump = _ProgressPump(self.events, self.store, job_id)
+        pump = ProgressPump(self.store, job_id, on_event=self.events.fan_out)
         recorder = _Recorder(self, pump)
         context = JobContext(
             job_id, pending.request, pending.source, pump.report, recorder=recorder

@@ -51,6 +51,7 @@ from imagegate.backplane.base import (
     JobHandler,
     JobOutcome,
     JobQueue,
+    ProgressPump,
     QueueFull,
     Submitted,
 )
@@ -63,7 +64,6 @@ from imagegate.backplane.pgbus import (
 )
 from imagegate.config import Settings
 from imagegate.errors import Cancelled, ImagegateError
-from imagegate.providers.base import Progress
 from imagegate.request import Attempt, GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
 from imagegate.store.db import ended_event_data, succeeded_event_data
@@ -120,7 +120,7 @@ def _now() -> datetime:
 class _Recorder:
     """Records a job's end and its terminal event in one transaction (NOTIFY on commit)."""
 
-    def __init__(self, queue: PostgresJobQueue, pump: _ProgressPump) -> None:
+    def __init__(self, queue: PostgresJobQueue, pump: ProgressPump) -> None:
         self._queue = queue
         self._pump = pump
         self.ended = False
@@ -156,39 +156,6 @@ class _Recorder:
             job_id, error, attempts, elapsed_s, status=status, event=True
         )
         self.ended = True
-
-
-class _ProgressPump:
-    """Writes a job's progress in order, at most one row per ``PROGRESS_EVERY_S`` (the newest
-    step wins), so NOTIFY traffic stays small however fast a provider steps."""
-
-    def __init__(self, store: Store, job_id: str) -> None:
-        self._store = store
-        self._job_id = job_id
-        self._next: Progress | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._hurry = asyncio.Event()
-
-    def report(self, step: Progress) -> None:
-        self._next = step
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        while self._next is not None:
-            step, self._next = self._next, None
-            if step.steps >= 1 and 0 <= step.step <= step.steps:
-                await self._store.record_progress(self._job_id, step.step, step.steps)
-            if not self._hurry.is_set():  # steps reported meanwhile wait, newest first
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(PROGRESS_EVERY_S):
-                        await self._hurry.wait()
-
-    async def flush(self) -> None:
-        self._hurry.set()
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
 
 
 class PostgresJobQueue(JobQueue):
@@ -360,7 +327,7 @@ class PostgresJobQueue(JobQueue):
         job = await self.store.get_job(job_id)
         assert job is not None
         request = ImageRequest.model_validate(job.request)
-        pump = _ProgressPump(self.store, job_id)
+        pump = ProgressPump(self.store, job_id, every_s=PROGRESS_EVERY_S)
         recorder = _Recorder(self, pump)
         ctx = JobContext(job_id, request, job.source, pump.report, recorder=recorder)
         task = asyncio.get_running_loop().create_task(handler(ctx))
