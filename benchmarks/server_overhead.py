@@ -5,9 +5,9 @@ shared/litellm-baseline.md: added p50 and p99 at c=1 (0 ms upstream), and req/s 
 200 +- 100 ms upstream. The load generator gives each of the C workers its own httpx client
 with one keep-alive connection (a shared pool throttles the client itself).
 
-imagegate reaches the upstream through its ``type = "openai"`` provider. Where that provider
-is not installed yet, a minimal stand-in provider (one httpx call, b64 decode) is injected
-through the same ``imagegate serve`` path, and the JSON says so (``imagegate.provider``).
+imagegate reaches the upstream through its ``type = "openai"`` provider. ``floor`` is a bare
+ASGI proxy on the same stack (uvicorn, httpx's connection pool): what any gateway built on it
+adds before doing any work of its own, on this machine, in this run.
 
 LiteLLM runs from its own venv: ``--litellm PATH`` or ``LITELLM_BIN`` names the ``litellm``
 executable; without one, LiteLLM is skipped with a note.
@@ -79,42 +79,48 @@ UPSTREAM = textwrap.dedent(
     """
 )
 
-STUB_SERVE = textwrap.dedent(
-    '''
-    """imagegate serve with a minimal OpenAI-compatible stand-in provider named "up"."""
-    import base64, os, sys
-    import httpx
-    import imagegate.gateway
-    from imagegate import cli
-    from imagegate.errors import UpstreamError
-    from imagegate.providers.base import Provider, ProviderConfig
-    from imagegate.request import GeneratedImage
+FLOOR = textwrap.dedent(
+    """
+    # The least a gateway on this stack can add: uvicorn + httpx's connection pool, one
+    # upstream call, the JSON parsed and the image decoded and encoded again; no validation,
+    # no job record, no file, no router, no stage budgets.
+    import json, sys
+    import httpx, pybase64, uvicorn
 
-    class StubOpenAI(Provider):
-        type = "openai"
+    UP = sys.argv[2] + "/images/generations"
+    pool = httpx.AsyncHTTPTransport()
 
-        def __init__(self, name, url):
-            super().__init__(name, ProviderConfig(type="openai", concurrency=64))
-            self.url = url
-            self.client = httpx.AsyncClient(
-                timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
-            )
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"}); return
+        body, more = b"", True
+        while more:
+            msg = await receive(); body += msg.get("body", b""); more = msg.get("more_body", False)
+        if scope["path"] != "/v1/images/generations":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"}); return
+        prompt = json.loads(body)["prompt"]
+        out = json.dumps({"model": "fake", "prompt": prompt, "n": 1,
+                          "response_format": "b64_json"}).encode()
+        request = httpx.Request("POST", UP, content=out,
+                                headers={"content-type": "application/json"})
+        answer = await pool.handle_async_request(request)
+        data = json.loads(await answer.aread())
+        png = pybase64.b64decode(data["data"][0]["b64_json"], validate=True)
+        reply = b'{"created":1,"data":[{"b64_json":"' + pybase64.b64encode(png) + b'"}]}'
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(reply)).encode())]})
+        await send({"type": "http.response.body", "body": reply})
 
-        async def generate(self, request, deadline, progress):
-            answer = await self.client.post(
-                f"{self.url}/images/generations",
-                json={"model": "fake", "prompt": request.prompt, "n": request.n,
-                      "response_format": "b64_json"},
-                headers={"authorization": "Bearer sk-bench"},
-            )
-            if answer.status_code != 200:
-                raise UpstreamError(f"HTTP {answer.status_code}")
-            return [GeneratedImage(png=base64.b64decode(d["b64_json"]), width=160, height=160,
-                                   seed=request.seed or 0) for d in answer.json()["data"]]
-
-    imagegate.gateway.build_providers = lambda s: {"fake": StubOpenAI("fake", os.environ["UP_URL"])}
-    sys.exit(cli.main(sys.argv[1:]))
-    '''
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+                access_log=False)
+    """
 )
 
 LITELLM_CONFIG = """\
@@ -256,26 +262,11 @@ def measure(
     return result
 
 
-def imagegate_has_openai_provider() -> bool:
-    """True when the ``openai`` entry point loads (it is declared before the module exists)."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="imagegate.providers"):
-        if ep.name == "openai":
-            try:
-                ep.load()
-            except ImportError:
-                return False
-            return True
-    return False
-
-
 @contextmanager
-def imagegate_server(work: Path, upstream: str) -> Iterator[tuple[str, int, str]]:
+def imagegate_server(work: Path, upstream: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     data = work / f"data-{port}"
     config = work / f"imagegate-{port}.toml"
-    real = imagegate_has_openai_provider()
     config.write_text(
         textwrap.dedent(
             f"""\
@@ -283,31 +274,23 @@ def imagegate_server(work: Path, upstream: str) -> Iterator[tuple[str, int, str]
             route = ["fake"]
 
             [providers.fake]
-            type = "{"openai" if real else "diffusers"}"
+            type = "openai"
+            url = "{upstream}/v1"
+            api_key_env = "BENCH_UP_KEY"
+            model = "fake"
+            concurrency = 64
             """
         )
-        + (
-            f'url = "{upstream}/v1"\napi_key_env = "BENCH_UP_KEY"\nmodel = "fake"\n'
-            "concurrency = 64\n"
-            if real
-            else ""
-        )
     )
-    if real:
-        args = [sys.executable, "-m", "imagegate.cli"]
-    else:
-        stub = work / "stub_serve.py"
-        stub.write_text(STUB_SERVE)
-        args = [sys.executable, str(stub)]
     env = {
         "IMAGEGATE_DATA_DIR": str(data),
         "BENCH_UP_KEY": "sk-bench",
-        "UP_URL": f"{upstream}/v1",
         "IMAGEGATE_API_KEYS": "",
     }
-    args += ["serve", "--port", str(port), "--config", str(config)]
+    args = [sys.executable, "-m", "imagegate.cli", "serve", "--port", str(port)]
+    args += ["--config", str(config)]
     with process(args, f"http://127.0.0.1:{port}/healthz", env) as proc:
-        yield f"http://127.0.0.1:{port}", proc.pid, "openai" if real else "bench-stub"
+        yield f"http://127.0.0.1:{port}", proc.pid
 
 
 @contextmanager
@@ -326,6 +309,16 @@ def litellm_server(work: Path, binary: str, upstream: str) -> Iterator[tuple[str
         yield f"http://127.0.0.1:{port}", proc.pid, key
 
 
+@contextmanager
+def floor_server(work: Path, upstream: str) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    script = work / "floor.py"
+    script.write_text(FLOOR)
+    args = [sys.executable, str(script), str(port), f"{upstream}/v1"]
+    with process(args, f"http://127.0.0.1:{port}/healthz") as proc:
+        yield f"http://127.0.0.1:{port}", proc.pid
+
+
 def run_phase(
     upstream_env: dict[str, str], litellm: str | None, work: Path, kw: dict[str, int]
 ) -> dict[str, Any]:
@@ -339,9 +332,10 @@ def run_phase(
         upstream = f"http://127.0.0.1:{port}"
         path = "/v1/images/generations"
         results["direct"] = measure("direct", upstream + path, {}, None, up.pid, **kw)
-        with imagegate_server(work, upstream) as (url, pid, provider):
+        with imagegate_server(work, upstream) as (url, pid):
             results["imagegate"] = measure("imagegate", url + path, {}, pid, up.pid, **kw)
-            results["imagegate"]["provider"] = provider
+        with floor_server(work, upstream) as (url, pid):
+            results["floor"] = measure("floor", url + path, {}, pid, up.pid, **kw)
         if litellm:
             with litellm_server(work, litellm, upstream) as (url, pid, key):
                 headers = {"authorization": f"Bearer {key}"}
@@ -372,11 +366,6 @@ def main() -> int:
             "(python3 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install "
             "'litellm[proxy]')"
         )
-    if not imagegate_has_openai_provider():
-        report["notes"].append(
-            "imagegate's `openai` provider is not installed yet: imagegate ran with a minimal "
-            "stand-in provider (one httpx call + base64 decode) through `imagegate serve`"
-        )
     with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as tmp:
         work = Path(tmp)
         c1 = run_phase(
@@ -392,7 +381,7 @@ def main() -> int:
     report["c32_200pm100ms"] = c32
     direct1, direct32 = c1["direct"], c32["direct"]
     summary: dict[str, Any] = {}
-    for name in ("imagegate", "litellm"):
+    for name in ("imagegate", "litellm", "floor"):
         if name not in c1:
             continue
         summary[name] = {

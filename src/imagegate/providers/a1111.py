@@ -25,7 +25,6 @@ Unavailable ("started without --api"; the breaker's probe notices the restart); 
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import json
@@ -33,6 +32,7 @@ import random
 from collections.abc import Awaitable
 from typing import Any, Literal
 
+import pybase64
 from PIL import UnidentifiedImageError
 from pydantic import Field, PositiveFloat
 
@@ -296,7 +296,7 @@ class A1111Provider(RemoteProvider):
 
     def _decode(self, b64: Any, seed: int, resp: Response) -> GeneratedImage:
         try:
-            data = base64.b64decode(str(b64).split(",", 1)[-1], validate=True)
+            data = pybase64.b64decode(str(b64).split(",", 1)[-1], validate=True)
             # samples_format = jpg or webp is re-encoded
             png, width, height = to_png(data, decode_png=False)
         except (binascii.Error, ValueError, UnidentifiedImageError, OSError):

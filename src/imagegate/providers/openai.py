@@ -29,6 +29,7 @@ import random
 from typing import Any, Literal
 
 import httpx
+import pybase64
 from PIL import UnidentifiedImageError
 from pydantic import Field
 
@@ -185,8 +186,7 @@ class OpenAIProvider(RemoteProvider):
             if "," in b64:  # a data URL: the base64 follows the first comma
                 b64 = b64.split(",", 1)[-1]
             try:
-                # what b64decode(validate=True) does, without copying the text twice first
-                return binascii.a2b_base64(b64, strict_mode=True)
+                return pybase64.b64decode(b64, validate=True)
             except (binascii.Error, ValueError):
                 raise self._protocol(resp, "'b64_json' is not valid base64") from None
         url = item.get("url")

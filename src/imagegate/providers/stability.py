@@ -21,7 +21,6 @@ generating, and ``finish_reason = CONTENT_FILTERED`` after (a blurred, billed im
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import random
@@ -30,6 +29,7 @@ from collections.abc import Coroutine, Iterable
 from fractions import Fraction
 from typing import Any, Literal, TypeVar
 
+import pybase64
 from pydantic import Field
 
 from imagegate.errors import (
@@ -259,7 +259,7 @@ class StabilityProvider(RemoteProvider):
                 raise _protocol(resp, self.name, "the JSON answer is not an object")
             finish, seed_value, image = data.get("finish_reason"), data.get("seed"), None
             with contextlib.suppress(binascii.Error, TypeError, ValueError):
-                image = base64.b64decode(str(data.get("image")), validate=True)
+                image = pybase64.b64decode(str(data.get("image")), validate=True)
         else:
             finish = resp.headers.get("finish-reason")
             seed_value, image = resp.headers.get("seed"), resp.content

@@ -8,11 +8,11 @@ txt2img runs as a job like any other and answers A1111's shape: base64 PNGs that
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import pybase64
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -210,7 +210,7 @@ async def txt2img(body: Txt2ImgBody, ctx: Ctx) -> Txt2ImgResponse:
     request = _to_request(ctx, body)
     result = await run_to_end(ctx, request, "a1111")
     return Txt2ImgResponse(
-        images=[base64.b64encode(image.png).decode() for image in result.images],
+        images=[pybase64.b64encode_as_string(image.png) for image in result.images],
         parameters=body.model_dump(),
         info=json.dumps(_info(ctx, body, result)),
     )

@@ -9,18 +9,18 @@ for it.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+import pybase64
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagegate.errors import InvalidRequest
 from imagegate.request import MAX_N, MAX_PROMPT_CHARS, ImageRequest
-from imagegate.server.deps import BaseUrl, Ctx, ServerContext
+from imagegate.server.deps import Ctx, ServerContext, base_url
 from imagegate.server.jobs import run_to_end
 
 router = APIRouter(tags=["openai"])
@@ -145,11 +145,12 @@ def _provider_for_model(ctx: ServerContext, model: str) -> str:
     response_model=ImagesResponse,
     summary="Generate images (OpenAI images API)",
 )
-async def create_images(body: ImageGenerationBody, ctx: Ctx, base: BaseUrl) -> Response:
+async def create_images(body: ImageGenerationBody, ctx: Ctx, http: Request) -> Response:
     request = to_image_request(ctx, body)
     result = await run_to_end(ctx, request, "openai")
     created = int(time.time())
     if body.response_format == "url":
+        base = await base_url(http)  # only here: building it costs more than the rest
         data = [{"url": f"{base}/v1/images/{image.id}"} for image in result.images]
         payload = json.dumps(
             {"created": created, "data": data, "output_format": "png"}, separators=(",", ":")
@@ -158,7 +159,7 @@ async def create_images(body: ImageGenerationBody, ctx: Ctx, base: BaseUrl) -> R
         # base64 needs no JSON escaping: splice the encoded PNGs in rather than have
         # json.dumps scan tens of kilobytes per image
         images = b"},{".join(
-            b'"b64_json":"' + base64.b64encode(image.png) + b'"' for image in result.images
+            b'"b64_json":"' + pybase64.b64encode(image.png) + b'"' for image in result.images
         )
         payload = b'{"created":%d,"data":[{%b}],"output_format":"png"}' % (created, images)
     return Response(
