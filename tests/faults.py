@@ -11,6 +11,8 @@ Building blocks, for vendor fakes and router tests:
   ``drip``, ``rst_mid_body``, ``cut_body``.
 - ``serve_app(app)`` / ``serve_app(app, cert=leaf)``: an ASGI app (FastAPI, Starlette) on
   uvicorn in a thread, yielding its base URL.
+- ``TcpRelay(port)``: a loopback port relayed to another one (a database, a broker); ``cut()``
+  drops every relayed connection and refuses new ones, ``restore()`` listens again.
 
 Fixtures: ``ca``, ``client_ssl``, ``server_ssl``, ``tls_stall``, ``bad_cert``, ``wrong_host_cert``,
 ``tls_ok_server``, ``refused``, ``unresolvable``, ``dns_stall``, ``reset_mid_body``,
@@ -341,6 +343,90 @@ class FaultServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class TcpRelay:
+    """127.0.0.1:<port> relayed to 127.0.0.1:``target``, until ``cut``."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> TcpRelay:
+        """Listen (on the same port as before, after a ``cut``)."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(_POLL_S)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._acceptor = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._acceptor.start()
+        return self
+
+    restore = start
+
+    def cut(self) -> None:
+        """Drop every relayed connection and refuse new ones (the port stops listening)."""
+        listener, self._listener = self._listener, None
+        if self._acceptor is not None:
+            self._acceptor.join(2)  # its accept() holds the port until it returns
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            client.settimeout(None)
+            with self._lock:
+                self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+    def __enter__(self) -> TcpRelay:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy ``source`` to ``sink`` until either side closes."""
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class _AppServer(uvicorn.Server):

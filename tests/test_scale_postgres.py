@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
-from serverkit import Fake
+from faults import TcpRelay
+from serverkit import Fake, fake_settings, live
 from test_backplane import _database
 
 from imagegate.backplane import BreakerSnapshot
-from imagegate.config import GatewaySettings
+from imagegate.config import GatewaySettings, ScaleSettings
 from imagegate.errors import AllProvidersFailed, ConnectError
 from imagegate.providers.base import Deadline
 from imagegate.request import ImageRequest
@@ -92,3 +95,29 @@ def test_two_processes_opening_a_blank_database_migrate_it_once(
             await store.close()
 
     asyncio.run(main())
+
+
+def test_readyz_is_unavailable_while_the_database_is_away(pg_url: str) -> None:
+    """/readyz answers 503 while PostgreSQL cannot be reached, and 200 again once it can."""
+    with TcpRelay(5432) as relay:
+        settings = fake_settings(["p"]).model_copy(
+            update={
+                "scale": ScaleSettings(backplane=pg_url.replace("127.0.0.1:5432", relay.address))
+            }
+        )
+        with live(settings, providers={"p": Fake("p")}) as server:
+            assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+            relay.cut()
+            away = httpx.get(f"{server.url}/readyz", timeout=30)
+            assert (away.status_code, away.json()) == (503, {"status": "unavailable"})
+            relay.restore()
+            assert _eventually_ok(f"{server.url}/readyz")
+
+
+def _eventually_ok(url: str, within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if httpx.get(url, timeout=10).status_code == 200:
+            return True
+        time.sleep(0.1)
+    return False
