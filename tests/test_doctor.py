@@ -111,6 +111,8 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
         stall = _tls_server(stack, ca, "127.0.0.1", behaviour=hold())
         bad = _tls_server(stack, trustme.CA(), "127.0.0.1", behaviour=respond(200, body={}))
         other = _tls_server(stack, ca, "other.example", behaviour=respond(200, body={}))
+        inspector = trustme.CA(organization_name="Inspecting Proxy")
+        intercepted = _tls_server(stack, inspector, "inspected.example", behaviour=respond(200))
         refused_sock = stack.enter_context(socket.socket())
         refused_sock.bind(("127.0.0.1", 0))
         refused = f"http://127.0.0.1:{refused_sock.getsockname()[1]}"
@@ -139,6 +141,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
             "tls_stall": _remote("openai", f"{stall}/v1", ca_file),
             "bad_cert": _remote("openai", f"{bad}/v1", ca_file),
             "wrong_host": _remote("openai", f"{other}/v1", ca_file),
+            "intercepted": _remote("openai", f"{intercepted}/v1", ca_file),
             "refused": _remote("openai", f"{refused}/v1"),
             "unknown_host": _remote("openai", "http://imagegate-doctor.invalid:8080/v1"),
             "unauthorized": _remote("openai", f"{unauthorized}/v1"),
@@ -209,6 +212,16 @@ def test_certificate_for_another_host_is_a_name_mismatch(matrix: Matrix) -> None
     """A trusted certificate for other.example fails tls, naming the name it is for."""
     row = matrix.row("wrong_host")
     assert_explained(row, "tls", matrix.where["wrong_host"], "other.example", "not for 127.0.0.1")
+
+
+def test_foreign_certificate_from_an_unknown_issuer_is_named_an_interception(
+    matrix: Matrix,
+) -> None:
+    """A certificate for another name from an untrusted CA: tls, TLS is intercepted on the path."""
+    row = matrix.row("intercepted")
+    assert_explained(row, "tls", matrix.where["intercepted"], "intercepts TLS", "not a stall")
+    assert "Inspecting Proxy" in (row.cause or "")
+    assert "NO_PROXY" in (row.fix or "")
 
 
 def test_refused_connection_fails_at_connect(matrix: Matrix) -> None:

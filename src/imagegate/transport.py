@@ -76,10 +76,12 @@ __all__ = [
     "StreamResponse",
     "Transport",
     "cause_of",
+    "env_proxy",
     "expect_json",
     "parse_retry_after",
     "raise_for_status",
     "redact",
+    "safe_url",
 ]
 
 _DNS_CACHE_S = 60.0  # a resolved name is not checked again for this long
@@ -427,7 +429,7 @@ class Transport:
         ``raise_for_status``. ``expect`` (e.g. "application/json", "image/") makes a 2xx
         answer of another content type a ProtocolError.
         """
-        req, safe_url = self._build(
+        req, shown = self._build(
             method, url, deadline, json=json, data=data, files=files, content=content,
             headers=headers, params=params,
         )  # fmt: skip
@@ -437,7 +439,7 @@ class Transport:
             status=resp.status_code,
             headers=resp.headers,
             content=body,
-            url=safe_url if resp.request is req else _safe_url(resp.url),
+            url=shown if resp.request is req else safe_url(resp.url),
             timings=tracker.timings(),
             provider=self.provider,
             secrets=self.secrets,
@@ -481,7 +483,7 @@ class Transport:
                 absolute = self._client.build_request(method, url).url
                 if len(self._targets) >= _TARGETS_KEPT:
                     self._targets.clear()
-                target = self._targets[url] = (absolute, _safe_url(absolute))
+                target = self._targets[url] = (absolute, safe_url(absolute))
             return self._client.build_request(method, target[0], **kw), target[1]
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             probe = _Tracker(self.provider, self.budgets, deadline, httpx.URL("http://invalid"))
@@ -533,16 +535,8 @@ class Transport:
             return None
         key = (url.scheme, url.host)
         if key not in self._proxies:
-            self._proxies[key] = self._find_proxy(url)
+            self._proxies[key] = env_proxy(url)
         return self._proxies[key]
-
-    @staticmethod
-    def _find_proxy(url: httpx.URL) -> str | None:
-        proxies = urllib.request.getproxies()
-        proxy = proxies.get(url.scheme) or proxies.get("all")
-        if not proxy or urllib.request.proxy_bypass(url.host):
-            return None
-        return _safe_url(httpx.URL(proxy if "://" in proxy else f"http://{proxy}"))
 
     async def connect_only(self, url: str, deadline: Deadline) -> StageTimings:
         """Open TCP (and TLS for https) to ``url``'s host, time each stage, and close.
@@ -773,6 +767,15 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _safe_url(url: httpx.URL) -> str:
+def safe_url(url: httpx.URL) -> str:
     """``url`` without credentials or query string: safe to show."""
     return str(url.copy_with(username=None, password=None, query=None, fragment=None))
+
+
+def env_proxy(url: httpx.URL) -> str | None:
+    """The proxy the environment names for ``url`` (without credentials), if any."""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(url.host):
+        return None
+    return safe_url(httpx.URL(proxy if "://" in proxy else f"http://{proxy}"))

@@ -28,7 +28,6 @@ from imagegate.config import Settings
 from imagegate.doctor.environment import environment
 from imagegate.doctor.network import (
     Target,
-    env_proxy,
     is_network_error,
     network_stages,
     probe_network_failure,
@@ -55,7 +54,7 @@ from imagegate.errors import (
 )
 from imagegate.providers.base import Deadline, Provider, RemoteConfig, provider_types
 from imagegate.request import ImageRequest
-from imagegate.transport import StageBudgets
+from imagegate.transport import StageBudgets, env_proxy, safe_url
 
 PROBE_S = 10.0
 """Budget of the probe (http, auth, api, runtime), as the router's background probe has."""
@@ -97,10 +96,6 @@ def _since(started: float) -> float:
 # --------------------------------------------------------------------------- config
 
 
-def _safe_url(url: httpx.URL) -> str:
-    return str(url.copy_with(username=None, password=None, query=None, fragment=None))
-
-
 def _config_stage(name: str, provider: Provider) -> tuple[StageResult, _Keys, Target | None]:
     """Every ``*_env`` variable is set (values never shown), the URL and CA file are valid."""
     started = time.monotonic()
@@ -127,7 +122,7 @@ def _config_stage(name: str, provider: Provider) -> tuple[StageResult, _Keys, Ta
         except httpx.InvalidURL:
             url = None
         if url is None or url.scheme not in ("http", "https") or not url.host:
-            shown = _safe_url(url) if url is not None else "(unparseable)"
+            shown = safe_url(url) if url is not None else "(unparseable)"
             raise fail(
                 f"url {shown} is not an http(s) address",
                 f"providers.{name}.url = {shown} is not an http:// or https:// address with "
@@ -153,7 +148,7 @@ def _config_stage(name: str, provider: Provider) -> tuple[StageResult, _Keys, Ta
         )
         target = Target(
             provider=name,
-            url=_safe_url(url),
+            url=safe_url(url),
             scheme=url.scheme,
             host=url.host,
             port=port,

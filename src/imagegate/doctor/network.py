@@ -17,7 +17,6 @@ import importlib.util
 import os
 import socket
 import ssl
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,17 +75,6 @@ def _unverified() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
-
-
-def env_proxy(url: httpx.URL) -> str | None:
-    """The proxy the environment names for ``url`` (as the transport picks it), if any."""
-    found = urllib.request.getproxies()
-    proxy = found.get(url.scheme) or found.get("all")
-    if not proxy or urllib.request.proxy_bypass(url.host):
-        return None
-    from imagegate.doctor.environment import safe_proxy
-
-    return safe_proxy(proxy)
 
 
 @dataclass(frozen=True)
