@@ -8,6 +8,7 @@ import contextlib
 import io
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from imagegate.gateway import Gateway
 from imagegate.providers.base import Deadline, Progress, ProgressCallback, Provider, ProviderConfig
 from imagegate.request import GeneratedImage, ImageRequest
 from imagegate.server import create_app
+
+IMAGEGATE = str(Path(sys.executable).parent / "imagegate")
+"""The `imagegate` command of the running Python's environment."""
 
 
 def tiny_png(

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngImageFile
+from serverkit import IMAGEGATE
 
 from imagegate.store.pngmeta import parse_infotext
-
-IMAGEGATE = str(Path(sys.executable).parent / "imagegate")
 
 
 def cli(

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conformance import CANARY, CANARY_ENV
 from faults import serve_app
+from serverkit import IMAGEGATE
 from vendor_openai import OpenAIFake
-
-IMAGEGATE = str(Path(sys.executable).parent / "imagegate")
 
 
 def doctor(*args: str, cwd: Path, encoding: str) -> subprocess.CompletedProcess[str]:

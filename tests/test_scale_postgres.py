@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from faults import TcpRelay
-from serverkit import Fake, fake_settings, live
+from serverkit import IMAGEGATE, Fake, fake_settings, live
 from test_backplane import _database
 
 from imagegate.backplane import BreakerSnapshot
@@ -121,3 +123,34 @@ def _eventually_ok(url: str, within_s: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_providers_shows_the_breaker_the_replicas_share(pg_url: str, tmp_path: Path) -> None:
+    """Scaled out, `imagegate providers --json` shows the breaker state saved in the database."""
+    from imagegate.backplane.pgbus import PostgresBreakerStore
+    from imagegate.backplane.postgres import sqlalchemy_url
+
+    async def open_breaker() -> None:
+        store = Store(tmp_path, url=sqlalchemy_url(pg_url))
+        await store.open()
+        until = datetime.now(UTC) + timedelta(seconds=30)
+        await PostgresBreakerStore(store).save(BreakerSnapshot("down", "open", until, 3))
+        await store.close()
+
+    asyncio.run(open_breaker())
+    config = tmp_path / "imagegate.toml"
+    config.write_text(
+        f'[scale]\nbackplane = "{pg_url}"\n\n'
+        '[providers.down]\ntype = "openai"\nurl = "http://127.0.0.1:9/v1"\n\n'
+        '[providers.up]\ntype = "openai"\nurl = "http://127.0.0.1:9/v1"\n'
+    )
+    run = subprocess.run(
+        [IMAGEGATE, "providers", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    breakers = {p["name"]: p["breaker"] for p in json.loads(run.stdout)["providers"]}
+    assert (breakers["down"], breakers["up"]) == ("open", "closed")

@@ -288,6 +288,9 @@ def _worker(args: argparse.Namespace, console: Console) -> int:
 def _providers(args: argparse.Namespace, console: Console) -> int:
     settings = load_config(args.config)
     types = provider_types()
+    # Scaled out, the replicas share their breakers in the database: show those. A single
+    # server keeps its breakers in memory (GET /v1/providers); this process has tripped none.
+    shared = asyncio.run(_shared_breakers(settings)) if settings.scale.backplane else {}
     rows: list[dict[str, Any]] = [
         {
             "name": name,
@@ -299,7 +302,7 @@ def _providers(args: argparse.Namespace, console: Console) -> int:
             "route_position": (
                 settings.gateway.route.index(name) + 1 if name in settings.gateway.route else None
             ),
-            "breaker": "closed",
+            "breaker": shared.get(name, "closed"),
         }
         for name, cfg in settings.providers.items()
     ]
@@ -322,6 +325,20 @@ def _providers(args: argparse.Namespace, console: Console) -> int:
         ],
     )
     return EXIT_OK
+
+
+async def _shared_breakers(settings: Settings) -> dict[str, str]:
+    """Each provider's breaker state as the scaled-out replicas last saved it."""
+    from imagegate.backplane.pgbus import PostgresBreakerStore
+    from imagegate.backplane.postgres import shared_store
+
+    store = shared_store(settings)
+    await store.open()
+    try:
+        saved = await PostgresBreakerStore(store).load()
+    finally:
+        await store.close()
+    return {name: snapshot.state for name, snapshot in saved.items()}
 
 
 def _doctor(args: argparse.Namespace, console: Console) -> int:
