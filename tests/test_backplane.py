@@ -388,6 +388,26 @@ def test_contract_cancel_of_a_running_job_lands_within_a_second(make: Make) -> N
     asyncio.run(main())
 
 
+def test_contract_stop_puts_a_running_job_back_in_the_queue(make: Make) -> None:
+    """Stopping the backplane mid-job leaves the job queued, with no terminal event."""
+
+    async def main() -> None:
+        store, bp = await make()
+        handler = Blocking(store)
+        await bp.start(handler)
+        submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
+        await asyncio.wait_for(handler.started.wait(), 10)
+        await asyncio.wait_for(bp.stop(), 10)
+        job = await store.get_job(submitted.job_id)
+        assert job is not None
+        assert (job.status, job.retries, job.error) == ("queued", 0, None)
+        kinds = [e.kind for e in await store.events_after(submitted.job_id)]
+        assert not {"succeeded", "failed", "cancelled"} & set(kinds), kinds
+        await store.close()
+
+    asyncio.run(main())
+
+
 def test_contract_a_queue_runs_while_another_is_busy(make: Make, kind: str) -> None:
     """A job on queue b finishes while queue a's only worker is busy with a long job."""
 

@@ -56,6 +56,7 @@ __all__ = [
     "JobStore",
     "ProgressPump",
     "QueueFull",
+    "Recorder",
     "Submitted",
 ]
 
@@ -332,3 +333,64 @@ class ProgressPump:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await self._task
+
+
+class Recorder:
+    """A job's end (images included) and its terminal event, written in one transaction.
+
+    Written after the job's last progress row. ``on_event`` hands the event to an in-process
+    fan-out (the local bus; PostgreSQL's NOTIFY needs none). A job cancelled because its
+    backplane is ``stopping`` is not ended: it stays ``running`` for the backplane to put
+    back in the queue.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        pump: ProgressPump,
+        *,
+        stopping: Callable[[], bool],
+        on_event: Callable[[EventRecord], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._pump = pump
+        self._stopping = stopping
+        self._on_event = on_event
+        self.ended = False
+
+    async def finish_job(
+        self,
+        job_id: str,
+        result: ImageResult,
+        *,
+        cost: float = 0.0,
+        effective: Mapping[str, Any] | None = None,
+    ) -> ImageResult:
+        await self._pump.flush()  # no progress row may land after the end
+        stored, event = await self._store.record_success(
+            job_id, result, cost=cost, effective=effective, event=True
+        )
+        self._ended(event)
+        return stored
+
+    async def fail_job(
+        self,
+        job_id: str,
+        error: BaseException,
+        attempts: Sequence[Attempt],
+        elapsed_s: float,
+        *,
+        status: str = "failed",
+    ) -> None:
+        await self._pump.flush()
+        if status == "cancelled" and self._stopping():
+            return  # stopped by a shutdown: back to the queue, no end recorded
+        event = await self._store.record_failure(
+            job_id, error, attempts, elapsed_s, status=status, event=True
+        )
+        self._ended(event)
+
+    def _ended(self, event: EventRecord | None) -> None:
+        self.ended = True
+        if event is not None and self._on_event is not None:
+            self._on_event(event)

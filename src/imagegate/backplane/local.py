@@ -48,10 +48,11 @@ from imagegate.backplane.base import (
     JobStore,
     ProgressPump,
     QueueFull,
+    Recorder,
     Submitted,
 )
 from imagegate.errors import Cancelled, ImagegateError
-from imagegate.request import Attempt, ImageRequest, ImageResult
+from imagegate.request import ImageRequest, ImageResult
 from imagegate.store import Store
 from imagegate.store.db import ended_event_data, succeeded_event_data
 from imagegate.store.models import Job, JobEvent
@@ -183,51 +184,6 @@ class _Pending:
         self.source = source
         self.queue = queue
         self.priority = priority
-
-
-class _Recorder:
-    """Records a job's end and its terminal event in one transaction, then fans it out."""
-
-    def __init__(self, jobs: LocalJobQueue, pump: ProgressPump) -> None:
-        self._jobs = jobs
-        self._pump = pump
-        self.ended = False
-
-    async def finish_job(
-        self,
-        job_id: str,
-        result: ImageResult,
-        *,
-        cost: float = 0.0,
-        effective: Mapping[str, Any] | None = None,
-    ) -> ImageResult:
-        await self._pump.flush()  # no progress row may land after the end
-        stored, event = await self._jobs.store.record_success(
-            job_id, result, cost=cost, effective=effective, event=True
-        )
-        self._ended(event)
-        return stored
-
-    async def fail_job(
-        self,
-        job_id: str,
-        error: BaseException,
-        attempts: Sequence[Attempt],
-        elapsed_s: float,
-        *,
-        status: str = "failed",
-    ) -> None:
-        await self._pump.flush()
-        # a job stopped by a shutdown goes back to the queue: no terminal event for it
-        event = await self._jobs.store.record_failure(
-            job_id, error, attempts, elapsed_s, status=status, event=not self._jobs.stopping
-        )
-        self._ended(event)
-
-    def _ended(self, event: EventRecord | None) -> None:
-        if event is not None:
-            self.ended = True
-            self._jobs.events.fan_out(event)
 
 
 class LocalJobQueue(JobQueue):
@@ -439,7 +395,9 @@ class LocalJobQueue(JobQueue):
         handler = self._handler
         assert handler is not None
         pump = ProgressPump(self.store, job_id, on_event=self.events.fan_out)
-        recorder = _Recorder(self, pump)
+        recorder = Recorder(
+            self.store, pump, stopping=lambda: self.stopping, on_event=self.events.fan_out
+        )
         context = JobContext(
             job_id, pending.request, pending.source, pump.report, recorder=recorder
         )
@@ -543,7 +501,7 @@ class LocalJobQueue(JobQueue):
         async with self.store.engine.begin() as conn:
             await conn.execute(
                 update(_JOBS)
-                .where(_JOBS.c.id.in_(list(job_ids)), _JOBS.c.status == "cancelled")
+                .where(_JOBS.c.id.in_(list(job_ids)), _JOBS.c.status == "running")
                 .values(status="queued", started_at=None, finished_at=None, error=None)
             )
 

@@ -32,9 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import procrastinate
 import psycopg
@@ -53,6 +53,7 @@ from imagegate.backplane.base import (
     JobQueue,
     ProgressPump,
     QueueFull,
+    Recorder,
     Submitted,
 )
 from imagegate.backplane.local import LocalJobStore
@@ -88,6 +89,7 @@ REMOTE_QUEUE = "remote"
 TASK_NAME = "imagegate.run_job"
 SCHEMA_LOCK = 0x1A6E_6A7E  # pg_advisory_lock key: one process installs the schema
 SWEEP_LOCK = 0x1A6E_5EE9  # one sweeper pass at a time across the fleet
+GRACEFUL_S = 5.0  # at most this long a stopping worker waits for its running jobs
 MAX_RETRIES = 1
 PROGRESS_EVERY_S = 0.25  # at most 4 progress rows (and NOTIFYs) a second per job
 
@@ -115,47 +117,6 @@ def sqlalchemy_url(url: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class _Recorder:
-    """Records a job's end and its terminal event in one transaction (NOTIFY on commit)."""
-
-    def __init__(self, queue: PostgresJobQueue, pump: ProgressPump) -> None:
-        self._queue = queue
-        self._pump = pump
-        self.ended = False
-
-    async def finish_job(
-        self,
-        job_id: str,
-        result: ImageResult,
-        *,
-        cost: float = 0.0,
-        effective: Mapping[str, Any] | None = None,
-    ) -> ImageResult:
-        await self._pump.flush()
-        stored, _ = await self._queue.store.record_success(
-            job_id, result, cost=cost, effective=effective, event=True
-        )
-        self.ended = True
-        return stored
-
-    async def fail_job(
-        self,
-        job_id: str,
-        error: BaseException,
-        attempts: Sequence[Attempt],
-        elapsed_s: float,
-        *,
-        status: str = "failed",
-    ) -> None:
-        await self._pump.flush()
-        if status == "cancelled" and self._queue.stopping:
-            return  # stopped by a shutdown: the job goes back to the queue, no end recorded
-        await self._queue.store.record_failure(
-            job_id, error, attempts, elapsed_s, status=status, event=True
-        )
-        self.ended = True
 
 
 class PostgresJobQueue(JobQueue):
@@ -328,7 +289,7 @@ class PostgresJobQueue(JobQueue):
         assert job is not None
         request = ImageRequest.model_validate(job.request)
         pump = ProgressPump(self.store, job_id, every_s=PROGRESS_EVERY_S)
-        recorder = _Recorder(self, pump)
+        recorder = Recorder(self.store, pump, stopping=lambda: self.stopping)
         ctx = JobContext(job_id, request, job.source, pump.report, recorder=recorder)
         task = asyncio.get_running_loop().create_task(handler(ctx))
         try:
@@ -345,7 +306,7 @@ class PostgresJobQueue(JobQueue):
             with contextlib.suppress(LookupError):
                 await self._record_end(job_id, outcome)
 
-    async def _after_abort(self, job_id: str, recorder: _Recorder, *, requeue: bool) -> None:
+    async def _after_abort(self, job_id: str, recorder: Recorder, *, requeue: bool) -> None:
         if requeue:  # the worker is shutting down: back to the queue for another worker
             async with self.store.engine.begin() as conn:
                 await conn.execute(
@@ -496,6 +457,7 @@ class PostgresBackplane(Backplane):
         self.worker_name = worker_name
         self._tasks: list[asyncio.Task[None]] = []
         self._worker: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._opened = False
 
         async def run_job(context: TaskContext, job_id: str) -> None:
@@ -539,20 +501,33 @@ class PostgresBackplane(Backplane):
                     install_signal_handlers=False,
                     update_heartbeat_interval=self.heartbeat_s,
                     stalled_worker_timeout=self.stalled_s,
-                    shutdown_graceful_timeout=5.0,
+                    shutdown_graceful_timeout=self.graceful_s,
                     fetch_job_polling_interval=1.0,
                     abort_job_polling_interval=1.0,
                 )
             )
-            self._tasks.append(asyncio.get_running_loop().create_task(self._sweep_loop()))
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+            self._tasks.append(self._sweeper)
+
+    @property
+    def graceful_s(self) -> float:
+        """How long a stopping worker lets its jobs finish before it puts them back in the queue.
+
+        procrastinate stops the heartbeat first, so the wait must end before the job looks
+        stalled (``stalled_s`` after the last beat); else another sweeper would take it.
+        """
+        return max(0.0, min(GRACEFUL_S, self.stalled_s - self.heartbeat_s - 0.5))
 
     async def stop(self) -> None:
         self.jobs.stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()  # first: this worker's own jobs, still finishing, look stalled
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(BaseException):
                 await self._worker
             self._worker = None
+        self._sweeper = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
