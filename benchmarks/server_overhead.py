@@ -91,13 +91,6 @@ FLOOR = textwrap.dedent(
     pool = httpx.AsyncHTTPTransport()
 
     async def app(scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"}); return
         body, more = b"", True
         while more:
             msg = await receive(); body += msg.get("body", b""); more = msg.get("more_body", False)
@@ -119,7 +112,7 @@ FLOOR = textwrap.dedent(
         await send({"type": "http.response.body", "body": reply})
 
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
-                access_log=False)
+                access_log=False, lifespan="off")
     """
 )
 
