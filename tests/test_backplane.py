@@ -408,6 +408,28 @@ def test_contract_stop_puts_a_running_job_back_in_the_queue(make: Make) -> None:
     asyncio.run(main())
 
 
+def test_contract_stop_ends_a_running_paid_job_as_interrupted(make: Make) -> None:
+    """A job on a paid route that a shutdown stops is not run again: it fails as interrupted."""
+
+    async def main() -> None:
+        store, bp = await make(paid=["p"])
+        handler = Blocking(store)
+        await bp.start(handler)
+        submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
+        await asyncio.wait_for(handler.started.wait(), 10)
+        await asyncio.wait_for(bp.stop(), 10)
+        job = await store.get_job(submitted.job_id)
+        assert job is not None
+        assert job.status == "failed"
+        assert job.error is not None
+        assert "interrupted by a shutdown" in job.error["message"]
+        kinds = [e.kind for e in await store.events_after(submitted.job_id)]
+        assert kinds[-1] == "failed", kinds
+        await store.close()
+
+    asyncio.run(main())
+
+
 def test_contract_a_queue_runs_while_another_is_busy(make: Make, kind: str) -> None:
     """A job on queue b finishes while queue a's only worker is busy with a long job."""
 

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -58,6 +58,8 @@ __all__ = [
     "QueueFull",
     "Recorder",
     "Submitted",
+    "interrupted_by_shutdown",
+    "paid_route",
 ]
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
@@ -80,6 +82,19 @@ class QueueFull(ImagegateError):
 
 class Interrupted(ImagegateError):
     """The process running the job stopped, and the job could not be run again."""
+
+
+def paid_route(route: Sequence[str], paid: Collection[str]) -> bool:
+    """Whether a job on ``route`` may have called a paid provider: it must not run twice."""
+    return any(name in paid for name in route)
+
+
+def interrupted_by_shutdown() -> Interrupted:
+    """The end of a running job that a shutdown stopped and that must not run again."""
+    return Interrupted(
+        "interrupted by a shutdown: the job was running and its route has a paid provider, "
+        "which may have billed it; submit it again"
+    )
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ from imagegate.backplane.base import (
     QueueFull,
     Recorder,
     Submitted,
+    interrupted_by_shutdown,
+    paid_route,
 )
 from imagegate.errors import Cancelled, ImagegateError
 from imagegate.request import ImageRequest, ImageResult
@@ -457,16 +459,16 @@ class LocalJobQueue(JobQueue):
         """Queue again what a previous process left queued or running (see the module doc)."""
         query = (
             select(_JOBS.c.id, _JOBS.c.status, _JOBS.c.request, _JOBS.c.source)
-            .add_columns(_JOBS.c.queue, _JOBS.c.retries)
+            .add_columns(_JOBS.c.queue, _JOBS.c.retries, _JOBS.c.route)
             .where(_JOBS.c.status.in_(("queued", "running")))
             .where(_JOBS.c.source.in_(SERVER_SOURCES))
             .order_by(_JOBS.c.created_at)
         )
         async with self.store.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        for job_id, status, request, source, queue, retries in rows:
-            if status == "running" and (retries >= 1 or queue in self._paid):
-                why = "it had been retried once already" if retries else "its provider is paid"
+        for job_id, status, request, source, queue, retries, route in rows:
+            if status == "running" and (retries >= 1 or paid_route(route, self._paid)):
+                why = "it had been retried once already" if retries else "its route is paid"
                 error = Interrupted(
                     f"interrupted by restart: the server stopped while the job ran and {why}; "
                     "submit it again"
@@ -495,13 +497,21 @@ class LocalJobQueue(JobQueue):
             self._dispatch(queue)
 
     async def requeue(self, job_ids: Sequence[str]) -> None:
-        """Put jobs stopped by a shutdown back in the queue for the next start."""
-        if not job_ids:
-            return
+        """Put jobs stopped by a shutdown back in the queue for the next start; one whose
+        route has a paid provider ends interrupted instead (it may have been billed)."""
+        running = (_JOBS.c.id.in_(list(job_ids)), _JOBS.c.status == "running")
+        async with self.store.engine.connect() as conn:
+            rows = (await conn.execute(select(_JOBS.c.id, _JOBS.c.route).where(*running))).all()
+        for job_id, route in rows:
+            if paid_route(route, self._paid):
+                error = interrupted_by_shutdown()
+                event = await self.store.record_failure(job_id, error, [], 0.0, event=True)
+                if event is not None:
+                    self.events.fan_out(event)
         async with self.store.engine.begin() as conn:
             await conn.execute(
                 update(_JOBS)
-                .where(_JOBS.c.id.in_(list(job_ids)), _JOBS.c.status == "running")
+                .where(*running)
                 .values(status="queued", started_at=None, finished_at=None, error=None)
             )
 

@@ -55,6 +55,8 @@ from imagegate.backplane.base import (
     QueueFull,
     Recorder,
     Submitted,
+    interrupted_by_shutdown,
+    paid_route,
 )
 from imagegate.backplane.local import LocalJobStore
 from imagegate.backplane.pgbus import (
@@ -307,6 +309,15 @@ class PostgresJobQueue(JobQueue):
                 await self._record_end(job_id, outcome)
 
     async def _after_abort(self, job_id: str, recorder: Recorder, *, requeue: bool) -> None:
+        job = await self.store.get_job(job_id)
+        running = job is not None and job.status == "running"
+        if requeue and running and job is not None and paid_route(job.route, self._paid):
+            # it may have been billed: it must not run twice
+            with contextlib.suppress(LookupError):
+                await self.store.record_failure(
+                    job_id, interrupted_by_shutdown(), [], 0.0, event=True
+                )
+            return
         if requeue:  # the worker is shutting down: back to the queue for another worker
             async with self.store.engine.begin() as conn:
                 await conn.execute(
@@ -361,7 +372,7 @@ class PostgresJobQueue(JobQueue):
                         )
                         continue
                     ran = job.status == "running"
-                    paid = any(name in self._paid for name in job.route)
+                    paid = paid_route(job.route, self._paid)
                     if ran and (paid or job.retries >= MAX_RETRIES):
                         why = "its route has a paid provider" if paid else "it was retried once"
                         await self.store.record_failure(
