@@ -79,8 +79,12 @@ def create_app(
         summary="A provider-neutral text-to-image gateway",
         version=_version(),
         lifespan=lifespan,
+        # operation ids are the route functions' names: `submit_job`, not
+        # `submit_job_v1_jobs_post`, in a generated client
+        generate_unique_id_function=lambda route: route.name,
     )
     errors.install(app)
+    errors.document_errors(app)
     for surface in (openai, a1111, jobs, images, health, web):
         app.include_router(surface.router)
     web.mount_ui(app)

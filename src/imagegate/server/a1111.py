@@ -19,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from imagegate.errors import InvalidRequest
 from imagegate.request import MAX_N, ImageRequest, ImageResult
 from imagegate.server.deps import Ctx, ServerContext
+from imagegate.server.errors import A1111_RESPONSES
 from imagegate.server.jobs import run_to_end
 from imagegate.store.pngmeta import imagegate_version, infotext
 
-router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
+router = APIRouter(prefix="/sdapi/v1", tags=["a1111"], responses=A1111_RESPONSES)
 
 ROUTE_CHECKPOINT = "route"
 SAMPLERS = (

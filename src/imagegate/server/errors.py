@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagegate.backplane import Interrupted, QueueFull
@@ -48,6 +49,95 @@ HTTP_TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: ``type`` is the error class, ``param`` the field at fault."""
+
+    type: str
+    message: str
+    param: str | None = None
+    code: str | None = None
+    attempts: list[Attempt] | None = Field(
+        default=None, description="each try on each provider, when the gateway tried"
+    )
+
+
+class ErrorBody(BaseModel):
+    """Every error answer outside /sdapi, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+_MEANINGS = {
+    400: "invalid input: `error.param` names the field and the message the limit",
+    401: "no valid API key",
+    404: "no such id",
+    409: "the job already ended, or was cancelled",
+    413: "the request body is too large",
+    429: "the queue is full: try again after Retry-After",
+    502: "every provider on the route failed; `error.attempts` says how",
+    503: "the providers are unavailable or rate limited, or the job was interrupted",
+    504: "the providers timed out",
+}
+
+
+class A1111Error(BaseModel):
+    """An /sdapi error in A1111's own shape (``errors`` repeats ``detail``)."""
+
+    error: str
+    detail: str
+    body: str
+    errors: str
+
+
+class A1111ValidationError(BaseModel):
+    """An /sdapi body that does not validate, as FastAPI (and so A1111) answers it."""
+
+    detail: list[dict[str, Any]]
+
+
+class A1111Refusal(BaseModel):
+    """An /sdapi request refused before it is read (credentials, size)."""
+
+    detail: str
+
+
+def _a1111(model: Any, status: int) -> dict[str, Any]:
+    return {"model": model, "description": _MEANINGS[status]}
+
+
+A1111_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _a1111(A1111Refusal, 401),
+    413: _a1111(A1111Refusal, 413),
+    422: {
+        "model": A1111ValidationError | A1111Error,
+        "description": "invalid input: a field list, or the field and its limit in `detail`",
+    },
+    **{status: _a1111(A1111Error, status) for status in (409, 429, 502, 503, 504)},
+}
+"""What the /sdapi routes answer besides their results (A1111's shapes)."""
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each answering an ErrorBody."""
+    return {status: {"model": ErrorBody, "description": _MEANINGS[status]} for status in statuses}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Have /openapi.json say what the handlers send: outside /sdapi a validation error is a
+    400 (declared with ``error_responses``), never FastAPI's default 422."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            for path, operations in build()["paths"].items():
+                if not path.startswith("/sdapi/"):
+                    for operation in operations.values():
+                        operation["responses"].pop("422", None)
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def is_a1111(request: Request) -> bool:

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from imagegate.server.deps import Ctx
+from imagegate.server.errors import error_responses
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("imagegate.server")
@@ -74,7 +75,7 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Health,
-    responses={503: {"description": "the store does not answer"}},
+    responses={503: {"description": "the store does not answer"}, **error_responses(401)},
     summary="Readiness: the store answers",
 )
 async def readyz(ctx: Ctx) -> Response:
@@ -89,7 +90,7 @@ async def readyz(ctx: Ctx) -> Response:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **error_responses(401)},
     summary="Prometheus metrics",
 )
 async def metrics(ctx: Ctx) -> Response:
@@ -105,7 +106,12 @@ def _wall(monotonic_at: float) -> datetime | None:
     return datetime.now(UTC) + timedelta(seconds=monotonic_at - time.monotonic())
 
 
-@router.get("/v1/providers", response_model=ProviderList, summary="Providers and their breakers")
+@router.get(
+    "/v1/providers",
+    response_model=ProviderList,
+    responses=error_responses(400, 401),
+    summary="Providers and their breakers",
+)
 async def providers(ctx: Ctx, doctor: bool = False) -> ProviderList:
     """``doctor=true`` also runs the doctor's stages (no generation) on every provider."""
     route = ctx.settings.gateway.route

@@ -10,9 +10,9 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from imagegate.server.deps import BaseUrl, Ctx
-from imagegate.server.errors import openai_error
+from imagegate.server.errors import error_responses, openai_error
 
-router = APIRouter(tags=["images"])
+router = APIRouter(tags=["images"], responses=error_responses(400, 401))
 
 
 class ImageView(BaseModel):
@@ -41,8 +41,11 @@ class ImageList(BaseModel):
     "/v1/images/{image_id}",
     response_class=FileResponse,
     responses={
-        200: {"content": {"image/png": {}}, "description": "the PNG with its metadata chunks"},
-        404: {"description": "no such image"},
+        200: {
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the PNG with its metadata chunks",
+        },
+        **error_responses(404),
     },
     summary="A stored PNG, with its A1111 parameters and imagegate provenance chunks",
 )

@@ -15,10 +15,10 @@ from imagegate.backplane import JobOutcome
 from imagegate.errors import ImagegateError, InvalidRequest
 from imagegate.request import ImageRequest, ImageResult
 from imagegate.server.deps import BaseUrl, Ctx, ServerContext
-from imagegate.server.errors import openai_error
+from imagegate.server.errors import error_responses, openai_error
 from imagegate.store.records import JobRecord
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=error_responses(400, 401))
 
 MAX_LIST = 200
 
@@ -132,6 +132,7 @@ def _route(ctx: ServerContext, request: ImageRequest) -> list[str]:
     "/v1/jobs",
     status_code=202,
     response_model=JobAccepted,
+    responses=error_responses(413, 429),
     summary="Queue a generation; answers once the job is on disk",
 )
 async def submit_job(body: ImageRequest, ctx: Ctx, base: BaseUrl) -> JSONResponse:
@@ -181,7 +182,7 @@ def _not_found(job_id: str) -> JSONResponse:
 @router.get(
     "/v1/jobs/{job_id}",
     response_model=JobView,
-    responses={404: {"description": "no such job"}},
+    responses=error_responses(404),
     summary="One job: status, progress, images, error, attempts",
 )
 async def get_job(job_id: str, ctx: Ctx, base: BaseUrl) -> Response:
@@ -194,7 +195,7 @@ async def get_job(job_id: str, ctx: Ctx, base: BaseUrl) -> Response:
 @router.post(
     "/v1/jobs/{job_id}/cancel",
     response_model=JobView,
-    responses={404: {"description": "no such job"}, 409: {"description": "already finished"}},
+    responses=error_responses(404, 409),
     summary="Cancel a queued job at once, or stop a running one",
 )
 async def cancel_job(job_id: str, ctx: Ctx, base: BaseUrl) -> Response:
@@ -214,7 +215,7 @@ async def cancel_job(job_id: str, ctx: Ctx, base: BaseUrl) -> Response:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "server-sent events"},
-        404: {"description": "no such job"},
+        **error_responses(404),
     },
     summary="Server-sent events: queued, started, progress, succeeded, failed, cancelled",
 )

@@ -21,9 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from imagegate.errors import InvalidRequest
 from imagegate.request import MAX_N, MAX_PROMPT_CHARS, ImageRequest
 from imagegate.server.deps import Ctx, ServerContext, base_url
+from imagegate.server.errors import error_responses
 from imagegate.server.jobs import run_to_end
 
-router = APIRouter(tags=["openai"])
+router = APIRouter(
+    tags=["openai"], responses=error_responses(400, 401, 409, 413, 429, 502, 503, 504)
+)
 
 ROUTE_MODELS = frozenset({"route", "default", "auto"})
 _SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
@@ -34,10 +37,14 @@ class ImageGenerationBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
     model: str | None = Field(default=None, description="a provider name, or 'route'")
     n: Annotated[int, Field(ge=1, le=MAX_N)] | None = 1
-    size: str | None = Field(default=None, description="'WIDTHxHEIGHT' or 'auto'")
+    size: str | None = Field(
+        default=None,
+        description="'WIDTHxHEIGHT' or 'auto'",
+        json_schema_extra={"pattern": r"^(\d{1,5}x\d{1,5}|auto)$"},  # checked (and named) below
+    )
     response_format: Literal["url", "b64_json"] | None = None
     output_format: Literal["png"] | None = None
     quality: str | None = None
