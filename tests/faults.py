@@ -8,7 +8,9 @@ Building blocks, for vendor fakes and router tests:
 - ``FaultServer(behaviour, tls=...)``: a raw socket server; each connection runs one
   ``Behaviour``. ``server.set(behaviour)`` switches it for the next connections (a host that
   stalls now and recovers later). Behaviours: ``hold``, ``respond``, ``app``, ``hang``,
-  ``drip``, ``rst_mid_body``, ``cut_body``.
+  ``drip``, ``rst_mid_body``, ``cut_body``; as an HTTP proxy: ``tunnel`` (CONNECT, relayed),
+  ``intercept(ca)`` (CONNECT, then TLS ended by the proxy with a certificate ``ca`` signed);
+  ``respond(403)`` is a proxy that refuses the tunnel.
 - ``serve_app(app)`` / ``serve_app(app, cert=leaf)``: an ASGI app (FastAPI, Starlette) on
   uvicorn in a thread, yielding its base URL.
 - ``TcpRelay(port)``: a loopback port relayed to another one (a database, a broker); ``cut()``
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import select
 import socket
 import ssl
 import struct
@@ -252,6 +255,54 @@ def cut_body(sent: int = 40, declared: int = 100) -> Behaviour:
     def run(conn: Conn) -> None:
         conn.read_request()
         conn.send(head(200, {"content-type": "application/json"}, declared) + b"x" * sent)
+
+    return run
+
+
+def _connect_request(conn: Conn) -> tuple[str, int] | None:
+    """Read a CONNECT request and answer 200; the host and port it asks for."""
+    request = conn.read_request()
+    if request is None or request.method != "CONNECT":
+        return None
+    host, _, port = request.path.rpartition(":")
+    conn.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    return host.strip("[]"), int(port)
+
+
+def tunnel() -> Behaviour:
+    """An HTTP proxy: CONNECT host:port opens a tunnel that relays both ways."""
+
+    def run(conn: Conn) -> None:
+        target = _connect_request(conn)
+        if target is None:
+            return
+        with socket.create_connection(target, timeout=2) as upstream:
+            ends = {conn.sock: upstream, upstream: conn.sock}
+            while True:
+                conn._check()
+                ready, _, _ = select.select(list(ends), [], [], _POLL_S)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    ends[sock].sendall(data)
+
+    return run
+
+
+def intercept(ca: trustme.CA) -> Behaviour:
+    """A TLS-inspecting proxy: it answers CONNECT, then ends the TLS handshake itself with a
+    certificate for the asked host that ``ca`` signed."""
+
+    def run(conn: Conn) -> None:
+        target = _connect_request(conn)
+        if target is None:
+            return
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(target[0]).configure_cert(context)
+        conn.sock.settimeout(2)
+        with context.wrap_socket(conn.sock, server_side=True) as tls:  # the client refuses it
+            tls.recv(1)
 
     return run
 

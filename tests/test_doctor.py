@@ -25,7 +25,7 @@ import pytest
 import trustme
 from conformance import CANARY, CANARY_ENV
 from fastapi import FastAPI
-from faults import FaultServer, hold, respond, serve_app
+from faults import FaultServer, hold, intercept, respond, serve_app
 from serverkit import live
 from vendor_openai import OpenAIFake
 
@@ -432,3 +432,31 @@ def test_provider_without_a_probe_is_not_reported_as_checked(
     assert row.ok
     assert [s.name for s in row.stages] == ["config", "dns", "connect", "api"]
     assert row.stages[-1].detail.startswith("not checked")
+
+
+def test_an_intercepting_proxy_is_named_as_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY ends TLS with its own CA: tls fails, the cause names the proxy, the fix
+    says NO_PROXY or trust its CA, and no request reached the provider."""
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv(CANARY_ENV, CANARY)
+    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    with (
+        FaultServer(respond(200, body={"data": []}), tls=tls) as provider,
+        FaultServer(intercept(trustme.CA())) as proxy,
+    ):
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        providers = {"behind": _remote("openai", f"{provider.url}/v1", ca_file)}
+        settings = parse_settings({"gateway": {"route": ["behind"]}, "providers": providers})
+        report = asyncio.run(run_doctor(settings))
+    row = report.providers[0]
+    assert_explained(row, "tls", "intercepts TLS", f"the proxy {proxy.url} is set for it")
+    assert "NO_PROXY" in (row.fix or "")
+    assert {r.method for r in proxy.requests} == {"CONNECT"}
+    assert provider.requests == []

@@ -11,6 +11,7 @@ from typing import Any
 import faults
 import httpx
 import pytest
+import trustme
 from faults import FaultServer, Reply, app, hold, respond, serve_app
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -415,3 +416,81 @@ def test_every_httpx_request_error_is_mapped(exc_type: type[Exception]) -> None:
     error = _map_exception(exc_type("boom"), tracker)
     assert isinstance(error, ProviderError)
     assert "unexpectedly" not in error.message
+
+
+@pytest.fixture
+def proxied(
+    monkeypatch: pytest.MonkeyPatch, client_ssl: ssl.SSLContext
+) -> Callable[[FaultServer], Transport]:
+    """A transport made after HTTPS_PROXY names ``proxy`` (nothing exempt), trusting the kit."""
+
+    def make(proxy: FaultServer) -> Transport:
+        for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        return Transport("fake", BUDGETS, verify=client_ssl)
+
+    return make
+
+
+@pytest.mark.anyio
+async def test_https_goes_through_the_proxy_tunnel_and_names_it(
+    proxied: Callable[[FaultServer], Transport],
+    fault_server: Callable[..., FaultServer],
+    tls_ok_server: FaultServer,
+) -> None:
+    """With HTTPS_PROXY set, the request reaches the server through a CONNECT tunnel."""
+    proxy = fault_server(faults.tunnel())
+    async with proxied(proxy) as transport:
+        resp = await transport.request("GET", tls_ok_server.url + "/v1/x", deadline=Deadline(5))
+    assert resp.json() == {"ok": True}
+    assert [(r.method, r.path) for r in proxy.requests] == [
+        ("CONNECT", f"127.0.0.1:{tls_ok_server.port}")
+    ]
+    assert resp.timings.proxy == proxy.url
+    assert resp.timings.tls_s is not None
+
+
+@pytest.mark.anyio
+async def test_a_tls_stall_behind_a_proxy_is_still_a_tls_timeout(
+    proxied: Callable[[FaultServer], Transport],
+    fault_server: Callable[..., FaultServer],
+    tls_stall: str,
+) -> None:
+    """The tunnel opens, the handshake through it never ends: Timeout at stage tls."""
+    async with proxied(fault_server(faults.tunnel())) as transport:
+        error = await fail(transport, tls_stall)
+    assert type(error) is Timeout
+    assert error.stage == "tls"
+
+
+@pytest.mark.anyio
+async def test_an_intercepting_proxy_is_a_rejected_certificate(
+    proxied: Callable[[FaultServer], Transport],
+    fault_server: Callable[..., FaultServer],
+    tls_ok_server: FaultServer,
+) -> None:
+    """A proxy that ends TLS with its own (untrusted) CA: ConnectError(tls), rejected."""
+    inspector = fault_server(faults.intercept(trustme.CA()))
+    async with proxied(inspector) as transport:
+        error = await fail(transport, tls_ok_server.url)
+    assert type(error) is ConnectError
+    assert error.stage == "tls"
+    assert "rejected" in str(error)
+    assert tls_ok_server.requests == []
+
+
+@pytest.mark.anyio
+async def test_a_proxy_that_refuses_the_tunnel_is_named_with_the_fix(
+    proxied: Callable[[FaultServer], Transport],
+    fault_server: Callable[..., FaultServer],
+    tls_ok_server: FaultServer,
+) -> None:
+    """A proxy answering CONNECT with 403: ConnectError(connect) naming HTTPS_PROXY."""
+    refusing = fault_server(respond(403))
+    async with proxied(refusing) as transport:
+        error = await fail(transport, tls_ok_server.url)
+    assert type(error) is ConnectError
+    assert error.stage == "connect"
+    assert refusing.url in str(error)
+    assert "HTTPS_PROXY" in str(error)

@@ -355,20 +355,19 @@ class Transport:
             write=budgets.first_byte_s + _BACKSTOP_S,
             pool=None,
         )
-        # The client builds requests and handles the rare ones (auth flows, redirects,
-        # proxies); a plain request goes straight to its connection pool (see ``_exchange``).
-        self._pool = httpx.AsyncHTTPTransport(
-            verify=self._ssl,
-            trust_env=trust_env,
-            limits=httpx.Limits(max_connections=max_connections),
-        )
+        limits = httpx.Limits(max_connections=max_connections)
+        # The client builds every request and sends the rare ones (auth flows, redirects,
+        # proxies from the environment); a plain request goes straight to a connection pool
+        # of its own (see ``_exchange``). The client keeps its own default pool: given one,
+        # httpx would ignore HTTPS_PROXY.
+        self._pool = httpx.AsyncHTTPTransport(verify=self._ssl, limits=limits)
         self._client = httpx.AsyncClient(
             verify=self._ssl,
             trust_env=trust_env,
             timeout=backstop,
             base_url=base_url,
             headers=headers,
-            transport=self._pool,
+            limits=limits,
             follow_redirects=False,
         )
         self._resolved: dict[tuple[str, int], float] = {}
@@ -406,6 +405,7 @@ class Transport:
     async def aclose(self) -> None:
         """Close every pooled connection."""
         await self._client.aclose()
+        await self._pool.aclose()
 
     async def request(
         self,
