@@ -367,17 +367,23 @@ class Blocking(RecordingHandler):
         return await super().__call__(job)
 
 
+async def _running_job(make: Make, **kwargs: Any) -> tuple[Store, Backplane, Blocking, str]:
+    """A backplane running one long job on queue p: store, backplane, handler, job id."""
+    store, bp = await make(**kwargs)
+    handler = Blocking(store)
+    await bp.start(handler)
+    submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
+    await asyncio.wait_for(handler.started.wait(), 10)
+    return store, bp, handler, submitted.job_id
+
+
 def test_contract_cancel_of_a_running_job_lands_within_a_second(make: Make) -> None:
     """Cancelling a running job reaches the handler and ends it cancelled within a second."""
 
     async def main() -> None:
-        store, bp = await make()
-        handler = Blocking(store)
-        await bp.start(handler)
-        submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
-        await asyncio.wait_for(handler.started.wait(), 10)
+        store, bp, handler, job_id = await _running_job(make)
         asked = time.monotonic()
-        job = await asyncio.wait_for(bp.jobs.cancel(submitted.job_id), 5)
+        job = await asyncio.wait_for(bp.jobs.cancel(job_id), 5)
         assert job is not None
         assert job.status == "cancelled"
         assert handler.cancelled_at is not None
@@ -392,16 +398,12 @@ def test_contract_stop_puts_a_running_job_back_in_the_queue(make: Make) -> None:
     """Stopping the backplane mid-job leaves the job queued, with no terminal event."""
 
     async def main() -> None:
-        store, bp = await make()
-        handler = Blocking(store)
-        await bp.start(handler)
-        submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
-        await asyncio.wait_for(handler.started.wait(), 10)
+        store, bp, _, job_id = await _running_job(make)
         await asyncio.wait_for(bp.stop(), 10)
-        job = await store.get_job(submitted.job_id)
+        job = await store.get_job(job_id)
         assert job is not None
         assert (job.status, job.retries, job.error) == ("queued", 0, None)
-        kinds = [e.kind for e in await store.events_after(submitted.job_id)]
+        kinds = [e.kind for e in await store.events_after(job_id)]
         assert not {"succeeded", "failed", "cancelled"} & set(kinds), kinds
         await store.close()
 
@@ -412,18 +414,14 @@ def test_contract_stop_ends_a_running_paid_job_as_interrupted(make: Make) -> Non
     """A job on a paid route that a shutdown stops is not run again: it fails as interrupted."""
 
     async def main() -> None:
-        store, bp = await make(paid=["p"])
-        handler = Blocking(store)
-        await bp.start(handler)
-        submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
-        await asyncio.wait_for(handler.started.wait(), 10)
+        store, bp, _, job_id = await _running_job(make, paid=["p"])
         await asyncio.wait_for(bp.stop(), 10)
-        job = await store.get_job(submitted.job_id)
+        job = await store.get_job(job_id)
         assert job is not None
         assert job.status == "failed"
         assert job.error is not None
         assert "interrupted by a shutdown" in job.error["message"]
-        kinds = [e.kind for e in await store.events_after(submitted.job_id)]
+        kinds = [e.kind for e in await store.events_after(job_id)]
         assert kinds[-1] == "failed", kinds
         await store.close()
 
