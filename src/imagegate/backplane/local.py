@@ -282,15 +282,17 @@ class LocalJobQueue(JobQueue):
             self._active.discard(job_id)
             self._release(queue)
 
+    async def _end_unrun(self, job_id: str, error: ImagegateError, status: str = "failed") -> None:
+        """End a job no handler is running (no attempts) with its terminal event, fanned out."""
+        event = await self.store.record_failure(job_id, error, [], 0.0, status=status, event=True)
+        if event is not None:
+            self.events.fan_out(event)
+
     async def cancel(self, job_id: str) -> JobRecord | None:
         for waiting in self._waiting.values():
             if waiting.pop(job_id, None) is not None:
                 error = Cancelled("cancelled before it started")
-                event = await self.store.record_failure(
-                    job_id, error, [], 0.0, status="cancelled", event=True
-                )
-                if event is not None:
-                    self.events.fan_out(event)
+                await self._end_unrun(job_id, error, status="cancelled")
                 self._resolve(job_id, JobOutcome(job_id, "cancelled", error=error))
                 return await self.store.get_job(job_id)
         task = self._running.get(job_id)
@@ -473,9 +475,7 @@ class LocalJobQueue(JobQueue):
                     f"interrupted by restart: the server stopped while the job ran and {why}; "
                     "submit it again"
                 )
-                event = await self.store.record_failure(job_id, error, [], 0.0, event=True)
-                if event is not None:
-                    self.events.fan_out(event)
+                await self._end_unrun(job_id, error)
                 continue
             try:
                 parsed = ImageRequest.model_validate(request)
@@ -504,10 +504,7 @@ class LocalJobQueue(JobQueue):
             rows = (await conn.execute(select(_JOBS.c.id, _JOBS.c.route).where(*running))).all()
         for job_id, route in rows:
             if paid_route(route, self._paid):
-                error = interrupted_by_shutdown()
-                event = await self.store.record_failure(job_id, error, [], 0.0, event=True)
-                if event is not None:
-                    self.events.fan_out(event)
+                await self._end_unrun(job_id, interrupted_by_shutdown())
         async with self.store.engine.begin() as conn:
             await conn.execute(
                 update(_JOBS)

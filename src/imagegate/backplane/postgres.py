@@ -310,8 +310,12 @@ class PostgresJobQueue(JobQueue):
 
     async def _after_abort(self, job_id: str, recorder: Recorder, *, requeue: bool) -> None:
         job = await self.store.get_job(job_id)
-        running = job is not None and job.status == "running"
-        if requeue and running and job is not None and paid_route(job.route, self._paid):
+        if (
+            requeue
+            and job is not None
+            and job.status == "running"
+            and paid_route(job.route, self._paid)
+        ):
             # it may have been billed: it must not run twice
             with contextlib.suppress(LookupError):
                 await self.store.record_failure(

@@ -130,12 +130,14 @@ def document_errors(app: FastAPI) -> None:
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            for path, operations in build()["paths"].items():
+        first = app.openapi_schema is None
+        schema = build()  # FastAPI builds it once, then hands back the same dict
+        if first:
+            for path, operations in schema["paths"].items():
                 if not path.startswith("/sdapi/"):
                     for operation in operations.values():
                         operation["responses"].pop("422", None)
-        return app.openapi_schema or build()
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
