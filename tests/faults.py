@@ -277,15 +277,7 @@ def tunnel() -> Behaviour:
         if target is None:
             return
         with socket.create_connection(target, timeout=2) as upstream:
-            ends = {conn.sock: upstream, upstream: conn.sock}
-            while True:
-                conn._check()
-                ready, _, _ = select.select(list(ends), [], [], _POLL_S)
-                for sock in ready:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    ends[sock].sendall(data)
+            _relay(conn.sock, upstream, conn.stop)
 
     return run
 
@@ -457,8 +449,7 @@ class TcpRelay:
             client.settimeout(None)
             with self._lock:
                 self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=_relay, args=(client, upstream), daemon=True).start()
 
     def __enter__(self) -> TcpRelay:
         return self.start()
@@ -467,16 +458,22 @@ class TcpRelay:
         self.cut()
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    """Copy ``source`` to ``sink`` until either side closes."""
+def _relay(a: socket.socket, b: socket.socket, stop: threading.Event | None = None) -> None:
+    """Copy bytes both ways between ``a`` and ``b`` until one side closes (or ``stop``)."""
+    ends = {a: b, b: a}
     try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
+        while stop is None or not stop.is_set():
+            ready, _, _ = select.select(list(ends), [], [], _POLL_S)
+            for sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                ends[sock].sendall(data)
+    except (OSError, ValueError):  # a side was closed under us (TcpRelay.cut)
+        return
     finally:
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
+        for sock in (a, b):
+            with contextlib.suppress(OSError, ValueError):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
