@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegate.config import load_config
+from imagegate.config import load_config, parse_settings
 from imagegate.errors import ConfigError
 
 
@@ -131,3 +131,24 @@ def test_invalid_toml_names_the_file(isolated_env: Path) -> None:
     path = write(isolated_env / "imagegate.toml", "[gateway\n")
     with pytest.raises(ConfigError, match=str(path)):
         load_config()
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({"type": "openai"}, 64),
+        ({"type": "novita"}, 64),
+        ({"type": "stability"}, 64),
+        ({"type": "hf-inference", "model": "m"}, 64),
+        ({"type": "gradio", "space": "owner/name"}, 2),
+        ({"type": "a1111", "url": "http://127.0.0.1:7860"}, 1),
+        ({"type": "comfyui", "url": "http://127.0.0.1:8188", "checkpoint": "m.safetensors"}, 1),
+        ({"type": "diffusers"}, 1),
+    ],
+)
+def test_each_provider_type_defaults_to_a_concurrency_that_fits_its_backend(
+    table: dict[str, str], expected: int
+) -> None:
+    """Hosted APIs take many requests at once, Spaces a few, servers that serialize one."""
+    settings = parse_settings({"gateway": {"route": ["p"]}, "providers": {"p": table}})
+    assert settings.providers["p"].concurrency == expected

@@ -5,14 +5,18 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from faults import serve_app
 from PIL import Image
 from serverkit import NUMPY_COPY_WARNING, Fake, Live, fake_settings, live, tiny_settings
+from vendor_openai import OpenAIFake
 
+from imagegate.config import parse_settings
 from imagegate.errors import ConnectError
 from imagegate.store import read_metadata
 
@@ -142,3 +146,21 @@ def test_when_every_provider_fails_the_error_carries_attempts(tmp_path: Path) ->
     assert isinstance(error.body, dict)
     assert error.body["type"] == "AllProvidersFailed"
     assert [a["provider"] for a in error.body["attempts"]][:2] == ["a", "b"]
+
+
+def test_default_config_sends_concurrent_requests_upstream_together() -> None:
+    """Four requests at once reach an OpenAI-type upstream together with no concurrency key."""
+    fake = OpenAIFake(delay_s=1.0)
+    with serve_app(fake.app()) as upstream:
+        settings = parse_settings(
+            {
+                "gateway": {"route": ["oai"]},
+                "providers": {
+                    "oai": {"type": "openai", "url": f"{upstream}/v1", "api_key_env": None}
+                },
+            }
+        )
+        with live(settings) as server, client(server) as c, ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: c.images.generate(prompt="a fox"), range(4)))
+    assert all(a.data for a in answers)
+    assert fake.max_in_flight == 4

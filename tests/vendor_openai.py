@@ -122,6 +122,9 @@ class OpenAIFake:
     """Where ``url`` answers point (another fake's base URL); None = this fake."""
     store: dict[str, bytes] | None = None
     file_headers: list[dict[str, str]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    """The most generations this fake was working on at the same moment."""
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def arm(self, name: str) -> None:
@@ -153,7 +156,12 @@ class OpenAIFake:
                 status, error = ERRORS[name]
                 headers = {"retry-after": "1"} if status == 429 else {}
                 return JSONResponse(error, status, headers=headers)
-            await asyncio.sleep(self.delay_s + self.step_s * int(body.get("steps") or 0))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                await asyncio.sleep(self.delay_s + self.step_s * int(body.get("steps") or 0))
+            finally:
+                self.in_flight -= 1
             width, height = (int(v) for v in str(body.get("size") or "64x64").split("x"))
             data = []
             for i in range(int(body.get("n") or 1)):

@@ -59,7 +59,13 @@ class ScaleSettings(BaseModel):
     heartbeat_s: float = Field(default=2.0, gt=0)
     stalled_s: float = Field(default=10.0, gt=0)
     sweep_s: float = Field(default=2.0, gt=0)
-    remote_concurrency: int = Field(default=8, ge=1)
+    remote_concurrency: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Jobs one `worker --queue remote` runs at once (1-1024); each provider "
+        "still gets at most its own `concurrency` of them.",
+    )
 
 
 class Settings(BaseModel):

@@ -82,7 +82,13 @@ class ProviderConfig(BaseModel):
     paid: bool = False
     cost_per_image: float = Field(default=0.0, ge=0)
     timeout_s: PositiveFloat | None = None
-    concurrency: int = Field(default=1, ge=1, le=64)
+    concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Requests this provider serves at once per process (1-1024); the default "
+        "depends on the type: 1 for servers that run one generation at a time.",
+    )
 
 
 class RemoteConfig(ProviderConfig):

@@ -125,6 +125,10 @@ BROKEN: dict[str, str] = {
 }
 
 
+GRADIO_CONCURRENCY = 2
+"""Requests in flight to one Gradio app: one running, one waiting in the Space's queue."""
+
+
 class GradioConfig(RemoteConfig):
     """Settings of a Gradio app or a Hugging Face Space; ``space`` or ``url`` is required.
 
@@ -138,6 +142,13 @@ class GradioConfig(RemoteConfig):
     params: dict[RequestField, str] = Field(default_factory=dict)
     token_env: str | None = None
     wake: bool = True
+    concurrency: int = Field(
+        default=GRADIO_CONCURRENCY,
+        ge=1,
+        le=1024,
+        description="Requests sent to the app at once per process (1-1024); a Space queues "
+        "them on its side, so a few keep it busy without flooding a shared free Space.",
+    )
     wake_retry_after_s: PositiveFloat = 30.0
     hub_url: str = "https://huggingface.co"
 

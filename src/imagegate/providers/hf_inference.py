@@ -48,11 +48,10 @@ from imagegate.providers.base import (
     Deadline,
     Progress,
     ProgressCallback,
-    RemoteConfig,
     read_secret,
 )
 from imagegate.providers.local import SAMPLERS
-from imagegate.providers.remote import RemoteProvider
+from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
 from imagegate.transport import Response, raise_for_status
 
@@ -66,14 +65,13 @@ SCHEDULERS: dict[str, str] = {name: cls for name, (cls, extra) in SAMPLERS.items
 a Karras or SDE flavour needs scheduler options the API does not take)."""
 
 
-class HFInferenceConfig(RemoteConfig):
+class HFInferenceConfig(HostedAPIConfig):
     """Settings of the hf-inference route; ``model`` is a Hub id or an endpoint URL."""
 
     type: Literal["hf-inference"] = "hf-inference"
     url: str | None = DEFAULT_URL
     model: str = Field(min_length=1)
     token_env: str | None = "HF_TOKEN"  # noqa: S105 - a variable name, not a secret
-    paid: bool = True
     wait_for_model: bool = False
     hub_url: str = DEFAULT_HUB_URL
 

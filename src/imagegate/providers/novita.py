@@ -46,9 +46,8 @@ from imagegate.providers.base import (
     Deadline,
     Progress,
     ProgressCallback,
-    RemoteConfig,
 )
-from imagegate.providers.remote import RemoteProvider
+from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
 from imagegate.transport import (
     Response,
@@ -92,13 +91,12 @@ _FILTERED = re.compile(r"nsfw|illegal|inappropriate|sensitive|moderation|policy"
 _INVALID = re.compile(r"invalid|not (?:found|exist)|out of range|unsupported|parameter", re.I)
 
 
-class NovitaConfig(RemoteConfig):
+class NovitaConfig(HostedAPIConfig):
     """Settings of a Novita provider; width..sampler are used when the request has none."""
 
     type: Literal["novita"] = "novita"
     url: str | None = "https://api.novita.ai"
     api_key_env: str = "NOVITA_API_KEY"
-    paid: bool = True
     model: str = Field(default=DEFAULT_MODEL, min_length=1)
     width: int = Field(default=1024, ge=128, le=2048)
     height: int = Field(default=1024, ge=128, le=2048)

@@ -46,9 +46,8 @@ from imagegate.images import to_png
 from imagegate.providers.base import (
     Deadline,
     ProgressCallback,
-    RemoteConfig,
 )
-from imagegate.providers.remote import RemoteProvider
+from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
 from imagegate.responses import Response, parse_retry_after, raise_for_status, redact
 from imagegate.transport import Transport
@@ -61,7 +60,7 @@ _EXTENSION_FIELDS = ("negative_prompt", "steps", "guidance", "sampler")
 _ALWAYS_B64_MODELS = ("gpt-image", "chatgpt-image")  # refuse response_format, answer b64
 
 
-class OpenAIConfig(RemoteConfig):
+class OpenAIConfig(HostedAPIConfig):
     """Settings of an OpenAI-compatible images API."""
 
     type: Literal["openai"] = "openai"
@@ -71,7 +70,6 @@ class OpenAIConfig(RemoteConfig):
     """The environment variable holding the key (sent as a Bearer token); None = no key."""
     model: str | None = None
     """The model to ask for; None = the server's default (dall-e-2 at OpenAI)."""
-    paid: bool = True
     response_format: Literal["b64_json", "url"] = "b64_json"
     extensions: bool = False
     """Send imagegate's extension fields (seed, negative_prompt, steps, guidance, sampler)."""

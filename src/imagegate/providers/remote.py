@@ -19,12 +19,35 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from imagegate.errors import ProviderError
 from imagegate.providers.base import Provider, ProviderConfig, RemoteConfig, read_secret
 from imagegate.responses import Response, expect_json
 from imagegate.transport import Transport
 
-__all__ = ["RemoteProvider"]
+__all__ = ["HOSTED_API_CONCURRENCY", "HostedAPIConfig", "RemoteProvider"]
+
+HOSTED_API_CONCURRENCY = 64
+"""Requests a hosted API gets at once from one process unless its table says otherwise."""
+
+
+class HostedAPIConfig(RemoteConfig):
+    """Settings of a vendor's hosted API (OpenAI-compatible, Novita, Stability, HF Inference).
+
+    Such an API scales on its side and bills each image, so it is paid by default and takes
+    many requests at once: its 429s (with Retry-After) pace the router, not a local queue of
+    one. Servers that serialize (A1111, ComfyUI, a local pipeline) keep one at a time.
+    """
+
+    paid: bool = True
+    concurrency: int = Field(
+        default=HOSTED_API_CONCURRENCY,
+        ge=1,
+        le=1024,
+        description="Requests sent to this API at once from one process (1-1024); "
+        "a 429 still opens the breaker and honours Retry-After.",
+    )
 
 
 class RemoteProvider(Provider):

@@ -46,9 +46,8 @@ from imagegate.providers.base import (
     Deadline,
     Progress,
     ProgressCallback,
-    RemoteConfig,
 )
-from imagegate.providers.remote import RemoteProvider
+from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
 from imagegate.request import GeneratedImage, ImageRequest
 from imagegate.transport import (
     Response,
@@ -91,13 +90,12 @@ _FIELDS = {
 }
 
 
-class StabilityConfig(RemoteConfig):
+class StabilityConfig(HostedAPIConfig):
     """Settings of a Stability provider."""
 
     type: Literal["stability"] = "stability"
     url: str | None = "https://api.stability.ai"
     api_key_env: str = "STABILITY_API_KEY"
-    paid: bool = True
     model: Model = "core"
     """core | ultra | sd3 (Stability's default sd3 model) | sd3.5-large | sd3.5-large-turbo |
     sd3.5-medium."""
