@@ -91,7 +91,7 @@ def test_entry_point_registers_the_diffusers_type() -> None:
 def test_importing_the_provider_does_not_import_torch() -> None:
     """Importing the provider and models modules leaves torch and diffusers unimported."""
     code = (
-        "import sys, imagegate.providers.local, imagegate.models; "
+        "import sys, imagegate.providers.local, imagegate.hubcache; "
         "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

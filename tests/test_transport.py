@@ -34,13 +34,12 @@ from imagegate.providers.base import Deadline, RemoteConfig
 from imagegate.transport import (
     StageBudgets,
     Transport,
-    _map_exception,
-    _Tracker,
     expect_json,
     parse_retry_after,
     raise_for_status,
     redact,
 )
+from imagegate.transport.client import _map_exception, _Tracker
 
 # The fault kit's fixtures, made visible here. (Declaring pytest_plugins = ["faults"] in a
 # test module fails once another module imported the kit first; tests/conftest.py may.)

@@ -392,14 +392,14 @@ def _history(args: argparse.Namespace, console: Console) -> int:
 
 
 def _models(args: argparse.Namespace, console: Console) -> int:
-    from imagegate import models
+    from imagegate import hubcache
 
     if args.models_command == "pull":
         # The hub client draws a byte-level progress bar per file on stderr.
-        path = models.pull(args.model, progress=console.info)
+        path = hubcache.pull(args.model, progress=console.info)
         console.line(f"{args.model}: {path}")
         return EXIT_OK
-    cached = models.list_cached()
+    cached = hubcache.list_cached()
     if args.json:
         console.json([{**dataclasses.asdict(m), "path": str(m.path)} for m in cached])
         return EXIT_OK

@@ -18,11 +18,30 @@ from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
 from imagegate.errors import ConfigError
-from imagegate.providers.base import ProviderConfig, provider_types
+from imagegate.registry import provider_types
 
 APP_NAME = "imagegate"
 CONFIG_FILE = "imagegate.toml"
 DEFAULT_PROVIDER = "local"
+
+
+class ProviderConfig(BaseModel):
+    """Settings every provider takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    enabled: bool = True
+    paid: bool = False
+    cost_per_image: float = Field(default=0.0, ge=0)
+    timeout_s: PositiveFloat | None = None
+    concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Requests this provider serves at once per process (1-1024); the default "
+        "depends on the type: 1 for servers that run one generation at a time.",
+    )
 
 
 class GatewaySettings(BaseModel):

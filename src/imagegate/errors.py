@@ -6,6 +6,8 @@ Every failure a caller can see is one of these classes::
      ├── ConfigError            a config file, key or value is wrong (names file, key, allowed)
      ├── MissingDependency      an optional extra is not installed (names the pip line)
      ├── Cancelled              the caller cancelled the request or job
+     ├── QueueFull              the job queue is full (retry_after)
+     ├── Interrupted            the process running a job stopped; it could not run again
      ├── AllProvidersFailed     every provider on the route failed (carries each attempt)
      └── ProviderError          one provider failed one attempt
           ├── InvalidRequest     the request breaks a limit (names the field and the limit)
@@ -29,15 +31,18 @@ Two properties belong to each class, and the router reads only these:
 which case the router does not resend the request elsewhere unless the config allows it.
 
 Every message ends with what to do about it.
+
+The errors import only ``imagegate.attempts`` (the record of one try, which
+``AllProvidersFailed`` carries): this module is the floor every other one stands on.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
-if TYPE_CHECKING:
-    from imagegate.request import Attempt
+from imagegate.attempts import Attempt
 
 Stage = Literal["config", "dns", "connect", "tls", "first_byte", "read", "total", "runtime"]
 
@@ -49,10 +54,12 @@ __all__ = [
     "ConnectError",
     "ContentFiltered",
     "ImagegateError",
+    "Interrupted",
     "InvalidRequest",
     "MissingDependency",
     "ProtocolError",
     "ProviderError",
+    "QueueFull",
     "QuotaExceeded",
     "RateLimited",
     "Stage",
@@ -114,6 +121,22 @@ class MissingDependency(ImagegateError):
 
 class Cancelled(ImagegateError):
     """The caller cancelled the request or the job before it finished."""
+
+
+class QueueFull(ImagegateError):
+    """The job queue holds ``server.max_queue`` jobs already; try again after ``retry_after``."""
+
+    def __init__(self, depth: int, retry_after: float) -> None:
+        super().__init__(
+            f"the job queue is full ({depth} jobs waiting); retry after "
+            f"{math.ceil(retry_after)} s, or raise server.max_queue"
+        )
+        self.depth = depth
+        self.retry_after = retry_after
+
+
+class Interrupted(ImagegateError):
+    """The process running the job stopped, and the job could not be run again."""
 
 
 class ProviderError(ImagegateError):

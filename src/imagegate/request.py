@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from imagegate.attempts import Attempt, AttemptError, Outcome
 from imagegate.errors import InvalidRequest
 
 MAX_PROMPT_CHARS = 4000
@@ -17,7 +18,22 @@ MAX_N = 8
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
 
-Outcome = Literal["ok", "error", "skipped", "cancelled"]
+__all__ = [
+    "MAX_GUIDANCE",
+    "MAX_N",
+    "MAX_PROMPT_CHARS",
+    "MAX_SEED",
+    "MAX_SIDE",
+    "MAX_STEPS",
+    "MIN_SIDE",
+    "Attempt",
+    "AttemptError",
+    "GeneratedImage",
+    "ImageRequest",
+    "ImageResult",
+    "Outcome",
+    "invalid_request_from",
+]
 
 
 class ImageRequest(BaseModel):
@@ -95,23 +111,6 @@ def _describe_limit(err: Any) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-class AttemptError(BaseModel):
-    """Why one attempt failed."""
-
-    type: str
-    stage: str | None = None
-    message: str
-
-
-class Attempt(BaseModel):
-    """One try on one provider, whatever its outcome."""
-
-    provider: str
-    outcome: Outcome
-    error: AttemptError | None = None
-    elapsed_s: float
 
 
 class GeneratedImage(BaseModel):

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from imagegate.errors import ImagegateError
+from imagegate.errors import ImagegateError, Interrupted, QueueFull
 from imagegate.providers.base import Progress
 from imagegate.request import Attempt, ImageRequest, ImageResult
 from imagegate.store.records import EventRecord, ImageRecord, JobRecord
@@ -64,24 +63,6 @@ __all__ = [
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 TERMINAL_EVENTS = TERMINAL_STATUSES
-
-
-class QueueFull(ImagegateError):
-    """The job queue holds ``server.max_queue`` jobs already; try again after ``retry_after``."""
-
-    exit_code: ClassVar[int] = 1
-
-    def __init__(self, depth: int, retry_after: float) -> None:
-        super().__init__(
-            f"the job queue is full ({depth} jobs waiting); retry after "
-            f"{math.ceil(retry_after)} s, or raise server.max_queue"
-        )
-        self.depth = depth
-        self.retry_after = retry_after
-
-
-class Interrupted(ImagegateError):
-    """The process running the job stopped, and the job could not be run again."""
 
 
 def paid_route(route: Sequence[str], paid: Collection[str]) -> bool:

@@ -279,9 +279,9 @@ def _passed_before(
 def _model_size(model: str) -> str | None:
     """The size on disk of a local model folder or a cached hub model, where found."""
     try:
-        from imagegate import models
+        from imagegate import hubcache
 
-        folder = models.cached_snapshot(model) if models.is_hub_id(model) else Path(model)
+        folder = hubcache.cached_snapshot(model) if hubcache.is_hub_id(model) else Path(model)
     except (ImagegateError, OSError, ValueError):
         return None
     if folder is None or not folder.is_dir():

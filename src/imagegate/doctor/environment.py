@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imagegate.config import Settings
-from imagegate.responses import redact
+from imagegate.transport import redact
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 CA_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from imagegate.responses import redact
+from imagegate.transport import redact
 
 StageName = Literal[
     "config", "dns", "connect", "tls", "http", "auth", "api", "runtime", "model", "generate"

@@ -57,8 +57,7 @@ from imagegate.providers.base import (
 )
 from imagegate.providers.remote import RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
-from imagegate.responses import Response, raise_for_status, redact
-from imagegate.transport import Transport
+from imagegate.transport import Response, Transport, raise_for_status, redact
 
 __all__ = ["A1111Config", "A1111Provider"]
 

@@ -9,21 +9,33 @@ like third-party ones, so ``imagegate providers`` shows each one's origin.
 from __future__ import annotations
 
 import builtins
-import importlib.metadata
 import os
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr
+from pydantic import SecretStr
 
-from imagegate.errors import AuthError, Timeout
+from imagegate.config import ProviderConfig
+from imagegate.deadline import Deadline
+from imagegate.errors import AuthError
+from imagegate.registry import ENTRY_POINT_GROUP, ProviderType, provider_types
 from imagegate.request import GeneratedImage, ImageRequest
+from imagegate.transport.budgets import RemoteConfig
 
-ENTRY_POINT_GROUP = "imagegate.providers"
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Deadline",
+    "Progress",
+    "ProgressCallback",
+    "Provider",
+    "ProviderConfig",
+    "ProviderType",
+    "RemoteConfig",
+    "provider_types",
+    "read_secret",
+]
 
 
 @dataclass(frozen=True)
@@ -39,68 +51,6 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
-
-
-class Deadline:
-    """A point in monotonic time by which something must be done."""
-
-    def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return max(0.0, self.at - time.monotonic())
-
-    @property
-    def expired(self) -> bool:
-        return time.monotonic() >= self.at
-
-    def within(self, seconds: float | None) -> Deadline:
-        """A deadline no later than this one and at most ``seconds`` from now."""
-        child = Deadline(0)
-        child.at = self.at if seconds is None else min(self.at, time.monotonic() + seconds)
-        return child
-
-    def check(self, provider: str | None = None, started: float | None = None) -> None:
-        """Raise Timeout(total) when the deadline has passed."""
-        if self.expired:
-            elapsed = time.monotonic() - started if started is not None else None
-            raise Timeout(
-                "the request deadline passed; raise gateway.deadline_s or the provider's timeout_s",
-                provider=provider,
-                stage="total",
-                elapsed_s=elapsed,
-            )
-
-
-class ProviderConfig(BaseModel):
-    """Settings every provider takes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: str
-    enabled: bool = True
-    paid: bool = False
-    cost_per_image: float = Field(default=0.0, ge=0)
-    timeout_s: PositiveFloat | None = None
-    concurrency: int = Field(
-        default=1,
-        ge=1,
-        le=1024,
-        description="Requests this provider serves at once per process (1-1024); the default "
-        "depends on the type: 1 for servers that run one generation at a time.",
-    )
-
-
-class RemoteConfig(ProviderConfig):
-    """Settings every provider reached over the network takes; a timeout of 0 is refused."""
-
-    url: str | None = None
-    ca_file: str | None = None
-    """A PEM bundle of CAs to trust instead of the system's (a private or test CA)."""
-    connect_timeout_s: PositiveFloat = 2.0
-    tls_timeout_s: PositiveFloat = 2.0
-    first_byte_timeout_s: PositiveFloat = 120.0
-    read_timeout_s: PositiveFloat = 30.0
 
 
 def read_secret(env_name: str | None, *, provider: str, key: str) -> SecretStr | None:
@@ -183,27 +133,3 @@ class Provider(ABC):
     def describe(self) -> dict[str, Any]:
         """What ``imagegate providers`` shows; never a secret."""
         return {"name": self.name, "type": self.type, "model": self.model, "paid": self.paid}
-
-
-@dataclass(frozen=True)
-class ProviderType:
-    """A provider type found in the entry-point group, and who ships it; loaded on use."""
-
-    name: str
-    entry_point: importlib.metadata.EntryPoint
-    origin: str
-
-    @property
-    def cls(self) -> type[Provider]:
-        loaded: type[Provider] = self.entry_point.load()
-        return loaded
-
-
-@cache
-def provider_types() -> dict[str, ProviderType]:
-    """Every provider type registered in the ``imagegate.providers`` entry-point group."""
-    found: dict[str, ProviderType] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else "unknown"
-        found[ep.name] = ProviderType(ep.name, ep, "built-in" if dist == "imagegate" else dist)
-    return found

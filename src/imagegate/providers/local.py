@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
-from imagegate import models
+from imagegate import hubcache
 from imagegate.errors import (
     AuthError,
     ConfigError,
@@ -45,7 +45,7 @@ from imagegate.errors import (
     Unavailable,
     UpstreamError,
 )
-from imagegate.models import DEFAULT_MODEL, DEFAULT_TINY_VAE
+from imagegate.hubcache import DEFAULT_MODEL, DEFAULT_TINY_VAE
 from imagegate.providers.base import (
     Deadline,
     Progress,
@@ -579,7 +579,7 @@ def _sampler_name(scheduler: Any) -> str | None:
 
 def _resolve(model: str, provider: str, key: str) -> tuple[str, bool]:
     """A folder (checked to exist) or a hub id (cached, or downloadable right now)."""
-    if not models.is_hub_id(model):
+    if not hubcache.is_hub_id(model):
         folder = Path(model).expanduser()
         if not folder.is_dir():
             raise ConfigError(
@@ -588,12 +588,12 @@ def _resolve(model: str, provider: str, key: str) -> tuple[str, bool]:
                 key=f"providers.{provider}.{key}",
             )
         return str(folder), True
-    snapshot = models.cached_snapshot(model)
+    snapshot = hubcache.cached_snapshot(model)
     if snapshot is not None:
         return str(snapshot), True  # the cached folder itself: no hub call at all
-    reason = models.hub_unreachable()
+    reason = hubcache.hub_unreachable()
     if reason is not None:
-        raise models.not_cached_error(model, reason, provider=provider)
+        raise hubcache.not_cached_error(model, reason, provider=provider)
     return model, False
 
 
@@ -628,7 +628,7 @@ def _map_error(
         )
     if isinstance(exc, OSError):
         return Unavailable(
-            f"could not load {model} from the hub cache ({models.hub_cache_dir()}): {text}; run "
+            f"could not load {model} from the hub cache ({hubcache.hub_cache_dir()}): {text}; run "
             f"`imagegate models pull {model}` on a machine with internet access, or set model "
             "to a local folder",
             provider=provider,

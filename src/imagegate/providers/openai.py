@@ -49,8 +49,7 @@ from imagegate.providers.base import (
 )
 from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
-from imagegate.responses import Response, parse_retry_after, raise_for_status, redact
-from imagegate.transport import Transport
+from imagegate.transport import Response, Transport, parse_retry_after, raise_for_status, redact
 
 __all__ = ["OpenAIConfig", "OpenAIProvider"]
 

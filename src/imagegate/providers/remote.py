@@ -11,7 +11,7 @@ answers in ``_error``, and gets:
 * ``aclose()`` closing the transport, and ``describe()`` adding the url (and the key's variable
   name, never the key).
 
-It lives beside ``base`` rather than in it because ``imagegate.transport`` imports ``base``.
+It lives beside ``base`` rather than in it so that ``base`` stays free of the HTTP layer.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from pydantic import Field
 
 from imagegate.errors import ProviderError
 from imagegate.providers.base import Provider, ProviderConfig, RemoteConfig, read_secret
-from imagegate.responses import Response, expect_json
-from imagegate.transport import Transport
+from imagegate.transport import Response, Transport, expect_json
 
 __all__ = ["HOSTED_API_CONCURRENCY", "HostedAPIConfig", "RemoteProvider"]
 

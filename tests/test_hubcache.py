@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegate import models
+from imagegate import hubcache
 from imagegate.errors import ConfigError, Unavailable
 
 SD_TURBO_FILES = [
@@ -77,7 +77,7 @@ def cache(tmp_path: Path) -> Path:
 
 def test_list_cached_reports_each_repo_with_size_and_kind(cache: Path) -> None:
     """list_cached() names each cached repo, its size, path and whether it is a pipeline."""
-    found = models.list_cached(cache)
+    found = hubcache.list_cached(cache)
     assert [(m.repo_id, m.is_pipeline) for m in found] == [
         ("someone/pipe", True),
         ("someone/vae", False),
@@ -93,27 +93,27 @@ def test_list_cached_reads_the_configured_cache_folder(
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    assert [m.repo_id for m in models.list_cached()] == ["someone/pipe", "someone/vae"]
+    assert [m.repo_id for m in hubcache.list_cached()] == ["someone/pipe", "someone/vae"]
 
 
 def test_list_cached_is_empty_without_a_cache(tmp_path: Path) -> None:
-    """A cache folder that does not exist lists no models."""
-    assert models.list_cached(tmp_path / "none") == []
+    """A cache folder that does not exist lists no hubcache."""
+    assert hubcache.list_cached(tmp_path / "none") == []
 
 
 def test_cached_snapshot_finds_pipelines_and_single_models(cache: Path) -> None:
     """cached_snapshot() returns the snapshot folder of a cached repo, None otherwise."""
-    pipe = models.cached_snapshot("someone/pipe", cache)
+    pipe = hubcache.cached_snapshot("someone/pipe", cache)
     assert pipe is not None
     assert (pipe / "model_index.json").is_file()
-    assert models.cached_snapshot("someone/vae", cache) is not None
-    assert models.cached_snapshot("someone/absent", cache) is None
+    assert hubcache.cached_snapshot("someone/vae", cache) is not None
+    assert hubcache.cached_snapshot("someone/absent", cache) is None
 
 
 def test_pull_offline_fails_at_once_with_the_fix() -> None:
     """With HF_HUB_OFFLINE=1 a pull raises Unavailable telling how to get the model."""
     with pytest.raises(Unavailable) as caught:
-        models.pull("stabilityai/sd-turbo")
+        hubcache.pull("stabilityai/sd-turbo")
     message = str(caught.value)
     assert "HF_HUB_OFFLINE" in message
     assert "imagegate models pull stabilityai/sd-turbo" in message
@@ -122,12 +122,12 @@ def test_pull_offline_fails_at_once_with_the_fix() -> None:
 def test_pull_of_a_folder_is_a_config_error(tmp_path: Path) -> None:
     """A folder path is not something to pull."""
     with pytest.raises(ConfigError):
-        models.pull(str(tmp_path))
+        hubcache.pull(str(tmp_path))
 
 
 def test_hub_unreachable_names_offline_mode_without_network() -> None:
     """hub_unreachable() reports offline mode without making a request."""
-    assert models.hub_unreachable() == "HF_HUB_OFFLINE is set"
+    assert hubcache.hub_unreachable() == "HF_HUB_OFFLINE is set"
 
 
 @pytest.mark.parametrize(
@@ -136,12 +136,12 @@ def test_hub_unreachable_names_offline_mode_without_network() -> None:
 )
 def test_hub_ids_are_told_from_folders(model: str, expected: bool) -> None:
     """owner/name reads as a hub id; absolute, relative and bare names as folders."""
-    assert models.is_hub_id(model) is expected
+    assert hubcache.is_hub_id(model) is expected
 
 
 def test_select_files_takes_full_safetensors_and_skips_duplicates() -> None:
     """A pull takes configs, tokenizer files and full safetensors, no .bin, ckpt or fp16."""
-    assert models.select_files(SD_TURBO_FILES) == sorted(
+    assert hubcache.select_files(SD_TURBO_FILES) == sorted(
         [
             *COMMON,
             "text_encoder/model.safetensors",
@@ -153,7 +153,7 @@ def test_select_files_takes_full_safetensors_and_skips_duplicates() -> None:
 
 def test_select_files_takes_the_variant_when_asked() -> None:
     """variant='fp16' takes the fp16 safetensors instead of the full ones."""
-    chosen = models.select_files(SD_TURBO_FILES, variant="fp16")
+    chosen = hubcache.select_files(SD_TURBO_FILES, variant="fp16")
     assert "unet/diffusion_pytorch_model.fp16.safetensors" in chosen
     assert "unet/diffusion_pytorch_model.safetensors" not in chosen
 
@@ -161,10 +161,10 @@ def test_select_files_takes_the_variant_when_asked() -> None:
 def test_select_files_falls_back_to_bin_without_safetensors() -> None:
     """A folder with only .bin weights keeps them."""
     files = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.bin"]
-    assert models.select_files(files) == sorted(files)
+    assert hubcache.select_files(files) == sorted(files)
 
 
 def test_select_files_keeps_top_level_weights_of_a_single_model() -> None:
     """A single-model repo (such as TAESD) keeps its top-level config and weights."""
     files = ["config.json", "diffusion_pytorch_model.safetensors", "taesd_decoder.pth"]
-    assert models.select_files(files) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert hubcache.select_files(files) == ["config.json", "diffusion_pytorch_model.safetensors"]

@@ -44,11 +44,11 @@ import ssl
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import httpx
 
+from imagegate.deadline import Deadline
 from imagegate.errors import (
     ConnectError,
     InvalidRequest,
@@ -58,83 +58,19 @@ from imagegate.errors import (
     Timeout,
 )
 from imagegate.hedging import SendGate, current_gate
-from imagegate.providers.base import Deadline, RemoteConfig
-from imagegate.responses import (
+from imagegate.transport.budgets import Phase, RemoteConfig, StageBudgets
+from imagegate.transport.response import (
     Response,
     StageTimings,
     check_content_type,
-    expect_json,
-    parse_retry_after,
-    raise_for_status,
     redact,
 )
 
-__all__ = [
-    "Response",
-    "StageBudgets",
-    "StageTimings",
-    "StreamResponse",
-    "Transport",
-    "cause_of",
-    "env_proxy",
-    "expect_json",
-    "parse_retry_after",
-    "raise_for_status",
-    "redact",
-    "safe_url",
-]
+__all__ = ["StreamResponse", "Transport", "cause_of", "env_proxy", "safe_url"]
 
 _DNS_CACHE_S = 60.0  # a resolved name is not checked again for this long
 _BACKSTOP_S = 1.0  # httpx's own timeouts fire this much later than ours, only if ours failed
 _TARGETS_KEPT = 256  # absolute URLs kept per transport (parsing one costs more than the rest)
-
-# What the attempt is doing right now. "pool" waits for a free connection, "gate" waits for
-# the router to pick this attempt in a handshake race (imagegate.hedging), and "idle" is the
-# caller's own time between streamed chunks: none has a budget of its own, only the cap.
-_Phase = Literal["pool", "dns", "connect", "tls", "gate", "first_byte", "read", "idle"]
-
-
-@dataclass(frozen=True)
-class StageBudgets:
-    """Seconds each stage of one attempt may take; ``attempt_s`` None = only the deadline."""
-
-    dns_s: float
-    connect_s: float
-    tls_s: float
-    first_byte_s: float
-    read_s: float
-    attempt_s: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("dns_s", "connect_s", "tls_s", "first_byte_s", "read_s", "attempt_s"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(
-                    f"StageBudgets.{name} = {value!r}: a budget must be more than 0 seconds; "
-                    "a timeout of 0 would never let the stage finish"
-                )
-
-    @classmethod
-    def from_config(cls, cfg: RemoteConfig) -> StageBudgets:
-        """The budgets of a remote provider's config; DNS shares ``connect_timeout_s``."""
-        return cls(
-            dns_s=cfg.connect_timeout_s,
-            connect_s=cfg.connect_timeout_s,
-            tls_s=cfg.tls_timeout_s,
-            first_byte_s=cfg.first_byte_timeout_s,
-            read_s=cfg.read_timeout_s,
-            attempt_s=cfg.timeout_s,
-        )
-
-    def of(self, phase: _Phase) -> float | None:
-        """The budget of one phase; None where only the attempt's cap applies."""
-        return {
-            "dns": self.dns_s,
-            "connect": self.connect_s,
-            "tls": self.tls_s,
-            "first_byte": self.first_byte_s,
-            "read": self.read_s,
-        }.get(phase)
 
 
 class StreamResponse:
@@ -201,7 +137,7 @@ class _Tracker:
         else:
             self.cap_s, self.cap_is_deadline = remaining, True
         self.cap_at = self.started + self.cap_s
-        self.phase: _Phase = "pool"
+        self.phase: Phase = "pool"
         self.phase_started = self.started
         self.durations: dict[str, float] = {}
         self.body_started: float | None = None
@@ -232,7 +168,7 @@ class _Tracker:
     def unbind(self) -> None:
         self._scope = None
 
-    def enter(self, phase: _Phase) -> None:
+    def enter(self, phase: Phase) -> None:
         now = time.monotonic()
         self.phase, self.phase_started = phase, now
         if self.gate is not None and (phase == "dns" or phase == "connect" or phase == "tls"):
@@ -640,7 +576,7 @@ _DOING = {
 }
 
 
-def _stage_timeout(t: _Tracker, phase: _Phase, stage_fired: bool) -> Timeout:
+def _stage_timeout(t: _Tracker, phase: Phase, stage_fired: bool) -> Timeout:
     """The Timeout for the stage (or the attempt's cap) that ran out."""
     kw: dict[str, Any] = {"provider": t.provider, "elapsed_s": round(t.elapsed(), 3)}
     budget = t.budgets.of(phase)

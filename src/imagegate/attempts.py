@@ -1,0 +1,28 @@
+"""The record of one try on one provider, whatever its outcome; carried by results and errors."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+__all__ = ["Attempt", "AttemptError", "Outcome"]
+
+Outcome = Literal["ok", "error", "skipped", "cancelled"]
+
+
+class AttemptError(BaseModel):
+    """Why one attempt failed."""
+
+    type: str
+    stage: str | None = None
+    message: str
+
+
+class Attempt(BaseModel):
+    """One try on one provider, whatever its outcome."""
+
+    provider: str
+    outcome: Outcome
+    error: AttemptError | None = None
+    elapsed_s: float
