@@ -39,8 +39,8 @@ The errors import only ``imagegate.attempts`` (the record of one try, which
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import ClassVar, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 from imagegate.attempts import Attempt
 
@@ -66,6 +66,7 @@ __all__ = [
     "Timeout",
     "Unavailable",
     "UpstreamError",
+    "error_from_dict",
 ]
 
 
@@ -73,6 +74,8 @@ class ImagegateError(Exception):
     """The root of every error imagegate raises on purpose."""
 
     exit_code: ClassVar[int] = 1
+    recorded: ClassVar[tuple[str, ...]] = ()
+    """The attributes (besides the message) a job row keeps, so the error can be rebuilt."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -82,11 +85,57 @@ class ImagegateError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def to_dict(self) -> dict[str, Any]:
+        """What a job row keeps of this error (its attempts are kept beside it)."""
+        data: dict[str, Any] = {
+            "type": type(self).__name__,
+            "message": str(self),
+            "stage": getattr(self, "stage", None),
+        }
+        for cls in reversed(type(self).__mro__):
+            for name in vars(cls).get("recorded", ()):
+                value = getattr(self, name, None)
+                if isinstance(value, ImagegateError):
+                    data[name] = value.to_dict()
+                elif value is not None:
+                    data[name] = value
+        return data
+
+
+def _error_classes(root: type[ImagegateError]) -> dict[str, type[ImagegateError]]:
+    found = {root.__name__: root}
+    for sub in root.__subclasses__():
+        found |= _error_classes(sub)
+    return found
+
+
+def error_from_dict(data: Mapping[str, Any], attempts: Sequence[Attempt] = ()) -> ImagegateError:
+    """The error a job row recorded, rebuilt as the same class with the same fields.
+
+    A type imagegate does not know (an unexpected exception's) comes back as ImagegateError.
+    """
+    cls = _error_classes(ImagegateError).get(str(data.get("type")), ImagegateError)
+    message = str(data.get("message", ""))
+    provider = data.get("provider")
+    if issubclass(cls, ProviderError) and provider:
+        message = message.removeprefix(f"{provider}: ")  # __str__ adds it back
+    error = cls.__new__(cls)
+    ImagegateError.__init__(error, message)
+    for klass in cls.__mro__:
+        for name in vars(klass).get("recorded", ()):
+            value = data.get(name)
+            if name == "last":
+                value = error_from_dict(value) if isinstance(value, Mapping) else None
+            setattr(error, name, value)
+    error.attempts = list(attempts)
+    return error
+
 
 class ConfigError(ImagegateError):
     """A config file, key or value is wrong; names the file, the key and the allowed values."""
 
     exit_code = 2
+    recorded: ClassVar[tuple[str, ...]] = ("file", "key", "allowed")
 
     def __init__(
         self,
@@ -109,6 +158,7 @@ class MissingDependency(ImagegateError):
     """An optional extra is not installed; the message is the exact pip line to run."""
 
     exit_code = 2
+    recorded: ClassVar[tuple[str, ...]] = ("extra", "module")
 
     def __init__(self, extra: str, module: str) -> None:
         super().__init__(
@@ -125,6 +175,8 @@ class Cancelled(ImagegateError):
 
 class QueueFull(ImagegateError):
     """The job queue holds ``server.max_queue`` jobs already; try again after ``retry_after``."""
+
+    recorded: ClassVar[tuple[str, ...]] = ("depth", "retry_after")
 
     def __init__(self, depth: int, retry_after: float) -> None:
         super().__init__(
@@ -145,6 +197,13 @@ class ProviderError(ImagegateError):
     retryable: ClassVar[bool] = False
     failover: ClassVar[bool] = True
     billable: ClassVar[bool] = False
+    recorded: ClassVar[tuple[str, ...]] = (
+        "provider",
+        "stage",
+        "elapsed_s",
+        "retry_after",
+        "billed",
+    )
 
     def __init__(
         self,
@@ -180,6 +239,7 @@ class InvalidRequest(ProviderError):
     """The request breaks a limit; names the field and the limit."""
 
     exit_code = 2
+    recorded: ClassVar[tuple[str, ...]] = ("field", "limit")
 
     def __init__(
         self,
@@ -257,6 +317,7 @@ class AllProvidersFailed(ImagegateError):
     """Every provider on the route failed; ``attempts`` holds each one."""
 
     exit_code = 3
+    recorded: ClassVar[tuple[str, ...]] = ("last",)
 
     def __init__(
         self, message: str, attempts: Sequence[Attempt], last: ProviderError | None = None

@@ -45,19 +45,23 @@ class Gateway:
         self,
         settings: Settings | None = None,
         *,
-        store: bool = True,
+        store: bool | Store = True,
         providers: Mapping[str, Provider] | None = None,
     ) -> None:
+        """``store``: the Store to record in (a shared one when scaled out), True for the
+        default one in the data dir, False for none."""
         self.settings = settings if settings is not None else load_config()
         self.providers: dict[str, Provider] = (
             dict(providers) if providers is not None else build_providers(self.settings)
         )
         self.router = Router(self.settings.gateway, self.providers)
         self.store: Store | None = None
-        if store:
+        if store is True:
             from imagegate.store import Store  # SQLAlchemy loads only when storing
 
             self.store = Store(self.settings.data_dir)
+        elif store is not False:
+            self.store = store
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from imagegate.errors import ImagegateError, Interrupted, QueueFull
+from imagegate.errors import Cancelled, ImagegateError, Interrupted, QueueFull, error_from_dict
 from imagegate.providers.base import Progress
 from imagegate.request import Attempt, ImageRequest, ImageResult
 from imagegate.store.records import EventRecord, ImageRecord, JobRecord
@@ -98,6 +98,23 @@ class JobOutcome:
     status: Literal["succeeded", "failed", "cancelled"]
     result: ImageResult | None = None
     error: ImagegateError | None = None
+
+    @classmethod
+    def unsuccessful(cls, job: JobRecord) -> JobOutcome:
+        """How a job that did not succeed ended: its error rebuilt from the row, same class,
+        same fields, with its attempts, whichever process ran it."""
+        status: Literal["failed", "cancelled"] = (
+            "cancelled" if job.status == "cancelled" else "failed"
+        )
+        attempts = [Attempt.model_validate(a) for a in job.attempts]
+        error = (
+            error_from_dict(job.error, attempts)
+            if job.error
+            else ImagegateError(f"the job is {job.status}")
+        )
+        if status == "cancelled" and not isinstance(error, Cancelled):
+            error = Cancelled(error.message or "cancelled")
+        return cls(job.id, status, error=error)
 
 
 class JobRecorder(Protocol):

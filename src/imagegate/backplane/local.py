@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from sqlalchemy import Table, func, select, text, update
 
@@ -448,12 +448,9 @@ class LocalJobQueue(JobQueue):
         job = await self.store.get_job(job_id)
         if job is None:
             raise LookupError(f"no job {job_id!r}")
-        status: Literal["succeeded", "failed", "cancelled"]
         if job.status == "succeeded":
             return JobOutcome(job_id, "succeeded")
-        status = "cancelled" if job.status == "cancelled" else "failed"
-        message = (job.error or {}).get("message", f"the job is {job.status}")
-        return JobOutcome(job_id, status, error=ImagegateError(str(message)))
+        return JobOutcome.unsuccessful(job)
 
     # -- recovery ----------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import contextlib
 import logging
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import procrastinate
 import psycopg
@@ -259,14 +259,7 @@ class PostgresJobQueue(JobQueue):
                 job_id=job_id,
             )
             return JobOutcome(job_id, "succeeded", result=result)
-        status: Literal["failed", "cancelled"] = (
-            "cancelled" if job.status == "cancelled" else "failed"
-        )
-        message = (job.error or {}).get("message", f"the job is {job.status}")
-        error: ImagegateError = (Cancelled if status == "cancelled" else ImagegateError)(
-            str(message)
-        )
-        return JobOutcome(job_id, status, error=error)
+        return JobOutcome.unsuccessful(job)
 
     def position(self, job_id: str) -> int | None:
         return None  # the queue is shared by every replica: no cheap in-memory answer

@@ -55,11 +55,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gw = gateway if gateway is not None else Gateway(settings, providers=providers)
-        if backplane is None and settings.scale.backplane:
-            from imagegate.backplane.postgres import shared_store
-
-            gw.store = shared_store(settings)
+        gw = gateway if gateway is not None else _gateway(settings, providers)
         await gw.open()
         bp = backplane if backplane is not None else build_backplane(settings, gw)
         ctx = ServerContext(settings=settings, gateway=gw, backplane=bp, metrics=metrics)
@@ -106,8 +102,7 @@ async def run_worker(
 
     from imagegate.backplane.postgres import shared_store
 
-    gw = Gateway(settings, providers=providers)
-    gw.store = shared_store(settings)
+    gw = Gateway(settings, providers=providers, store=shared_store(settings))
     await gw.open()
     bp = build_backplane(settings, gw, worker_queues=[queue])
     ctx = ServerContext(settings=settings, gateway=gw, backplane=bp, metrics=Metrics())
@@ -123,6 +118,15 @@ async def run_worker(
     finally:
         await bp.stop()
         await gw.aclose()
+
+
+def _gateway(settings: Settings, providers: Mapping[str, Provider] | None) -> Gateway:
+    """The server's Gateway, handed the shared Store when scaled out."""
+    if not settings.scale.backplane:
+        return Gateway(settings, providers=providers)
+    from imagegate.backplane.postgres import shared_store
+
+    return Gateway(settings, providers=providers, store=shared_store(settings))
 
 
 def build_backplane(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,16 +21,17 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imagegate.backplane import Interrupted, QueueFull
 from imagegate.errors import (
     AllProvidersFailed,
     Cancelled,
     ConfigError,
     ContentFiltered,
     ImagegateError,
+    Interrupted,
     InvalidRequest,
     MissingDependency,
     ProviderError,
+    QueueFull,
     RateLimited,
     Timeout,
     Unavailable,
@@ -146,8 +148,53 @@ def is_a1111(request: Request) -> bool:
     return request.url.path.startswith("/sdapi/")
 
 
-def status_for(exc: ImagegateError) -> int:
-    """The HTTP status of an error from the tree."""
+@dataclass(frozen=True)
+class HttpError:
+    """An error of the tree as HTTP, the same on every surface and for every backplane."""
+
+    status: int
+    headers: dict[str, str]
+    type: str
+    message: str
+    param: str | None
+    code: str | None
+    attempts: list[Attempt]
+
+    @property
+    def retry_after(self) -> int | None:
+        """The Retry-After header's seconds, when there is one."""
+        value = self.headers.get("retry-after")
+        return int(value) if value is not None else None
+
+    @property
+    def should_retry(self) -> bool | None:
+        """False once the gateway tried and gave up (``x-should-retry``); None = unsaid."""
+        return False if self.headers.get("x-should-retry") == "false" else None
+
+
+def http_error(exc: ImagegateError, *, a1111: bool = False) -> HttpError:
+    """The one mapping of an error to its HTTP status, headers and body fields.
+
+    Every surface calls it: the OpenAI and A1111 routes for the error they answer with, and
+    /v1/jobs/{id} for the error a job ended with (rebuilt from its row), so a job that failed
+    in another process answers exactly as one that failed here. The /sdapi routes answer a
+    request's fault with 422, as A1111 does, where the others answer 400.
+    """
+    status = _status(exc)
+    if a1111 and isinstance(exc, InvalidRequest):
+        status = 422
+    return HttpError(
+        status=status,
+        headers=_headers(exc),
+        type=type(exc).__name__,
+        message=str(exc),
+        param=exc.field if isinstance(exc, InvalidRequest) else None,
+        code=_code(exc),
+        attempts=list(exc.attempts),
+    )
+
+
+def _status(exc: ImagegateError) -> int:
     if isinstance(exc, QueueFull):
         return 429
     if isinstance(exc, InvalidRequest | ContentFiltered):
@@ -186,7 +233,7 @@ def _last_provider(attempts: list[Attempt]) -> str | None:
     return None
 
 
-def error_headers(exc: ImagegateError) -> dict[str, str]:
+def _headers(exc: ImagegateError) -> dict[str, str]:
     """x-imagegate-attempts/provider, Retry-After and x-should-retry for an error."""
     headers = {"x-imagegate-attempts": str(len(exc.attempts))}
     provider = _last_provider(exc.attempts)
@@ -237,22 +284,19 @@ def a1111_error(
 
 def error_response(request: Request, exc: ImagegateError) -> JSONResponse:
     """The response for any error of the tree."""
-    status = status_for(exc)
-    headers = error_headers(exc)
-    if status >= 500:
-        log.warning("%s %s -> %d %s", request.method, request.url.path, status, type(exc).__name__)
+    error = http_error(exc, a1111=is_a1111(request))
+    if error.status >= 500:
+        log.warning("%s %s -> %d %s", request.method, request.url.path, error.status, error.type)
     if is_a1111(request):
-        status = 422 if isinstance(exc, InvalidRequest) else status
-        return a1111_error(status, type(exc).__name__, str(exc), headers)
-    param = exc.field if isinstance(exc, InvalidRequest) else None
+        return a1111_error(error.status, error.type, error.message, error.headers)
     return openai_error(
-        status,
-        type(exc).__name__,
-        str(exc),
-        param=param,
-        code=_code(exc),
-        attempts=exc.attempts,
-        headers=headers,
+        error.status,
+        error.type,
+        error.message,
+        param=error.param,
+        code=error.code,
+        attempts=error.attempts,
+        headers=error.headers,
     )
 
 

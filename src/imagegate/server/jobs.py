@@ -15,7 +15,7 @@ from imagegate.backplane import JobOutcome
 from imagegate.errors import ImagegateError, InvalidRequest
 from imagegate.request import ImageRequest, ImageResult
 from imagegate.server.deps import BaseUrl, Ctx, ServerContext
-from imagegate.server.errors import error_responses, openai_error
+from imagegate.server.errors import error_responses, http_error, openai_error
 from imagegate.store.records import JobRecord
 
 router = APIRouter(tags=["jobs"], responses=error_responses(400, 401))
@@ -93,7 +93,7 @@ def job_view(ctx: ServerContext, job: JobRecord, base: str) -> JobView:
             )
             for img in job.images
         ],
-        error=job.error,
+        error=_error_view(job),
         attempts=job.attempts,
         cost=job.cost,
         source=job.source,
@@ -103,6 +103,24 @@ def job_view(ctx: ServerContext, job: JobRecord, base: str) -> JobView:
         finished_at=job.finished_at,
         elapsed_s=job.elapsed_s,
     )
+
+
+def _error_view(job: JobRecord) -> dict[str, Any] | None:
+    """The row's error, plus how the synchronous routes answer it: the same ``status``,
+    ``param``, ``code``, ``retry_after`` (Retry-After's seconds) and ``should_retry``."""
+    if not job.error:
+        return job.error
+    outcome = JobOutcome.unsuccessful(job)
+    assert outcome.error is not None
+    error = http_error(outcome.error)
+    return {
+        **job.error,
+        "status": error.status,
+        "param": error.param,
+        "code": error.code,
+        "retry_after": error.retry_after,
+        "should_retry": error.should_retry,
+    }
 
 
 async def run_to_end(ctx: ServerContext, request: ImageRequest, source: str) -> ImageResult:

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from imagegate.errors import ImagegateError
 from imagegate.request import Attempt, ImageRequest, ImageResult
 from imagegate.store import jobsql
 from imagegate.store.files import IMAGES_DIR, write_png
@@ -69,17 +70,10 @@ def _check(name: str, value: str, allowed: Sequence[str]) -> None:
 
 
 def _error_dict(error: BaseException) -> dict[str, Any]:
-    stage = getattr(error, "stage", None)
-    data: dict[str, Any] = {
-        "type": type(error).__name__,
-        "message": str(error),
-        "stage": None if stage is None else str(stage),
-    }
-    for extra in ("provider", "field", "limit", "retry_after"):
-        value = getattr(error, extra, None)
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            data[extra] = value
-    return data
+    """What the row keeps of ``error``: enough for ``error_from_dict`` to rebuild it."""
+    if isinstance(error, ImagegateError):
+        return error.to_dict()
+    return {"type": type(error).__name__, "message": str(error), "stage": None}
 
 
 def _image_record(row: Image) -> ImageRecord:
