@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.add_argument("-n", type=int, default=1, help="number of images (1-8)")
     gen.add_argument("--sampler", help='AUTOMATIC1111 sampler name, e.g. "Euler a"')
+    gen.add_argument("--route", help="a named route ([routes.NAME]); default: [gateway] route")
     gen.add_argument("--provider", help="use only this provider")
     gen.add_argument("--model")
     gen.add_argument("--out", type=Path, help="output file (or folder when -n > 1)")
@@ -169,6 +170,7 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
         "n": args.n,
         "sampler": args.sampler,
         "provider": args.provider,
+        "route": args.route,
         "model": args.model,
         **_parse_size(args.size),
     }

@@ -59,6 +59,32 @@ class GatewaySettings(BaseModel):
     data_dir: Path | None = None
 
 
+class RouteSettings(BaseModel):
+    """One ``[routes.NAME]`` table: a named failover order with its own limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    route: list[str] = Field(
+        min_length=1, description="Providers to try, in order (at least one, each configured)."
+    )
+    deadline_s: PositiveFloat | None = Field(
+        default=None,
+        description="Whole-request deadline on this route, > 0 s (default: the gateway's).",
+    )
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        le=10,
+        description="Attempts per request on this route, 1-10 (default: the gateway's).",
+    )
+    hedge_after_s: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Start the next unpaid provider after this many s, >= 0; 0 = off "
+        "(default: the gateway's).",
+    )
+
+
 class ServerSettings(BaseModel):
     """The ``[server]`` table."""
 
@@ -93,6 +119,12 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    routes: dict[str, RouteSettings] = Field(
+        default_factory=dict,
+        description="Named routes, selected by the OpenAI `model`, the jobs' `route`, "
+        "`--route`; names are 1-64 characters, distinct from provider names and from "
+        "'route', 'default', 'auto'.",
+    )
     server: ServerSettings = Field(default_factory=ServerSettings)
     scale: ScaleSettings = Field(default_factory=ScaleSettings)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
@@ -178,7 +210,34 @@ def parse_settings(raw: dict[str, Any], *, source: str | None = None) -> Setting
                 key="gateway.route",
                 allowed=sorted(providers),
             )
+    _check_routes(settings, providers, source)
     return settings.model_copy(update={"providers": providers})
+
+
+DEFAULT_ROUTE_NAMES = frozenset({"route", "default", "auto"})
+"""Names that always mean the ``[gateway] route``; no named route or provider may take them."""
+
+
+def _check_routes(
+    settings: Settings, providers: dict[str, ProviderConfig], source: str | None
+) -> None:
+    for name, route in settings.routes.items():
+        key = f"routes.{name}"
+        if name in DEFAULT_ROUTE_NAMES or name in providers or not 1 <= len(name) <= 64:
+            raise ConfigError(
+                "a route name must be 1-64 characters and differ from every provider name "
+                f"and from {', '.join(sorted(DEFAULT_ROUTE_NAMES))} (they mean the default route)",
+                file=source,
+                key=key,
+            )
+        for provider in route.route:
+            if provider not in providers:
+                raise ConfigError(
+                    f"names the provider {provider!r}, which is not configured",
+                    file=source,
+                    key=f"{key}.route",
+                    allowed=sorted(providers),
+                )
 
 
 def _provider_config(name: str, cfg: Any, source: str | None) -> ProviderConfig:

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from imagegate.config import Settings, load_config
+from imagegate.config import DEFAULT_ROUTE_NAMES, GatewaySettings, Settings, load_config
 from imagegate.errors import Cancelled, ImagegateError, InvalidRequest
 from imagegate.providers.base import Deadline, ProgressCallback, Provider, provider_types
 from imagegate.request import ImageRequest, ImageResult
@@ -55,6 +55,16 @@ class Gateway:
             dict(providers) if providers is not None else build_providers(self.settings)
         )
         self.router = Router(self.settings.gateway, self.providers)
+        self.policies: dict[str, GatewaySettings] = {
+            name: self.settings.gateway.model_copy(
+                update={
+                    "route": route.route,
+                    **route.model_dump(exclude={"route"}, exclude_none=True),
+                }
+            )
+            for name, route in self.settings.routes.items()
+        }
+        """Each named route's settings: the gateway's, with the route's own overrides."""
         self.store: Store | None = None
         if store is True:
             from imagegate.store import Store  # SQLAlchemy loads only when storing
@@ -88,10 +98,57 @@ class Gateway:
         if self.store is not None:
             await self.store.close()
 
+    def route_names(self) -> list[str]:
+        """The routes a request may name: ``default`` (the ``[gateway] route``) and each
+        ``[routes.NAME]``."""
+        return ["default", *self.policies]
+
+    def select(self, name: str, *, field: str) -> dict[str, str]:
+        """What a model or checkpoint name picks: ``{"route": NAME}`` for a route (the
+        default one's names included) or ``{"provider": NAME}`` for a provider or one of
+        their models; InvalidRequest naming ``field`` and the allowed names otherwise."""
+        if name in DEFAULT_ROUTE_NAMES:
+            return {}
+        if name in self.policies:
+            return {"route": name}
+        if name in self.providers:
+            return {"provider": name}
+        for provider_name, provider in self.providers.items():
+            if provider.model == name:
+                return {"provider": provider_name}
+        allowed = ", ".join([*self.route_names(), *sorted(self.providers)])
+        raise InvalidRequest(
+            f"{field}: {name!r} is neither a route, a configured provider nor one of their "
+            f"models (allowed: {allowed}); see GET /v1/models",
+            field=field,
+            limit=f"one of {allowed}",
+        )
+
+    def policy_for(self, request: ImageRequest) -> GatewaySettings:
+        """The settings a request runs under: its named route's, or the gateway's."""
+        if request.route is None or request.route in DEFAULT_ROUTE_NAMES:
+            return self.settings.gateway
+        policy = self.policies.get(request.route)
+        if policy is None:
+            allowed = ", ".join(self.route_names())
+            raise InvalidRequest(
+                f"route: {request.route!r} is not a configured route (allowed: {allowed}); "
+                "see GET /v1/models",
+                field="route",
+                limit=f"one of {allowed}",
+            )
+        return policy
+
     def route_for(self, request: ImageRequest) -> list[str]:
-        """The providers to try, in order: the pinned one, or the configured route."""
+        """The providers to try, in order: the pinned one, or the request's route."""
         if request.provider is None:
-            return [name for name in self.settings.gateway.route if name in self.providers]
+            policy = self.policy_for(request)
+            return [name for name in policy.route if name in self.providers]
+        if request.route is not None and request.route not in DEFAULT_ROUTE_NAMES:
+            raise InvalidRequest(
+                "provider: pins one provider, and route names a route; send one of them",
+                field="provider",
+            )
         if request.provider not in self.providers:
             allowed = ", ".join(sorted(self.providers))
             raise InvalidRequest(
@@ -152,8 +209,9 @@ class Gateway:
         try:
             if route is None:
                 route = self.route_for(request)
+            policy = self.policy_for(request)
             outcome = await self.router.run(
-                request, route, Deadline(self.settings.gateway.deadline_s), progress
+                request, route, Deadline(policy.deadline_s), progress, policy=policy
             )
         except ImagegateError as exc:
             if recorder is not None and job_id is not None:

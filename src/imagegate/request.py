@@ -52,6 +52,7 @@ class ImageRequest(BaseModel):
     sampler: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     provider: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    route: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     safety: bool = True
     output_format: Literal["png"] = "png"
 

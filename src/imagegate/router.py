@@ -200,14 +200,21 @@ class Router:
         route: list[str],
         deadline: Deadline,
         progress: ProgressCallback | None = None,
+        *,
+        policy: GatewaySettings | None = None,
     ) -> RouteResult:
-        """Generate on the first provider of ``route`` that can, recording every attempt."""
+        """Generate on the first provider of ``route`` that can, recording every attempt.
+
+        ``policy`` (a named route's settings) replaces the router's own ``max_attempts``,
+        hedging and failover settings for this request.
+        """
+        policy = policy or self.settings
         self.budget.on_request()
         attempts: list[Attempt] = []
         failed: list[tuple[str, ProviderError]] = []
         queue = list(route)
         retries = 0
-        while queue and sum(a.outcome != "skipped" for a in attempts) < self.settings.max_attempts:
+        while queue and sum(a.outcome != "skipped" for a in attempts) < policy.max_attempts:
             name = queue.pop(0)
             breaker = self.breakers[name]
             if breaker.is_open:
@@ -219,7 +226,7 @@ class Router:
                 break
             started = time.monotonic()
             try:
-                outcomes = await self._try(name, queue, request, deadline, progress)
+                outcomes = await self._try(name, queue, request, deadline, progress, policy)
             except asyncio.CancelledError:
                 attempts.append(
                     Attempt(provider=name, outcome="cancelled", elapsed_s=_since(started))
@@ -257,7 +264,7 @@ class Router:
                 if (
                     self.providers[outcome.name].paid
                     and exc.may_have_been_billed
-                    and not self.settings.failover_after_send
+                    and not policy.failover_after_send
                 ):
                     raise _not_resent(outcome.name, exc, attempts) from exc
             if not queue and deadline.remaining() > 0:
@@ -282,6 +289,7 @@ class Router:
         request: ImageRequest,
         deadline: Deadline,
         progress: ProgressCallback | None,
+        policy: GatewaySettings,
     ) -> list[_Outcome]:
         """One attempt on ``name``, raced against the next provider when it lags.
 
@@ -291,7 +299,7 @@ class Router:
         Request hedging (``hedge_after_s``, unpaid providers only): when the answer lags, the
         next unpaid provider gets the whole request as well and the first good answer wins.
         """
-        hedge_s = self.settings.hedge_connect_after_s
+        hedge_s = policy.hedge_connect_after_s
         remote = self.providers[name].endpoint() is not None
         first = self._start(name, request, deadline, progress, granted=not (hedge_s and remote))
         running = [first]
@@ -310,8 +318,8 @@ class Router:
             if winner is None:
                 return outcomes
             running = [winner]
-            if self.settings.hedge_after_s > 0 and not self.providers[winner.name].paid:
-                await _first_of([winner.task], self.settings.hedge_after_s)
+            if policy.hedge_after_s > 0 and not self.providers[winner.name].paid:
+                await _first_of([winner.task], policy.hedge_after_s)
                 other = None
                 if not winner.task.done():
                     other = self._next_contender(

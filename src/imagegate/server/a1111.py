@@ -1,7 +1,8 @@
 """The AUTOMATIC1111 API subset that ``webuiapi`` and A1111 scripts use.
 
-Checkpoints are the configured providers: ``sd_model_checkpoint`` (POST /sdapi/v1/options, or
-``override_settings`` in one request) pins one; ``route`` restores the configured route.
+Checkpoints are the named routes and the configured providers: ``sd_model_checkpoint`` (POST
+/sdapi/v1/options, or ``override_settings`` in one request) selects a route or pins a provider;
+``route`` restores the default route.
 txt2img runs as a job like any other and answers A1111's shape: base64 PNGs that carry the
 ``parameters`` chunk, the parsed request, and ``info`` as a JSON string.
 """
@@ -99,29 +100,27 @@ class ScriptsResponse(BaseModel):
     img2img: list[str]
 
 
-def _checkpoint(ctx: ServerContext, title: object) -> str | None:
-    """The provider a checkpoint title names (None = the route); InvalidRequest otherwise."""
-    if title in (None, "", ROUTE_CHECKPOINT):
-        return None
-    if isinstance(title, str):
-        name = title.split(" [", 1)[0]
-        if name in ctx.gateway.providers:
-            return name
-        for provider_name, provider in ctx.gateway.providers.items():
-            if provider.model == name:
-                return provider_name
-    allowed = ", ".join([ROUTE_CHECKPOINT, *sorted(ctx.gateway.providers)])
-    raise InvalidRequest(
-        f"sd_model_checkpoint: {title!r} is not a checkpoint here (allowed: {allowed})",
-        field="sd_model_checkpoint",
-        limit=f"one of {allowed}",
-    )
+def _checkpoint(ctx: ServerContext, title: object) -> dict[str, str]:
+    """What a checkpoint title selects: ``{"route": NAME}``, ``{"provider": NAME}`` or
+    ``{}`` (the default route); InvalidRequest naming the allowed titles otherwise."""
+    if title in (None, ""):
+        return {}
+    if not isinstance(title, str):
+        allowed = ", ".join(
+            [ROUTE_CHECKPOINT, *ctx.gateway.policies, *sorted(ctx.gateway.providers)]
+        )
+        raise InvalidRequest(
+            f"sd_model_checkpoint: {title!r} is not a checkpoint here (allowed: {allowed})",
+            field="sd_model_checkpoint",
+            limit=f"one of {allowed}",
+        )
+    return ctx.gateway.select(title.split(" [", 1)[0], field="sd_model_checkpoint")
 
 
 def _to_request(ctx: ServerContext, body: Txt2ImgBody) -> ImageRequest:
-    pinned = ctx.a1111_checkpoint
+    selected = ctx.a1111_checkpoint
     if "sd_model_checkpoint" in body.override_settings:
-        pinned = _checkpoint(ctx, body.override_settings["sd_model_checkpoint"])
+        selected = _checkpoint(ctx, body.override_settings["sd_model_checkpoint"])
     n = body.batch_size * body.n_iter
     if n > MAX_N:
         raise InvalidRequest(
@@ -139,7 +138,7 @@ def _to_request(ctx: ServerContext, body: Txt2ImgBody) -> ImageRequest:
         "width": body.width,
         "height": body.height,
         "n": n,
-        "provider": pinned,
+        **selected,
     }
     return ImageRequest.parse({k: v for k, v in fields.items() if v is not None})
 
@@ -217,9 +216,15 @@ async def txt2img(body: Txt2ImgBody, ctx: Ctx) -> Txt2ImgResponse:
     )
 
 
-@router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints: the providers")
+@router.get(
+    "/sd-models", response_model=list[SdModel], summary="Checkpoints: the routes and providers"
+)
 async def sd_models(ctx: Ctx) -> list[SdModel]:
-    return [
+    routes = [
+        SdModel(title=name, model_name=name, filename=f"route:{','.join(policy.route)}")
+        for name, policy in ctx.gateway.policies.items()
+    ]
+    return routes + [
         SdModel(title=name, model_name=name, filename=provider.model)
         for name, provider in ctx.gateway.providers.items()
     ]
@@ -239,7 +244,7 @@ async def scripts() -> ScriptsResponse:
 async def get_options(ctx: Ctx) -> dict[str, Any]:
     return {
         **ctx.a1111_options,
-        "sd_model_checkpoint": ctx.a1111_checkpoint or ROUTE_CHECKPOINT,
+        "sd_model_checkpoint": next(iter(ctx.a1111_checkpoint.values()), ROUTE_CHECKPOINT),
         "samples_format": "png",
     }
 

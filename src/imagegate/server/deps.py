@@ -43,7 +43,8 @@ class ServerContext:
     backplane: Backplane
     metrics: Metrics
     stats: dict[str, ProviderStats] = field(default_factory=dict)
-    a1111_checkpoint: str | None = None
+    a1111_checkpoint: dict[str, str] = field(default_factory=dict)
+    """The A1111 checkpoint set by POST /sdapi/v1/options: ``{"route"|"provider": NAME}``."""
     a1111_options: dict[str, Any] = field(default_factory=dict)
 
     def record_attempts(self, attempts: list[Attempt], when: datetime) -> None:

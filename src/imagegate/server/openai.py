@@ -1,10 +1,10 @@
 """The OpenAI images API: POST /v1/images/generations and GET /v1/models.
 
-Works with the official client unchanged. ``model`` names a provider (pins it), a provider's
-model, or ``route`` / ``default`` (the configured route). imagegate's own fields ride in the
-body (``extra_body`` in the client): negative_prompt, seed, steps, guidance, sampler, provider.
-The request runs as a job like any other (history, progress, metrics) and the answer waits
-for it.
+Works with the official client unchanged. ``model`` names a route (``[routes.NAME]``, or
+``route`` / ``default`` for the ``[gateway] route``), a provider (pins it) or a provider's
+model. imagegate's own fields ride in the body (``extra_body`` in the client):
+negative_prompt, seed, steps, guidance, sampler, provider. The request runs as a job
+like any other (history, progress, metrics) and the answer waits for it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ router = APIRouter(
     tags=["openai"], responses=error_responses(400, 401, 409, 413, 429, 502, 503, 504)
 )
 
-ROUTE_MODELS = frozenset({"route", "default", "auto"})
 _SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
 
 
@@ -38,7 +37,9 @@ class ImageGenerationBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
-    model: str | None = Field(default=None, description="a provider name, or 'route'")
+    model: str | None = Field(
+        default=None, description="a route name ('default' or a [routes.NAME]), or a provider"
+    )
     n: Annotated[int, Field(ge=1, le=MAX_N)] | None = 1
     size: str | None = Field(
         default=None,
@@ -115,36 +116,27 @@ def to_image_request(ctx: ServerContext, body: ImageGenerationBody) -> ImageRequ
                 limit="WIDTHxHEIGHT",
             )
         fields["width"], fields["height"] = int(match[1]), int(match[2])
-    if body.model is not None and body.model not in ROUTE_MODELS:
-        provider = _provider_for_model(ctx, body.model)
-        if body.provider is not None and body.provider != provider:
+    if body.model is not None:
+        picked = ctx.gateway.select(body.model, field="model")
+        provider = picked.get("provider")
+        if body.provider is not None and provider is not None and body.provider != provider:
             raise InvalidRequest(
                 f"provider: {body.provider!r} contradicts model {body.model!r}; send one",
                 field="provider",
             )
-        fields["provider"] = provider
+        if body.provider is not None and "route" in picked:
+            raise InvalidRequest(
+                f"provider: pins one provider, and model {body.model!r} names a route; "
+                "send one of them",
+                field="provider",
+            )
+        fields.update(picked)
     try:
         return ImageRequest.parse({k: v for k, v in fields.items() if v is not None})
     except InvalidRequest as exc:
         if exc.field in ("width", "height"):
             exc.field = "size"
         raise
-
-
-def _provider_for_model(ctx: ServerContext, model: str) -> str:
-    providers = ctx.gateway.providers
-    if model in providers:
-        return model
-    for name, provider in providers.items():
-        if provider.model == model:
-            return name
-    allowed = ", ".join(["route", *sorted(providers)])
-    raise InvalidRequest(
-        f"model: {model!r} is neither a configured provider nor one of their models "
-        f"(allowed: {allowed}); see GET /v1/models",
-        field="model",
-        limit=f"one of {allowed}",
-    )
 
 
 @router.post(
@@ -180,9 +172,10 @@ async def create_images(body: ImageGenerationBody, ctx: Ctx, http: Request) -> R
     )
 
 
-@router.get("/v1/models", response_model=ModelList, summary="The route and the providers")
+@router.get("/v1/models", response_model=ModelList, summary="The routes and the providers")
 async def list_models(ctx: Ctx) -> ModelList:
     cards = [ModelCard(id="route", owned_by="imagegate")]
+    cards += [ModelCard(id=name, owned_by="imagegate:route") for name in ctx.gateway.policies]
     cards += [
         ModelCard(id=name, owned_by=f"imagegate:{provider.type}")
         for name, provider in ctx.gateway.providers.items()

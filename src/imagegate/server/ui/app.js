@@ -7,7 +7,7 @@
 const KEY_STORE = "imagegate.key";
 const FIELDS = [
   "prompt", "negative_prompt", "width", "height", "steps", "guidance", "seed", "n", "sampler",
-  "provider",
+  "route", "provider",
 ];
 const INTEGERS = new Set(["width", "height", "steps", "seed", "n"]);
 const NUMBERS = new Set([...INTEGERS, "guidance"]);
@@ -252,6 +252,7 @@ function showDigest() {
   parts.push(v("seed") ? `seed ${v("seed")}` : "random seed");
   if (v("n") && v("n") !== "1") parts.push(`${v("n")} images`);
   if (v("sampler")) parts.push(v("sampler"));
+  if (v("route")) parts.push(`route ${v("route")}`);
   if (v("provider")) parts.push(`${v("provider")} only`);
   $("settings-digest").textContent = parts.join(" · ");
 }
@@ -651,6 +652,23 @@ function providerItem(p) {
     error ? el("div", { class: "provider-error", text: `Last error${errorAt}: ${error}` }) : null);
 }
 
+async function loadRoutes() {
+  try {
+    const models = await apiJson("v1/models");
+    const select = $("route");
+    const chosen = select.value;
+    const routes = models.data.filter((m) => m.owned_by === "imagegate:route");
+    select.replaceChildren(el("option", { value: "", text: "default" }),
+      ...routes.map((m) => el("option", { value: m.id, text: m.id })));
+    if (chosen) {
+      if (!hasOption(select, chosen)) select.append(el("option", { value: chosen, text: chosen }));
+      select.value = chosen;
+    }
+  } catch (_) {
+    // the route list is a convenience; "default" still works
+  }
+}
+
 async function loadSamplers() {
   try {
     const samplers = await apiJson("sdapi/v1/samplers");
@@ -674,6 +692,7 @@ function start() {
   started = true;
   $("key-button").hidden = !needsKey;
   loadSamplers();
+  loadRoutes();
   loadHistory();
   setInterval(() => {
     if (!document.hidden && !$("app").hidden) loadProviders().catch(() => {});
