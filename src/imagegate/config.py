@@ -91,6 +91,18 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     api_keys_env: str = "IMAGEGATE_API_KEYS"
+    url_expiry_s: int = Field(
+        default=3600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="How long a presigned image URL works, 1 s to 7 days (default 1 h); "
+        "URLs are signed only with auth on.",
+    )
+    url_secret_env: str = Field(
+        default="IMAGEGATE_URL_SECRET",
+        description="Environment variable holding the URL-signing secret; unset = one "
+        "generated into <data_dir>/url-secret (mode 0600). Set it when replicas share no data dir.",
+    )
     max_queue: int = Field(default=100, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
 

@@ -28,6 +28,7 @@ from imagegate.server.auth import AuthMiddleware, keys_from_env
 from imagegate.server.deps import ServerContext
 from imagegate.server.limits import BodyLimitMiddleware
 from imagegate.server.metrics import Metrics
+from imagegate.server.presign import UrlSigner, load_secret
 
 __all__ = ["create_app", "run_worker"]
 
@@ -52,13 +53,23 @@ def create_app(
         settings = gateway.settings if gateway is not None else load_config()
     metrics = Metrics()
     keys = keys_from_env(settings.server.api_keys_env)
+    signer = (
+        UrlSigner(
+            load_secret(settings.server.url_secret_env, settings.data_dir),
+            settings.server.url_expiry_s,
+        )
+        if keys
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw = gateway if gateway is not None else _gateway(settings, providers)
         await gw.open()
         bp = backplane if backplane is not None else build_backplane(settings, gw)
-        ctx = ServerContext(settings=settings, gateway=gw, backplane=bp, metrics=metrics)
+        ctx = ServerContext(
+            settings=settings, gateway=gw, backplane=bp, metrics=metrics, signer=signer
+        )
         app.state.ctx = ctx
         await _restore_breakers(ctx)
         share_breakers(ctx)
@@ -86,7 +97,7 @@ def create_app(
     web.mount_ui(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.server.max_body_bytes)
     if keys:  # added last, so it runs first: nothing is read before the key is checked
-        app.add_middleware(AuthMiddleware, keys=keys)
+        app.add_middleware(AuthMiddleware, keys=keys, signer=signer)
     return app
 
 

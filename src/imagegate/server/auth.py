@@ -2,7 +2,9 @@
 
 Keys come from the environment variable that ``server.api_keys_env`` names (comma-separated).
 Each is compared in constant time; none is ever logged or echoed. /healthz stays open, and so
-does the web page (/ and its assets under /ui/), which holds no data and asks for the key.
+does the web page (/ and its assets under /ui/), which holds no data and asks for the key. A
+presigned image URL (``/v1/images/{id}?expires=&signature=``, see ``presign``) needs no key:
+its signature is checked instead, and a bad or expired one is a 403.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import os
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from imagegate.server.presign import UrlSigner, is_signed
+
 OPEN_PATHS = frozenset({"/healthz", "/"})
 OPEN_PREFIXES = ("/ui/",)  # the web page's script and style sheet: no data, and it asks for a key
+IMAGE_PREFIX = "/v1/images/"
 
 
 def keys_from_env(name: str) -> tuple[bytes, ...]:
@@ -52,9 +57,12 @@ def key_matches(given: bytes, keys: tuple[bytes, ...]) -> bool:
 class AuthMiddleware:
     """Refuse any request without a valid key with 401 (nothing else is touched)."""
 
-    def __init__(self, app: ASGIApp, keys: tuple[bytes, ...]) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: tuple[bytes, ...], signer: UrlSigner | None = None
+    ) -> None:
         self.app = app
         self.keys = keys
+        self.signer = signer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
@@ -65,6 +73,14 @@ class AuthMiddleware:
             or path.startswith(OPEN_PREFIXES)
         ):
             await self.app(scope, receive, send)
+            return
+        query: bytes = scope.get("query_string", b"")
+        if self.signer is not None and path.startswith(IMAGE_PREFIX) and is_signed(query):
+            why = self.signer.check(path.removeprefix(IMAGE_PREFIX), query)
+            if why is None:
+                await self.app(scope, receive, send)
+            else:
+                await _send_json(send, 403, _error("permission_error", why, "invalid_signature"))
             return
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -81,25 +97,32 @@ async def _refuse(scope: Scope, send: Send) -> None:
         body: object = {"detail": "Incorrect username or password"}
         challenge = b'Basic realm="imagegate"'
     else:
-        body = {
-            "error": {
-                "type": "authentication_error",
-                "message": "a valid API key is required: send Authorization: Bearer KEY "
-                "(or HTTP Basic with the key as password)",
-                "param": None,
-                "code": "invalid_api_key",
-            }
-        }
+        body = _error(
+            "authentication_error",
+            "a valid API key is required: send Authorization: Bearer KEY "
+            "(or HTTP Basic with the key as password)",
+            "invalid_api_key",
+        )
         challenge = b'Bearer realm="imagegate"'
+    await _send_json(send, 401, body, [(b"www-authenticate", challenge)])
+
+
+def _error(kind: str, message: str, code: str) -> dict[str, object]:
+    return {"error": {"type": kind, "message": message, "param": None, "code": code}}
+
+
+async def _send_json(
+    send: Send, status: int, body: object, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     payload = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 401,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
-                (b"www-authenticate", challenge),
+                *(headers or []),
             ],
         }
     )

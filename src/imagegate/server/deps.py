@@ -14,6 +14,7 @@ from imagegate.config import Settings
 from imagegate.gateway import Gateway
 from imagegate.request import Attempt
 from imagegate.server.metrics import Metrics
+from imagegate.server.presign import UrlSigner
 
 RECENT_LATENCIES = 50
 
@@ -43,9 +44,16 @@ class ServerContext:
     backplane: Backplane
     metrics: Metrics
     stats: dict[str, ProviderStats] = field(default_factory=dict)
+    signer: UrlSigner | None = None
+    """Signs image URLs (auth on); None = plain URLs."""
     a1111_checkpoint: dict[str, str] = field(default_factory=dict)
     """The A1111 checkpoint set by POST /sdapi/v1/options: ``{"route"|"provider": NAME}``."""
     a1111_options: dict[str, Any] = field(default_factory=dict)
+
+    def image_url(self, base: str, image_id: str) -> str:
+        """Where an image is fetched: presigned (expiry + signature) when auth is on."""
+        url = f"{base}/v1/images/{image_id}"
+        return url if self.signer is None else f"{url}?{self.signer.query(image_id)}"
 
     def record_attempts(self, attempts: list[Attempt], when: datetime) -> None:
         """Keep each provider's recent latency and last error."""

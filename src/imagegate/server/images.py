@@ -77,7 +77,7 @@ async def list_images(
     records = await ctx.backplane.store.list_images(limit=limit)
     return ImageList(
         data=[
-            ImageView(url=f"{base}/v1/images/{r.id}", **r.model_dump(exclude={"path"}))
+            ImageView(url=ctx.image_url(base, r.id), **r.model_dump(exclude={"path"}))
             for r in records
         ]
     )

@@ -86,7 +86,7 @@ def job_view(ctx: ServerContext, job: JobRecord, base: str) -> JobView:
         images=[
             JobImage(
                 id=img.id,
-                url=f"{base}/v1/images/{img.id}",
+                url=ctx.image_url(base, img.id),
                 seed=img.seed,
                 width=img.width,
                 height=img.height,

@@ -150,7 +150,7 @@ async def create_images(body: ImageGenerationBody, ctx: Ctx, http: Request) -> R
     created = int(time.time())
     if body.response_format == "url":
         base = await base_url(http)  # only here: building it costs more than the rest
-        data = [{"url": f"{base}/v1/images/{image.id}"} for image in result.images]
+        data = [{"url": ctx.image_url(base, image.id or "")} for image in result.images]
         payload = json.dumps(
             {"created": created, "data": data, "output_format": "png"}, separators=(",", ":")
         ).encode()
