@@ -222,3 +222,4 @@ def test_json_failure_is_still_one_json_document(isolated_env: Path) -> None:
     doc = json.loads(run.stdout)
     assert doc["error"]["type"] == "InvalidRequest"
     assert "width" in doc["error"]["message"]
+    assert doc["error"]["fix"] == "Change width and try again."

@@ -54,16 +54,24 @@ class Case:
 
 
 CASES = [
-    Case("invalid", lambda: InvalidRequest("steps: too many", field="steps", limit="<= 50"), 400),
-    Case("connect", lambda: ConnectError("refused", stage="connect"), 502),
-    Case("timeout", lambda: Timeout("no first byte", stage="first_byte"), 504),
-    Case("auth", lambda: AuthError("key refused"), 502),
-    Case("ratelimited", lambda: RateLimited("slow down", retry_after=7), 503),
-    Case("quota", lambda: QuotaExceeded("no credit"), 502),
-    Case("filtered", lambda: ContentFiltered("refused by the filter"), 400),
-    Case("unavailable", lambda: Unavailable("sleeping", stage="runtime", retry_after=12), 503),
-    Case("upstream", lambda: UpstreamError("HTTP 500"), 502),
-    Case("protocol", lambda: ProtocolError("truncated JSON", stage="read"), 502),
+    Case(
+        "invalid",
+        lambda: InvalidRequest("steps: too many", field="steps", limit="<= 50", fix="lower steps"),
+        400,
+    ),
+    Case("connect", lambda: ConnectError("refused", stage="connect", fix="start it"), 502),
+    Case("timeout", lambda: Timeout("no first byte", stage="first_byte", fix="wait"), 504),
+    Case("auth", lambda: AuthError("key refused", fix="set the key"), 502),
+    Case("ratelimited", lambda: RateLimited("slow down", retry_after=7, fix="wait"), 503),
+    Case("quota", lambda: QuotaExceeded("no credit", fix="top up"), 502),
+    Case("filtered", lambda: ContentFiltered("refused by the filter", fix="reword"), 400),
+    Case(
+        "unavailable",
+        lambda: Unavailable("sleeping", stage="runtime", retry_after=12, fix="wake it"),
+        503,
+    ),
+    Case("upstream", lambda: UpstreamError("HTTP 500", fix="try later"), 502),
+    Case("protocol", lambda: ProtocolError("truncated JSON", stage="read", fix="report it"), 502),
     Case("missing", lambda: MissingDependency("local", "diffusers"), 503),
 ]
 
@@ -136,6 +144,7 @@ class Answer:
     type: str
     param: str | None
     attempts: int
+    fix: str | None = None  # A1111's error shape has no field for it
 
 
 def _openai(url: str, case: Case) -> Answer:
@@ -152,6 +161,7 @@ def _openai(url: str, case: Case) -> Answer:
         error["type"],
         error["param"],
         len(error.get("attempts") or []),
+        error.get("fix"),
     )
 
 
@@ -190,6 +200,7 @@ def _job(url: str, case: Case) -> Answer:
         error["type"],
         error["param"],
         len(job["attempts"]),
+        error["fix"],
     )
 
 
@@ -199,6 +210,7 @@ def test_every_surface_answers_an_error_alike(server: str, case: Case) -> None:
     openai, a1111, job = _openai(server, case), _a1111(server, case), _job(server, case)
 
     assert openai.status == case.status
+    assert openai.fix
     assert a1111 == Answer(
         422 if case.status == 400 and openai.type == "InvalidRequest" else openai.status,
         openai.retry_after,
@@ -212,7 +224,9 @@ def test_every_surface_answers_an_error_alike(server: str, case: Case) -> None:
 
 def test_upstream_500_on_postgres_is_a_502_with_the_routes_answer() -> None:
     """The reported bug: a provider's 500 comes back from a row as 502, not a bare 500."""
-    error = AllProvidersFailed("every provider failed", [], last=UpstreamError("HTTP 500"))
+    error = AllProvidersFailed(
+        "every provider failed", [], last=UpstreamError("HTTP 500", fix="try later")
+    )
     rebuilt = error_from_dict(error.to_dict())
 
     assert isinstance(rebuilt, AllProvidersFailed)

@@ -97,3 +97,20 @@ def test_reset_after_sending_may_have_been_billed() -> None:
     """A reset while waiting for or reading the answer may follow a charge; a refusal not."""
     assert not ConnectError("x", stage="connect").may_have_been_billed
     assert ConnectError("x", stage="read").may_have_been_billed
+
+
+def test_an_error_carries_its_fix_as_a_field_and_ends_with_it() -> None:
+    """``fix`` is a field; the message still ends with it, and ``cause`` is the rest."""
+    err = Timeout("no first byte in 2 s", stage="first_byte", fix="raise first_byte_timeout_s")
+
+    assert err.fix == "raise first_byte_timeout_s"
+    assert err.message == "no first byte in 2 s; raise first_byte_timeout_s"
+    assert err.cause == "no first byte in 2 s"
+
+
+def test_a_message_written_with_its_fix_gives_it_up_once() -> None:
+    """An error raised the older way, the fix after the last "; ", still carries it."""
+    err = ConnectError("refused by 127.0.0.1:9; start the server", stage="connect")
+
+    assert (err.cause, err.fix) == ("refused by 127.0.0.1:9", "start the server")
+    assert MissingDependency("local", "torch").fix == "pip install 'imagegate[local]'"

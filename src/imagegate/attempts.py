@@ -17,6 +17,8 @@ class AttemptError(BaseModel):
     type: str
     stage: str | None = None
     message: str
+    fix: str | None = None
+    """What to do about it; the message ends with it too."""
 
 
 class Attempt(BaseModel):

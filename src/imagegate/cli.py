@@ -143,6 +143,7 @@ def _error_json(exc: ImagegateError) -> dict[str, Any]:
     return {
         "type": type(exc).__name__,
         "message": str(exc),
+        "fix": exc.fix,
         "attempts": [a.model_dump() for a in exc.attempts],
     }
 

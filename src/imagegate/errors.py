@@ -30,7 +30,9 @@ Two properties belong to each class, and the router reads only these:
 ``may_have_been_billed`` tells whether a paid provider may have charged for the attempt, in
 which case the router does not resend the request elsewhere unless the config allows it.
 
-Every message ends with what to do about it.
+Every message ends with what to do about it, and every error carries that as ``fix`` too
+(``cause`` is the rest): pass ``fix=`` when raising; a message written the older way, with
+the fix after its last "; ", gives it up once, here.
 
 The errors import only ``imagegate.attempts`` (the record of one try, which
 ``AllProvidersFailed`` carries): this module is the floor every other one stands on.
@@ -74,13 +76,29 @@ class ImagegateError(Exception):
     """The root of every error imagegate raises on purpose."""
 
     exit_code: ClassVar[int] = 1
-    recorded: ClassVar[tuple[str, ...]] = ()
+    recorded: ClassVar[tuple[str, ...]] = ("fix",)
     """The attributes (besides the message) a job row keeps, so the error can be rebuilt."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        """``fix`` (what to do about it) ends the message for people to read (appended after
+        "; " unless the message ends with it already); a message written with its fix at the
+        end, after "; ", and no ``fix`` gives it up here."""
+        if fix:
+            message = message if message.endswith(fix) else f"{message}; {fix}"
+        else:
+            fix = message.rpartition("; ")[2] or None if "; " in message else None
         super().__init__(message)
         self.message = message
+        self.fix = fix
+        """What to do about it, as a field: JSON bodies, --json, the doctor and the page read it."""
         self.attempts: list[Attempt] = []
+
+    @property
+    def cause(self) -> str:
+        """What happened: the message without its fix."""
+        if self.fix and self.message.endswith(self.fix):
+            return self.message[: -len(self.fix)].rstrip("; .") or self.message
+        return self.message
 
     def __str__(self) -> str:
         return self.message
@@ -124,6 +142,8 @@ def error_from_dict(data: Mapping[str, Any], attempts: Sequence[Attempt] = ()) -
     for klass in cls.__mro__:
         for name in vars(klass).get("recorded", ()):
             value = data.get(name)
+            if name == "fix" and value is None:
+                continue  # a row written before fixes were recorded: the message has it
             if name == "last":
                 value = error_from_dict(value) if isinstance(value, Mapping) else None
             setattr(error, name, value)
@@ -144,11 +164,12 @@ class ConfigError(ImagegateError):
         file: str | None = None,
         key: str | None = None,
         allowed: Sequence[str] | None = None,
+        fix: str | None = None,
     ) -> None:
         where = f"{file}: " if file else ""
         what = f"{key}: " if key else ""
         tail = f" (allowed: {', '.join(allowed)})" if allowed else ""
-        super().__init__(f"{where}{what}{message}{tail}")
+        super().__init__(f"{where}{what}{message}{tail}", fix=fix)
         self.file = file
         self.key = key
         self.allowed = list(allowed) if allowed else None
@@ -162,8 +183,8 @@ class MissingDependency(ImagegateError):
 
     def __init__(self, extra: str, module: str) -> None:
         super().__init__(
-            f"{module} is not installed; it comes with the {extra!r} extra: "
-            f"pip install 'imagegate[{extra}]'"
+            f"{module} is not installed; it comes with the {extra!r} extra",
+            fix=f"pip install 'imagegate[{extra}]'",
         )
         self.extra = extra
         self.module = module
@@ -180,8 +201,8 @@ class QueueFull(ImagegateError):
 
     def __init__(self, depth: int, retry_after: float) -> None:
         super().__init__(
-            f"the job queue is full ({depth} jobs waiting); retry after "
-            f"{math.ceil(retry_after)} s, or raise server.max_queue"
+            f"the job queue is full ({depth} jobs waiting)",
+            fix=f"retry after {math.ceil(retry_after)} s, or raise server.max_queue",
         )
         self.depth = depth
         self.retry_after = retry_after
@@ -213,8 +234,9 @@ class ProviderError(ImagegateError):
         stage: Stage | None = None,
         elapsed_s: float | None = None,
         retry_after: float | None = None,
+        fix: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, fix=fix)
         self.provider = provider
         self.stage = stage
         self.elapsed_s = elapsed_s
@@ -249,8 +271,9 @@ class InvalidRequest(ProviderError):
         limit: str | None = None,
         provider: str | None = None,
         elapsed_s: float | None = None,
+        fix: str | None = None,
     ) -> None:
-        super().__init__(message, provider=provider, elapsed_s=elapsed_s)
+        super().__init__(message, provider=provider, elapsed_s=elapsed_s, fix=fix)
         self.field = field
         self.limit = limit
 
@@ -320,8 +343,13 @@ class AllProvidersFailed(ImagegateError):
     recorded: ClassVar[tuple[str, ...]] = ("last",)
 
     def __init__(
-        self, message: str, attempts: Sequence[Attempt], last: ProviderError | None = None
+        self,
+        message: str,
+        attempts: Sequence[Attempt],
+        last: ProviderError | None = None,
+        *,
+        fix: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, fix=fix)
         self.attempts = list(attempts)
         self.last = last

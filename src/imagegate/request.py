@@ -81,6 +81,7 @@ def invalid_request_from(exc: ValidationError) -> InvalidRequest:
         f"{field}: {limit}; got {_short(err.get('input'))}. Change {field} and try again.",
         field=field,
         limit=limit,
+        fix=f"Change {field} and try again.",
     )
 
 

@@ -583,7 +583,7 @@ def _skipped(name: str, why: str, kind: str) -> Attempt:
 
 
 def _attempt_error(exc: ProviderError) -> AttemptError:
-    return AttemptError(type=type(exc).__name__, stage=exc.stage, message=exc.message)
+    return AttemptError(type=type(exc).__name__, stage=exc.stage, message=exc.message, fix=exc.fix)
 
 
 def _failed(name: str, exc: ProviderError, started: float) -> Attempt:
@@ -604,6 +604,7 @@ def _not_resent(name: str, exc: ProviderError, attempts: list[Attempt]) -> AllPr
         f"elsewhere. Set gateway.failover_after_send = true to allow that.",
         attempts,
         last=exc,
+        fix="Set gateway.failover_after_send = true to allow that.",
     )
 
 
@@ -622,4 +623,5 @@ def _all_failed(
         "Run `imagegate doctor` to see why and what to do.",
         attempts,
         last=failed[-1][1] if failed else None,
+        fix="Run `imagegate doctor` to see why and what to do.",
     )

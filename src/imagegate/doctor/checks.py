@@ -83,10 +83,9 @@ def _ms(seconds: float | None) -> str:
     return "?" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
-def _split(message: str) -> tuple[str, str]:
-    """A message of the error tree as (what happened, the fix): they end with the fix."""
-    cause, sep, fix = message.rpartition("; ")
-    return (cause, fix) if sep else (message, "")
+def _split(exc: ImagegateError) -> tuple[str, str]:
+    """An error of the tree as (what happened, the fix), from its fields."""
+    return exc.cause, exc.fix or ""
 
 
 def _since(started: float) -> float:
@@ -223,7 +222,7 @@ async def _probe_stages(
             if tls_pending and exc.stage == "tls":
                 raise await probe_network_failure(exc, target) from None
             stage: StageName = "http"
-            cause, fix = _split(exc.message)
+            cause, fix = _split(exc)
             cause = f"the {provider.type} info check failed at its {exc.stage} stage: {cause}"
         elif isinstance(exc, MissingDependency):
             stage = "api"
@@ -234,7 +233,7 @@ async def _probe_stages(
             fix = f"pip install 'imagegate[{exc.extra}]'"
         else:
             stage = _probe_stage(exc)
-            what, fix = _split(exc.message)
+            what, fix = _split(exc)
             what = what.removeprefix(f"{where} ")  # the lead names the host already
             lead = _LEADS[stage].format(
                 type=provider.type, where=where, ms=_ms(elapsed), keys=keys.shown() or "no key"
@@ -246,7 +245,7 @@ async def _probe_stages(
             if retry_after is not None:
                 fix = f"{fix} (try again in about {retry_after:.0f} s)"
         raise StageFailed(
-            StageResult(stage, False, elapsed, exc.message.partition("; ")[0]),
+            StageResult(stage, False, elapsed, exc.cause.partition("; ")[0]),
             cause,
             fix or "see the detail, and run the doctor again",
             passed=_passed_before(stage, target, keys, elapsed),
@@ -312,7 +311,7 @@ async def _model_stage(name: str, provider: Provider) -> StageResult:
             f"pip install 'imagegate[{exc.extra}]', or remove {name} from the route",
         ) from None
     except ImagegateError as exc:
-        what, fix = _split(exc.message)
+        what, fix = _split(exc)
         raise StageFailed(
             StageResult("model", False, _since(started), what),
             f"the {provider.type} provider {name!r} cannot load its model {model} (checked in "
@@ -351,7 +350,7 @@ async def _generate_stage(name: str, provider: Provider, where: str | None) -> S
             f"raise providers.{name}.timeout_s if the server is known to be slow",
         ) from None
     except ImagegateError as exc:
-        what, fix = _split(exc.message)
+        what, fix = _split(exc)
         stage = getattr(exc, "stage", None)
         at = f" at the {stage} stage" if stage else ""
         raise StageFailed(
@@ -490,8 +489,12 @@ def select(settings: Settings, names: Sequence[str]) -> list[str]:
 
 
 def _unbuildable(name: str, kind: str, exc: Exception) -> ProviderReport:
-    text = str(exc) if isinstance(exc, ImagegateError) else f"{type(exc).__name__}: {exc}"
-    what, fix = _split(text)
+    if isinstance(exc, ImagegateError):
+        what, fix = _split(exc)
+        if isinstance(exc, ProviderError) and exc.provider:
+            what = f"{exc.provider}: {what}"
+    else:
+        what, fix = f"{type(exc).__name__}: {exc}", ""
     return ProviderReport(
         name,
         kind,

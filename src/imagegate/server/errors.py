@@ -60,6 +60,9 @@ class ErrorDetail(BaseModel):
     message: str
     param: str | None = None
     code: str | None = None
+    fix: str | None = Field(
+        default=None, description="what to do about it (the message ends with it too)"
+    )
     attempts: list[Attempt] | None = Field(
         default=None, description="each try on each provider, when the gateway tried"
     )
@@ -158,6 +161,7 @@ class HttpError:
     message: str
     param: str | None
     code: str | None
+    fix: str | None
     attempts: list[Attempt]
 
     @property
@@ -190,6 +194,7 @@ def http_error(exc: ImagegateError, *, a1111: bool = False) -> HttpError:
         message=str(exc),
         param=exc.field if isinstance(exc, InvalidRequest) else None,
         code=_code(exc),
+        fix=exc.fix,
         attempts=list(exc.attempts),
     )
 
@@ -266,10 +271,13 @@ def openai_error(
     *,
     param: str | None = None,
     code: str | None = None,
+    fix: str | None = None,
     attempts: list[Attempt] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"type": kind, "message": message, "param": param, "code": code}
+    if fix:
+        body["fix"] = fix
     if attempts:
         body["attempts"] = [attempt.model_dump(mode="json") for attempt in attempts]
     return JSONResponse({"error": body}, status_code=status, headers=headers)
@@ -295,6 +303,7 @@ def error_response(request: Request, exc: ImagegateError) -> JSONResponse:
         error.message,
         param=error.param,
         code=error.code,
+        fix=error.fix,
         attempts=error.attempts,
         headers=error.headers,
     )

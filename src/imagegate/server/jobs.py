@@ -118,6 +118,7 @@ def _error_view(job: JobRecord) -> dict[str, Any] | None:
         "status": error.status,
         "param": error.param,
         "code": error.code,
+        "fix": error.fix,
         "retry_after": error.retry_after,
         "should_retry": error.should_retry,
     }

@@ -476,7 +476,7 @@ function renderJob(view, only) {
     $("job-status").textContent = "Cancelled.";
   } else {
     const error = view.error || {};
-    $("job-status").textContent = `Failed: ${error.message || "no reason given"}`;
+    $("job-status").textContent = `Failed: ${error.message ? withFix(error) : "no reason given"}`;
     if (error.field && FIELDS.includes(error.field)) showFieldError(error.field, error.message);
   }
   const images = only ? view.images.filter((image) => image.id === only) : view.images;
@@ -522,15 +522,28 @@ function attemptCount(attempts) {
 }
 
 function firstSentence(message) {
-  // Messages end with the fix; the failover line keeps only what happened.
+  // The failover line keeps only the first thing that happened.
   return message.split(/(?<=\.)\s|;\s/)[0].replace(/\.$/, "");
+}
+
+function causeOf(error) {
+  // Every error carries its fix as a field; the message ends with it for people.
+  const message = error.message || "";
+  const tail = error.fix ? `; ${error.fix}` : "";
+  return tail && message.endsWith(tail) ? message.slice(0, -tail.length) : message;
+}
+
+function withFix(error) {
+  const cause = causeOf(error);
+  return error.fix ? `${cause}. Fix: ${error.fix}` : cause;
 }
 
 function reason(attempt) {
   const error = attempt.error;
   if (!error) return attempt.outcome;
   const prefix = `${attempt.provider}: `;
-  let message = error.message.startsWith(prefix) ? error.message.slice(prefix.length) : error.message;
+  const cause = causeOf(error);
+  let message = cause.startsWith(prefix) ? cause.slice(prefix.length) : cause;
   const open = message.match(/^circuit breaker open after \w+: (.*)$/);
   if (open) return `skipped, its breaker is open (${firstSentence(open[1])})`;
   message = firstSentence(message);
@@ -555,7 +568,7 @@ function renderAttempts(attempts) {
   const list = el("ol", {}, ...attempts.map((attempt) => {
     const took = attempt.outcome === "skipped" ? "" : ` · ${seconds(attempt.elapsed_s)}`;
     const head = el("strong", { text: `${attempt.provider}: ${attempt.outcome}${took}` });
-    const message = attempt.error ? ` — ${attempt.error.message}` : "";
+    const message = attempt.error ? ` — ${withFix(attempt.error)}` : "";
     return el("li", { class: `attempt attempt-${attempt.outcome}` }, head, message);
   }));
   box.append(el("details", { open: sentence ? null : true },
