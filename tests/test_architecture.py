@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"attempts"},
     {"errors"},
     {"deadline", "request", "images", "hedging", "allocator", "console"},
-    {"config", "registry"},
+    {"config", "registry", "config_keys"},
     {"transport", "hubcache"},
     {"providers"},
     {"router", "store"},

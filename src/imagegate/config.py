@@ -30,11 +30,26 @@ class ProviderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: str
-    enabled: bool = True
-    paid: bool = False
-    cost_per_image: float = Field(default=0.0, ge=0)
-    timeout_s: PositiveFloat | None = None
+    type: str = Field(description="The provider type: a name in the `imagegate.providers` group.")
+    enabled: bool = Field(
+        default=True, description="false = keep the table but load no provider from it."
+    )
+    paid: bool = Field(
+        default=False,
+        description="The provider bills per request: a request it may have received is never "
+        "sent elsewhere (unless gateway.failover_after_send).",
+    )
+    cost_per_image: float = Field(
+        default=0.0,
+        ge=0,
+        description="What one image costs, in your currency (>= 0); summed into each job's "
+        "cost and the cost metric.",
+    )
+    timeout_s: PositiveFloat | None = Field(
+        default=None,
+        description="Seconds one attempt at this provider may take (> 0); none = what is left "
+        "of gateway.deadline_s.",
+    )
     concurrency: int = Field(
         default=1,
         ge=1,
@@ -49,14 +64,48 @@ class GatewaySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    route: list[str] = Field(default_factory=lambda: [DEFAULT_PROVIDER], min_length=1)
-    deadline_s: PositiveFloat = 180.0
-    retry_budget: float = Field(default=0.2, ge=0.0, le=1.0)
-    max_attempts: int = Field(default=3, ge=1, le=10)
-    hedge_connect_after_s: float = Field(default=0.5, ge=0.0)
-    hedge_after_s: float = Field(default=0.0, ge=0.0)
-    failover_after_send: bool = False
-    data_dir: Path | None = None
+    route: list[str] = Field(
+        default_factory=lambda: [DEFAULT_PROVIDER],
+        min_length=1,
+        description="Provider names tried in this order (at least one); each needs a "
+        "[providers.NAME] table, except `local`. IMAGEGATE_ROUTE=a,b overrides it.",
+    )
+    deadline_s: PositiveFloat = Field(
+        default=180.0,
+        description="Seconds a request may take in all, every attempt and failover included (> 0).",
+    )
+    retry_budget: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="Retries allowed as a share of recent requests (0-1), so a failing "
+        "provider cannot multiply the load.",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Attempts one request makes at most (1-10)."
+    )
+    hedge_connect_after_s: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="Seconds a connect and TLS handshake may lag before the next provider "
+        "starts connecting too (>= 0; 0 = off); only one of them sends the request.",
+    )
+    hedge_after_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Seconds an unpaid provider's answer may lag before the next one is sent "
+        "the same request (>= 0; 0 = off).",
+    )
+    failover_after_send: bool = Field(
+        default=False,
+        description="Fail over to the next provider even after a paid one may have received "
+        "(and billed) the request.",
+    )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Where images and the history database live; none = the user data dir. "
+        "IMAGEGATE_DATA_DIR overrides it.",
+    )
 
 
 class RouteSettings(BaseModel):
@@ -90,7 +139,11 @@ class ServerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    api_keys_env: str = "IMAGEGATE_API_KEYS"
+    api_keys_env: str = Field(
+        default="IMAGEGATE_API_KEYS",
+        description="The environment variable holding the server's API keys, comma-separated; "
+        "unset or empty = no auth.",
+    )
     url_expiry_s: int = Field(
         default=3600,
         ge=1,
@@ -103,8 +156,16 @@ class ServerSettings(BaseModel):
         description="Environment variable holding the URL-signing secret; unset = one "
         "generated into <data_dir>/url-secret (mode 0600). Set it when replicas share no data dir.",
     )
-    max_queue: int = Field(default=100, ge=1)
-    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_queue: int = Field(
+        default=100,
+        ge=1,
+        description="Jobs waiting at once before the server answers 429 with Retry-After (>= 1).",
+    )
+    max_body_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        description="The largest request body the server reads, in bytes (>= 1024); more is a 413.",
+    )
 
 
 class ScaleSettings(BaseModel):
@@ -112,10 +173,23 @@ class ScaleSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backplane: str | None = None
-    heartbeat_s: float = Field(default=2.0, gt=0)
-    stalled_s: float = Field(default=10.0, gt=0)
-    sweep_s: float = Field(default=2.0, gt=0)
+    backplane: str | None = Field(
+        default=None,
+        description="A postgresql:// URL for the shared job queue and history; none = SQLite "
+        "in the data dir, jobs run in the serving process.",
+    )
+    heartbeat_s: float = Field(
+        default=2.0, gt=0, description="Seconds between a running job's heartbeats (> 0)."
+    )
+    stalled_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a running job counts as stalled "
+        "and is requeued or failed (> 0).",
+    )
+    sweep_s: float = Field(
+        default=2.0, gt=0, description="Seconds between two looks for stalled jobs (> 0)."
+    )
     remote_concurrency: int = Field(
         default=64,
         ge=1,
@@ -130,17 +204,28 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    gateway: GatewaySettings = Field(
+        default_factory=GatewaySettings, description="Routing, deadlines and retries."
+    )
     routes: dict[str, RouteSettings] = Field(
         default_factory=dict,
         description="Named routes, selected by the OpenAI `model`, the jobs' `route`, "
         "`--route`; names are 1-64 characters, distinct from provider names and from "
         "'route', 'default', 'auto'.",
     )
-    server: ServerSettings = Field(default_factory=ServerSettings)
-    scale: ScaleSettings = Field(default_factory=ScaleSettings)
-    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
-    source: str | None = Field(default=None, exclude=True)
+    server: ServerSettings = Field(
+        default_factory=ServerSettings, description="What `imagegate serve` accepts."
+    )
+    scale: ScaleSettings = Field(
+        default_factory=ScaleSettings, description="Where jobs and history live when scaled out."
+    )
+    providers: dict[str, ProviderConfig] = Field(
+        default_factory=dict,
+        description="One table per provider, named as the route names it; `type` picks its kind.",
+    )
+    source: str | None = Field(
+        default=None, exclude=True, description="The file read (not a key: set by the loader)."
+    )
 
     @property
     def data_dir(self) -> Path:

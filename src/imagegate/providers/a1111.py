@@ -82,16 +82,34 @@ _FIELDS = {
 class A1111Config(RemoteConfig):
     """Settings of an AUTOMATIC1111-compatible server; steps..guidance are the web UI's."""
 
-    type: Literal["a1111"] = "a1111"
-    url: str | None = Field(default="http://127.0.0.1:7860", min_length=1)
-    auth_env: str | None = None
-    """The environment variable holding ``user:pass`` for ``--api-auth``; None = no auth."""
-    model: str | None = None
-    """A checkpoint title or name; None = whatever the server has loaded."""
-    steps: int = Field(default=20, ge=1, le=150)
-    sampler: str = Field(default="Euler a", min_length=1)
-    guidance: float = Field(default=7.0, ge=0.0, le=30.0)
-    progress_interval_s: PositiveFloat = 0.5
+    type: Literal["a1111"] = Field(default="a1111", description="AUTOMATIC1111, Forge, SD.Next.")
+    url: str | None = Field(
+        default="http://127.0.0.1:7860",
+        min_length=1,
+        description="The web UI's base URL (started with --api).",
+    )
+    auth_env: str | None = Field(
+        default=None,
+        description="The environment variable holding `user:pass` for --api-auth; none = no auth.",
+    )
+    model: str | None = Field(
+        default=None,
+        description="A checkpoint title or name; none = whatever the server has loaded.",
+    )
+    steps: int = Field(
+        default=20, ge=1, le=150, description="Steps when the request has none (1-150)."
+    )
+    sampler: str = Field(
+        default="Euler a",
+        min_length=1,
+        description="The sampler name when the request has none, as the web UI lists it.",
+    )
+    guidance: float = Field(
+        default=7.0, ge=0.0, le=30.0, description="CFG scale when the request has none (0-30)."
+    )
+    progress_interval_s: PositiveFloat = Field(
+        default=0.5, description="Seconds between two polls of /sdapi/v1/progress (> 0)."
+    )
 
 
 class A1111Provider(RemoteProvider):

@@ -147,23 +147,60 @@ _WS_WAIT_S = 0.3  # how long the first prompt waits for the socket to be connect
 class ComfyUIConfig(RemoteConfig):
     """Settings of a ComfyUI provider; width..sampler are used when the request has none."""
 
-    type: Literal["comfyui"] = "comfyui"
-    url: str | None = "http://127.0.0.1:8188"
-    checkpoint: str | None = None
-    """The ``ckpt_name`` (a file under ComfyUI's models/checkpoints) for ``{{checkpoint}}``."""
-    workflow: str | None = None
-    """An API-format workflow file with placeholders; None = the built-in text-to-image one."""
-    api_key_env: str | None = None
-    """A Bearer token for a reverse proxy in front of ComfyUI (ComfyUI itself has no auth)."""
-    width: int = Field(default=512, ge=16, le=16384, multiple_of=8)
-    height: int = Field(default=512, ge=16, le=16384, multiple_of=8)
-    steps: int = Field(default=20, ge=1, le=10000)
-    guidance: float = Field(default=8.0, ge=0.0, le=100.0)
-    sampler: str = "Euler"
-    filename_prefix: str = Field(default="imagegate", min_length=1)
-    websocket: bool = True
-    poll_interval_s: PositiveFloat = 0.25
-    """The first wait between two polls of /history; it grows by half each time, to 2 s."""
+    type: Literal["comfyui"] = Field(default="comfyui", description="A ComfyUI server.")
+    url: str | None = Field(default="http://127.0.0.1:8188", description="ComfyUI's base URL.")
+    checkpoint: str | None = Field(
+        default=None,
+        description="The ckpt_name (a file under ComfyUI's models/checkpoints) for "
+        "{{checkpoint}}; required unless `workflow` is set.",
+    )
+    workflow: str | None = Field(
+        default=None,
+        description="An API-format workflow file with {{placeholders}}; none = the built-in "
+        "text-to-image one.",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        description="The environment variable holding a Bearer token for a reverse proxy in "
+        "front of ComfyUI (ComfyUI itself has no auth).",
+    )
+    width: int = Field(
+        default=512,
+        ge=16,
+        le=16384,
+        multiple_of=8,
+        description="Width when the request has none (16-16384, a multiple of 8).",
+    )
+    height: int = Field(
+        default=512,
+        ge=16,
+        le=16384,
+        multiple_of=8,
+        description="Height when the request has none (16-16384, a multiple of 8).",
+    )
+    steps: int = Field(
+        default=20, ge=1, le=10000, description="Steps when the request has none (1-10000)."
+    )
+    guidance: float = Field(
+        default=8.0, ge=0.0, le=100.0, description="CFG when the request has none (0-100)."
+    )
+    sampler: str = Field(
+        default="Euler",
+        description="An A1111 sampler name, mapped to ComfyUI's sampler_name and scheduler.",
+    )
+    filename_prefix: str = Field(
+        default="imagegate",
+        min_length=1,
+        description="The SaveImage prefix of the files ComfyUI writes.",
+    )
+    websocket: bool = Field(
+        default=True, description="Read progress from /ws; false = poll /history only."
+    )
+    poll_interval_s: PositiveFloat = Field(
+        default=0.25,
+        description="The first wait between two polls of /history (> 0); it grows by half "
+        "each time, to 2 s.",
+    )
 
     @model_validator(mode="after")
     def _needs_checkpoint(self) -> ComfyUIConfig:

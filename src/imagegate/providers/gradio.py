@@ -136,12 +136,36 @@ class GradioConfig(RemoteConfig):
     the Space's host (a mirror, a proxy, a test server).
     """
 
-    type: Literal["gradio"] = "gradio"
-    space: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-    api_name: str | None = Field(default=None, min_length=1)
-    params: dict[RequestField, str] = Field(default_factory=dict)
-    token_env: str | None = None
-    wake: bool = True
+    type: Literal["gradio"] = Field(default="gradio", description="A Gradio app or a Space.")
+    space: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$",
+        description='A Hugging Face Space, "owner/name"; its runtime stage is read from the Hub.',
+    )
+    url: str | None = Field(
+        default=None,
+        description="The app's URL; with `space`, it overrides the Space's host (a mirror, a "
+        "proxy).",
+    )
+    api_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The endpoint to call; none = the first that takes a prompt and returns "
+        "an image.",
+    )
+    params: dict[RequestField, str] = Field(
+        default_factory=dict,
+        description="Request field -> the endpoint's parameter name, where the names differ.",
+    )
+    token_env: str | None = Field(
+        default=None,
+        description="The environment variable holding a Hugging Face token (private or "
+        "ZeroGPU Spaces).",
+    )
+    wake: bool = Field(
+        default=True,
+        description="Wake a sleeping Space in the background while traffic goes elsewhere.",
+    )
     concurrency: int = Field(
         default=GRADIO_CONCURRENCY,
         ge=1,
@@ -149,8 +173,15 @@ class GradioConfig(RemoteConfig):
         description="Requests sent to the app at once per process (1-1024); a Space queues "
         "them on its side, so a few keep it busy without flooding a shared free Space.",
     )
-    wake_retry_after_s: PositiveFloat = 30.0
-    hub_url: str = "https://huggingface.co"
+    wake_retry_after_s: PositiveFloat = Field(
+        default=30.0,
+        description="Seconds a waking Space stays off the route before the probe looks again "
+        "(> 0).",
+    )
+    hub_url: str = Field(
+        default="https://huggingface.co",
+        description="The Hugging Face Hub asked for a Space's host and runtime stage.",
+    )
 
     @model_validator(mode="after")
     def _space_or_url(self) -> GradioConfig:

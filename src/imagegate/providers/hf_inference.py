@@ -68,12 +68,28 @@ a Karras or SDE flavour needs scheduler options the API does not take)."""
 class HFInferenceConfig(HostedAPIConfig):
     """Settings of the hf-inference route; ``model`` is a Hub id or an endpoint URL."""
 
-    type: Literal["hf-inference"] = "hf-inference"
-    url: str | None = DEFAULT_URL
-    model: str = Field(min_length=1)
-    token_env: str | None = "HF_TOKEN"  # noqa: S105 - a variable name, not a secret
-    wait_for_model: bool = False
-    hub_url: str = DEFAULT_HUB_URL
+    type: Literal["hf-inference"] = Field(
+        default="hf-inference", description="Hugging Face's hf-inference provider."
+    )
+    url: str | None = Field(
+        default=DEFAULT_URL, description="The inference API's base URL (the model id is appended)."
+    )
+    model: str = Field(
+        min_length=1,
+        description="A Hub model id, or an http(s) endpoint URL posted to directly (required).",
+    )
+    token_env: str | None = Field(
+        default="HF_TOKEN",
+        description="The environment variable holding the Hugging Face token; none = no token.",
+    )
+    wait_for_model: bool = Field(
+        default=False,
+        description="Send x-wait-for-model; false = a loading model is Unavailable with its "
+        "estimated time as Retry-After.",
+    )
+    hub_url: str = Field(
+        default=DEFAULT_HUB_URL, description="The Hub the probe reads the model's status from."
+    )
 
 
 class HFInferenceProvider(RemoteProvider):

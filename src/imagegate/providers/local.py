@@ -129,17 +129,64 @@ _NEEDS_SCIPY = frozenset({"LMS", "LMS Karras"})
 class DiffusersConfig(ProviderConfig):
     """Settings of the embedded diffusers provider; width..guidance None = the model's own."""
 
-    type: Literal["diffusers"] = "diffusers"
-    model: str = Field(default=DEFAULT_MODEL, min_length=1)
-    device: Device = "auto"
-    dtype: DType = "auto"
-    vae: VaeChoice = "auto"
-    tiny_vae: str = Field(default=DEFAULT_TINY_VAE, min_length=1)
-    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
-    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
-    steps: int | None = Field(default=None, ge=1, le=150)
-    guidance: float | None = Field(default=None, ge=0.0, le=30.0)
-    threads: int | None = Field(default=None, ge=1, le=1024)
+    type: Literal["diffusers"] = Field(
+        default="diffusers", description="The embedded diffusers pipeline, in this process."
+    )
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        min_length=1,
+        description="A diffusers text-to-image model: a Hub id or a local folder.",
+    )
+    device: Device = Field(
+        default="auto", description="auto = CUDA, else MPS, else CPU; or cpu, cuda, mps."
+    )
+    dtype: DType = Field(
+        default="auto",
+        description="auto = float16 on GPUs, bfloat16 on CPUs with AMX or AVX512-BF16, else "
+        "float32.",
+    )
+    vae: VaeChoice = Field(
+        default="auto", description="auto = the tiny VAE (TAESD) on CPU, the full one on GPUs."
+    )
+    tiny_vae: str = Field(
+        default=DEFAULT_TINY_VAE,
+        min_length=1,
+        description="The tiny VAE used when `vae` picks it (a Hub id or folder).",
+    )
+    width: int | None = Field(
+        default=None,
+        ge=64,
+        le=2048,
+        multiple_of=8,
+        description="Width when the request has none (64-2048, a multiple of 8); none = the "
+        "model's own.",
+    )
+    height: int | None = Field(
+        default=None,
+        ge=64,
+        le=2048,
+        multiple_of=8,
+        description="Height when the request has none (64-2048, a multiple of 8); none = the "
+        "model's own.",
+    )
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=150,
+        description="Steps when the request has none (1-150); none = the model's recipe.",
+    )
+    guidance: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=30.0,
+        description="Guidance when the request has none (0-30); none = the model's recipe.",
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="CPU threads torch uses (1-1024); none = the CPUs this process may use.",
+    )
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:

@@ -94,20 +94,41 @@ _INVALID = re.compile(r"invalid|not (?:found|exist)|out of range|unsupported|par
 class NovitaConfig(HostedAPIConfig):
     """Settings of a Novita provider; width..sampler are used when the request has none."""
 
-    type: Literal["novita"] = "novita"
-    url: str | None = "https://api.novita.ai"
-    api_key_env: str = "NOVITA_API_KEY"
-    model: str = Field(default=DEFAULT_MODEL, min_length=1)
-    width: int = Field(default=1024, ge=128, le=2048)
-    height: int = Field(default=1024, ge=128, le=2048)
-    steps: int = Field(default=20, ge=1, le=100)
-    guidance: float = Field(default=7.5, ge=1.0, le=30.0)
-    sampler: str = "Euler a"
-    nsfw_detection: bool = False
-    """Novita's ``extra.enable_nsfw_detection`` (off by default there too; costs extra)."""
-    nsfw_detection_level: Literal[0, 1, 2] | None = None
-    poll_interval_s: PositiveFloat = 0.5
-    """The first wait between two polls of a task; it grows by half each time, to 4 s."""
+    type: Literal["novita"] = Field(default="novita", description="Novita AI's async txt2img API.")
+    url: str | None = Field(default="https://api.novita.ai", description="Novita's base URL.")
+    api_key_env: str = Field(
+        default="NOVITA_API_KEY", description="The environment variable holding the API key."
+    )
+    model: str = Field(
+        default=DEFAULT_MODEL, min_length=1, description="The model_name Novita runs."
+    )
+    width: int = Field(
+        default=1024, ge=128, le=2048, description="Width when the request has none (128-2048)."
+    )
+    height: int = Field(
+        default=1024, ge=128, le=2048, description="Height when the request has none (128-2048)."
+    )
+    steps: int = Field(
+        default=20, ge=1, le=100, description="Steps when the request has none (1-100)."
+    )
+    guidance: float = Field(
+        default=7.5, ge=1.0, le=30.0, description="Guidance when the request has none (1-30)."
+    )
+    sampler: str = Field(
+        default="Euler a", description="The sampler_name when the request has none."
+    )
+    nsfw_detection: bool = Field(
+        default=False,
+        description="Novita's extra.enable_nsfw_detection (off by default there too; costs extra).",
+    )
+    nsfw_detection_level: Literal[0, 1, 2] | None = Field(
+        default=None, description="Novita's NSFW detection strictness: 0, 1 or 2; none = theirs."
+    )
+    poll_interval_s: PositiveFloat = Field(
+        default=0.5,
+        description="The first wait between two polls of a task (> 0); it grows by half each "
+        "time, to 4 s.",
+    )
 
 
 class NovitaProvider(RemoteProvider):

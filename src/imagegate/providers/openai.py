@@ -62,18 +62,36 @@ _ALWAYS_B64_MODELS = ("gpt-image", "chatgpt-image")  # refuse response_format, a
 class OpenAIConfig(HostedAPIConfig):
     """Settings of an OpenAI-compatible images API."""
 
-    type: Literal["openai"] = "openai"
-    url: str | None = Field(default="https://api.openai.com/v1", min_length=1)
-    """The API's base URL, up to and including ``/v1``."""
-    api_key_env: str | None = "OPENAI_API_KEY"
-    """The environment variable holding the key (sent as a Bearer token); None = no key."""
-    model: str | None = None
-    """The model to ask for; None = the server's default (dall-e-2 at OpenAI)."""
-    response_format: Literal["b64_json", "url"] = "b64_json"
-    extensions: bool = False
-    """Send imagegate's extension fields (seed, negative_prompt, steps, guidance, sampler)."""
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    """More body fields sent as they are (quality, style, moderation, ...)."""
+    type: Literal["openai"] = Field(
+        default="openai", description="Any OpenAI-compatible images API."
+    )
+    url: str | None = Field(
+        default="https://api.openai.com/v1",
+        min_length=1,
+        description="The API's base URL, up to and including /v1.",
+    )
+    api_key_env: str | None = Field(
+        default="OPENAI_API_KEY",
+        description="The environment variable holding the key (sent as a Bearer token); none = "
+        "no key.",
+    )
+    model: str | None = Field(
+        default=None,
+        description="The model to ask for; none = the server's default (dall-e-2 at OpenAI).",
+    )
+    response_format: Literal["b64_json", "url"] = Field(
+        default="b64_json",
+        description="b64_json = images in the answer; url = links fetched within the deadline.",
+    )
+    extensions: bool = Field(
+        default=False,
+        description="Send imagegate's extension fields (seed, negative_prompt, steps, "
+        "guidance, sampler).",
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More body fields sent as they are (quality, style, moderation, ...).",
+    )
 
 
 class OpenAIProvider(RemoteProvider):

@@ -39,7 +39,11 @@ class HostedAPIConfig(RemoteConfig):
     one. Servers that serialize (A1111, ComfyUI, a local pipeline) keep one at a time.
     """
 
-    paid: bool = True
+    paid: bool = Field(
+        default=True,
+        description="The API bills per request: a request it may have received is never sent "
+        "elsewhere (unless gateway.failover_after_send).",
+    )
     concurrency: int = Field(
         default=HOSTED_API_CONCURRENCY,
         ge=1,

@@ -93,17 +93,32 @@ _FIELDS = {
 class StabilityConfig(HostedAPIConfig):
     """Settings of a Stability provider."""
 
-    type: Literal["stability"] = "stability"
-    url: str | None = "https://api.stability.ai"
-    api_key_env: str = "STABILITY_API_KEY"
-    model: Model = "core"
-    """core | ultra | sd3 (Stability's default sd3 model) | sd3.5-large | sd3.5-large-turbo |
-    sd3.5-medium."""
-    style_preset: StylePreset | None = None
-    accept: Literal["image", "json"] = "image"
-    """How the image comes back: raw bytes (``Accept: image/*``) or base64 in JSON."""
-    guidance: float | None = Field(default=None, ge=1.0, le=10.0)
-    """sd3's ``cfg_scale`` when the request has no guidance; None = Stability's default."""
+    type: Literal["stability"] = Field(
+        default="stability", description="Stability AI's v2beta Stable Image API."
+    )
+    url: str | None = Field(default="https://api.stability.ai", description="Stability's base URL.")
+    api_key_env: str = Field(
+        default="STABILITY_API_KEY", description="The environment variable holding the API key."
+    )
+    model: Model = Field(
+        default="core",
+        description="core, ultra, sd3 (Stability's default sd3 model), sd3.5-large, "
+        "sd3.5-large-turbo or sd3.5-medium.",
+    )
+    style_preset: StylePreset | None = Field(
+        default=None, description="One of Stability's style presets; none = no preset."
+    )
+    accept: Literal["image", "json"] = Field(
+        default="image",
+        description="How the image comes back: raw bytes (Accept: image/*) or base64 in JSON.",
+    )
+    guidance: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=10.0,
+        description="sd3's cfg_scale when the request has no guidance (1-10); none = "
+        "Stability's default.",
+    )
 
 
 class StabilityProvider(RemoteProvider):

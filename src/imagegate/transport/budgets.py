@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import PositiveFloat
+from pydantic import Field, PositiveFloat
 
 from imagegate.config import ProviderConfig
 
@@ -20,13 +20,24 @@ Phase = Literal["pool", "dns", "connect", "tls", "gate", "first_byte", "read", "
 class RemoteConfig(ProviderConfig):
     """Settings every provider reached over the network takes; a timeout of 0 is refused."""
 
-    url: str | None = None
-    ca_file: str | None = None
-    """A PEM bundle of CAs to trust instead of the system's (a private or test CA)."""
-    connect_timeout_s: PositiveFloat = 2.0
-    tls_timeout_s: PositiveFloat = 2.0
-    first_byte_timeout_s: PositiveFloat = 120.0
-    read_timeout_s: PositiveFloat = 30.0
+    url: str | None = Field(default=None, description="The server's base URL.")
+    ca_file: str | None = Field(
+        default=None,
+        description="A PEM bundle of CAs to trust instead of the system's (a private or test CA).",
+    )
+    connect_timeout_s: PositiveFloat = Field(
+        default=2.0, description="Seconds for DNS and for the TCP connect, each (> 0)."
+    )
+    tls_timeout_s: PositiveFloat = Field(
+        default=2.0, description="Seconds for the TLS handshake (> 0)."
+    )
+    first_byte_timeout_s: PositiveFloat = Field(
+        default=120.0,
+        description="Seconds from sending a request to the first byte of the answer (> 0).",
+    )
+    read_timeout_s: PositiveFloat = Field(
+        default=30.0, description="Seconds the answer may pause between two reads (> 0)."
+    )
 
 
 @dataclass(frozen=True)
