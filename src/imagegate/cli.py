@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from imagegate.allocator import reexec_tuned
+from imagegate.cli_config import add_config_parser, run_config
 from imagegate.config import Settings, load_config
 from imagegate.console import Console
 from imagegate.errors import ConfigError, ImagegateError, InvalidRequest
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub.add_parser("list", help="list the models in the local cache").add_argument(
         "--json", action="store_true"
     )
+    add_config_parser(sub, _Parser)
     return parser
 
 
@@ -114,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "history": _history,
         "doctor": _doctor,
         "models": _models,
+        "config": run_config,
     }[args.command]
     try:
         return handler(args, console)
