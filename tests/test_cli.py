@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,60 @@ def test_json_failure_is_still_one_json_document(isolated_env: Path) -> None:
     assert doc["error"]["type"] == "InvalidRequest"
     assert "width" in doc["error"]["message"]
     assert doc["error"]["fix"] == "Change width and try again."
+
+
+def test_a_prompt_survives_the_c_locale(tiny_config: Path, isolated_env: Path) -> None:
+    """Under LC_ALL=C with UTF-8 mode off, "phare à l'aube ✔" reaches the PNG intact."""
+    prompt = "phare \u00e0 l'aube \u2714"
+    run = cli(
+        "generate",
+        prompt,
+        "--size",
+        "64x64",
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+        "--out",
+        "c.png",
+        cwd=isolated_env,
+        env={"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"},
+    )
+    assert run.returncode == 0, run.stderr
+    with Image.open(isolated_env / "c.png") as img:
+        assert isinstance(img, PngImageFile)
+        assert img.text["parameters"].splitlines()[0] == prompt
+
+
+def test_arguments_are_decoded_as_the_bytes_typed() -> None:
+    """Surrogate escapes become the UTF-8 text typed; bytes that are not UTF-8 become U+FFFD."""
+    from imagegate.cli import decode_arg
+
+    typed = "à ✔".encode()
+    assert decode_arg(typed.decode("ascii", "surrogateescape")) == "à ✔"
+    assert decode_arg(b"a\xff".decode("ascii", "surrogateescape")) == "a\ufffd"
+    assert decode_arg("plain") == "plain"
+
+
+def test_a_model_not_in_the_cache_offline_fails_before_torch_is_imported(
+    isolated_env: Path,
+) -> None:
+    """HF_HUB_OFFLINE=1 and an empty cache: a non-zero exit, and torch never imported."""
+    code = (
+        "import sys\n"
+        "from imagegate.cli import main\n"
+        "rc = main(['generate', 'x'])\n"
+        "print(rc, 'torch' in sys.modules, 'diffusers' in sys.modules, 'sqlalchemy' in sys.modules)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(isolated_env / "hf")}
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=isolated_env,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.stdout.split() == ["3", "False", "False", "False"], run.stderr
+    assert "imagegate models pull" in run.stderr

@@ -15,7 +15,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from imagegate.allocator import reexec_tuned
 from imagegate.cli_config import add_config_parser, run_config
@@ -24,6 +24,9 @@ from imagegate.console import Console
 from imagegate.errors import ConfigError, ImagegateError, InvalidRequest
 from imagegate.providers.base import Progress, provider_types
 from imagegate.request import ImageRequest, ImageResult
+
+if TYPE_CHECKING:
+    from imagegate.gateway import Gateway
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_FAILED = 0, 1, 2, 3
 TUNED_COMMANDS = frozenset({"generate", "serve", "worker"})  # may run a local pipeline
@@ -104,10 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``imagegate`` entry point."""
     console = Console()
     as_program = argv is None
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args([decode_arg(arg) for arg in raw])
+    args.tune = lambda: None
     if as_program and args.command in TUNED_COMMANDS:
-        reexec_tuned(argv)
+        args.tune = lambda: reexec_tuned(raw)  # the bytes as typed, not the decoded text
+        if args.command != "generate":  # generate first checks it can run at all
+            args.tune()
     handler = {
         "generate": _generate,
         "serve": _serve,
@@ -140,6 +146,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         console.error(f"{type(exc).__name__}: {exc} (set IMAGEGATE_DEBUG=1 for a traceback)")
         return EXIT_ERROR
+
+
+def decode_arg(arg: str) -> str:
+    """An argument as the user typed it, whatever the locale.
+
+    Python decodes argv with the locale's encoding; under ``LC_ALL=C`` (UTF-8 mode off) the
+    bytes of "à" or "✔" arrive as surrogate escapes. They are turned back into those bytes
+    and decoded as UTF-8, with U+FFFD only where the bytes are not UTF-8.
+    """
+    if not any("\udc80" <= char <= "\udcff" for char in arg):
+        return arg
+    return arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _error_json(exc: ImagegateError) -> dict[str, Any]:
@@ -180,7 +198,12 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
     }
     request = ImageRequest.parse({k: v for k, v in fields.items() if v is not None})
     settings = load_config(args.config)
-    result = asyncio.run(_run_generate(settings, request, console))
+    from imagegate.gateway import Gateway
+
+    gateway = Gateway(settings)
+    gateway.preflight(request)  # a model not here fails now: no store, no torch, no re-exec
+    args.tune()
+    result = asyncio.run(_run_generate(gateway, request, console))
     if args.out is not None:
         _write_out(result, args.out)
     if args.json:
@@ -199,16 +222,14 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-async def _run_generate(settings: Settings, request: ImageRequest, console: Console) -> ImageResult:
-    from imagegate.gateway import Gateway  # the gateway pulls in the store; keep --help fast
-
+async def _run_generate(gateway: Gateway, request: ImageRequest, console: Console) -> ImageResult:
     with console.progress("generating") as bar:
         task = bar.task_ids[0]
 
         def on_step(step: Progress) -> None:
             bar.update(task, total=step.steps, completed=step.step, description="denoising")
 
-        async with Gateway(settings) as gateway:
+        async with gateway:
             return await gateway.generate(request, progress=on_step, source="cli")
 
 

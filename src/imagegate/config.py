@@ -59,6 +59,29 @@ class ProviderConfig(BaseModel):
     )
 
 
+class RemoteConfig(ProviderConfig):
+    """Settings every provider reached over the network takes; a timeout of 0 is refused."""
+
+    url: str | None = Field(default=None, description="The server's base URL.")
+    ca_file: str | None = Field(
+        default=None,
+        description="A PEM bundle of CAs to trust instead of the system's (a private or test CA).",
+    )
+    connect_timeout_s: PositiveFloat = Field(
+        default=2.0, description="Seconds for DNS and for the TCP connect, each (> 0)."
+    )
+    tls_timeout_s: PositiveFloat = Field(
+        default=2.0, description="Seconds for the TLS handshake (> 0)."
+    )
+    first_byte_timeout_s: PositiveFloat = Field(
+        default=120.0,
+        description="Seconds from sending a request to the first byte of the answer (> 0).",
+    )
+    read_timeout_s: PositiveFloat = Field(
+        default=30.0, description="Seconds the answer may pause between two reads (> 0)."
+    )
+
+
 class GatewaySettings(BaseModel):
     """The ``[gateway]`` table: routing, deadlines and retries."""
 

@@ -16,9 +16,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from imagegate.config import DEFAULT_ROUTE_NAMES, GatewaySettings, Settings, load_config
-from imagegate.errors import Cancelled, ImagegateError, InvalidRequest
+from imagegate.errors import (
+    AllProvidersFailed,
+    Cancelled,
+    ImagegateError,
+    InvalidRequest,
+    ProviderError,
+)
 from imagegate.providers.base import Deadline, ProgressCallback, Provider, provider_types
-from imagegate.request import ImageRequest, ImageResult
+from imagegate.request import Attempt, AttemptError, ImageRequest, ImageResult
 from imagegate.router import Router
 
 if TYPE_CHECKING:
@@ -65,13 +71,10 @@ class Gateway:
             for name, route in self.settings.routes.items()
         }
         """Each named route's settings: the gateway's, with the route's own overrides."""
-        self.store: Store | None = None
-        if store is True:
-            from imagegate.store import Store  # SQLAlchemy loads only when storing
-
-            self.store = Store(self.settings.data_dir)
-        elif store is not False:
-            self.store = store
+        self.store: Store | None = None if isinstance(store, bool) else store
+        """The Store it records in; the default one is made by ``open()`` (SQLAlchemy loads
+        only then, so a request that cannot run at all fails before it)."""
+        self._default_store = store is True
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -87,6 +90,10 @@ class Gateway:
 
     async def open(self) -> None:
         """Open the store (creating and migrating it when needed)."""
+        if self.store is None and self._default_store:
+            from imagegate.store import Store
+
+            self.store = Store(self.settings.data_dir)
         if self.store is not None:
             await self.store.open()
 
@@ -158,6 +165,37 @@ class Gateway:
                 limit=f"one of {allowed}",
             )
         return [request.provider]
+
+    def preflight(self, request: ImageRequest) -> None:
+        """Fail at once when no provider on the request's route can serve it at all.
+
+        Each provider's ``preflight`` checks, without the network where it can and without
+        heavy imports, what would make every attempt fail (the local one: its model is in
+        the cache, or the hub can be reached). Raises AllProvidersFailed with one attempt
+        per provider when all of them fail it; other errors (a wrong folder) as they are.
+        """
+        route = self.route_for(request)
+        attempts: list[Attempt] = []
+        last: ProviderError | None = None
+        for name in route:
+            try:
+                self.providers[name].preflight()
+            except ProviderError as exc:
+                error = AttemptError(
+                    type=type(exc).__name__, stage=exc.stage, message=exc.message, fix=exc.fix
+                )
+                attempts.append(Attempt(provider=name, outcome="error", error=error, elapsed_s=0))
+                last = exc
+            else:
+                return
+        if last is not None:
+            reasons = "; ".join(f"{a.provider}: {a.error.type}" for a in attempts if a.error)
+            raise AllProvidersFailed(
+                f"no provider on the route {route} can serve the request: {reasons}. {last.cause}",
+                attempts,
+                last=last,
+                fix=last.fix,
+            )
 
     async def generate(
         self,

@@ -17,12 +17,11 @@ from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
-from imagegate.config import ProviderConfig
+from imagegate.config import ProviderConfig, RemoteConfig
 from imagegate.deadline import Deadline
 from imagegate.errors import AuthError
 from imagegate.registry import ENTRY_POINT_GROUP, ProviderType, provider_types
 from imagegate.request import GeneratedImage, ImageRequest
-from imagegate.transport.budgets import RemoteConfig
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -116,6 +115,11 @@ class Provider(ABC):
         """The base URL this provider talks to (the doctor checks its host); None if local."""
         url = getattr(self.config, "url", None)
         return str(url) if url else None
+
+    def preflight(self) -> None:  # noqa: B027 - optional hook
+        """Raise a ProviderError when this provider cannot serve at all, found cheaply: no
+        generation, no heavy import, the network only where nothing else can tell (the
+        gateway calls it before the store opens, so such a failure is quick)."""
 
     async def probe(self, deadline: Deadline) -> str | None:
         """A cheap check that the provider can serve, without generating.

@@ -451,6 +451,10 @@ class DiffusersProvider(Provider):
 
     # -- the worker thread ---------------------------------------------------------------
 
+    def preflight(self) -> None:
+        """The model is a folder here, in the hub cache, or downloadable now; no torch."""
+        self._source()
+
     def _source(self) -> tuple[str, bool]:
         """Where to load the model from, and whether from local files only; fails fast."""
         return _resolve(self.config.model, self.name, "model")
@@ -465,8 +469,8 @@ class DiffusersProvider(Provider):
             raise _map_error(exc, self.name, self.config.model, started, "load") from exc
 
     def _load_inner(self) -> _Loaded:
+        source, local_only = self._source()  # first: a model not here fails before torch loads
         torch, diffusers = _import_torch()
-        source, local_only = self._source()
         has_mps = (
             getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
         )

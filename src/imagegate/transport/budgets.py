@@ -1,13 +1,11 @@
-"""What a remote provider may spend on each stage of one attempt, and the settings that say so."""
+"""What a remote provider may spend on each stage of one attempt."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, PositiveFloat
-
-from imagegate.config import ProviderConfig
+from imagegate.config import RemoteConfig
 
 __all__ = ["Phase", "RemoteConfig", "StageBudgets"]
 
@@ -15,29 +13,6 @@ __all__ = ["Phase", "RemoteConfig", "StageBudgets"]
 # the router to pick this attempt in a handshake race (imagegate.hedging), and "idle" is the
 # caller's own time between streamed chunks: none has a budget of its own, only the cap.
 Phase = Literal["pool", "dns", "connect", "tls", "gate", "first_byte", "read", "idle"]
-
-
-class RemoteConfig(ProviderConfig):
-    """Settings every provider reached over the network takes; a timeout of 0 is refused."""
-
-    url: str | None = Field(default=None, description="The server's base URL.")
-    ca_file: str | None = Field(
-        default=None,
-        description="A PEM bundle of CAs to trust instead of the system's (a private or test CA).",
-    )
-    connect_timeout_s: PositiveFloat = Field(
-        default=2.0, description="Seconds for DNS and for the TCP connect, each (> 0)."
-    )
-    tls_timeout_s: PositiveFloat = Field(
-        default=2.0, description="Seconds for the TLS handshake (> 0)."
-    )
-    first_byte_timeout_s: PositiveFloat = Field(
-        default=120.0,
-        description="Seconds from sending a request to the first byte of the answer (> 0).",
-    )
-    read_timeout_s: PositiveFloat = Field(
-        default=30.0, description="Seconds the answer may pause between two reads (> 0)."
-    )
 
 
 @dataclass(frozen=True)
