@@ -95,7 +95,14 @@ class GatewaySettings(BaseModel):
     )
     deadline_s: PositiveFloat = Field(
         default=180.0,
-        description="Seconds a request may take in all, every attempt and failover included (> 0).",
+        description="Seconds a request may take in all, every attempt and failover included (> 0). "
+        "A synchronous request (the OpenAI and A1111 routes) counts from its arrival, time in "
+        "the queue included; a job (/v1/jobs) from when it starts.",
+    )
+    max_queue_wait_s: PositiveFloat | None = Field(
+        default=None,
+        description="Seconds a job may wait in the queue before it fails without running "
+        "(> 0; default: no limit).",
     )
     retry_budget: float = Field(
         default=0.2,

@@ -22,6 +22,7 @@ from imagegate.errors import (
     ImagegateError,
     InvalidRequest,
     ProviderError,
+    Timeout,
 )
 from imagegate.providers.base import Deadline, ProgressCallback, Provider, provider_types
 from imagegate.request import Attempt, AttemptError, ImageRequest, ImageResult
@@ -166,6 +167,29 @@ class Gateway:
             )
         return [request.provider]
 
+    def _deadline(self, deadline_s: float, queued_s: float, caller_waits: bool) -> Deadline:
+        """The request's deadline, or a Timeout when its time in the queue used it up."""
+        limit = self.settings.gateway.max_queue_wait_s
+        if limit is not None and queued_s > limit:
+            raise Timeout(
+                f"the job waited {queued_s:.1f} s in the queue, past gateway.max_queue_wait_s "
+                f"({limit:g} s), and did not run",
+                stage="total",
+                fix="submit it again when the queue is shorter, add workers, or raise "
+                "gateway.max_queue_wait_s",
+            )
+        if not caller_waits:
+            return Deadline(deadline_s)
+        if queued_s >= deadline_s:
+            raise Timeout(
+                f"the request waited {queued_s:.1f} s in the queue, its whole deadline_s "
+                f"({deadline_s:g} s), and did not run",
+                stage="total",
+                fix="retry when the queue is shorter, use /v1/jobs for long waits, or raise "
+                "gateway.deadline_s",
+            )
+        return Deadline(deadline_s - queued_s)
+
     def preflight(self, request: ImageRequest) -> None:
         """Fail at once when no provider on the request's route can serve it at all.
 
@@ -223,6 +247,8 @@ class Gateway:
         *,
         progress: ProgressCallback | None = None,
         recorder: JobRecorder | None = None,
+        queued_s: float = 0.0,
+        caller_waits: bool = False,
     ) -> ImageResult:
         """Run a job that is already in the store (a queued one) and record how it ended.
 
@@ -230,8 +256,14 @@ class Gateway:
         stored), failed (with the reason) or cancelled, and the result or error is returned
         or raised as ``generate`` would. ``recorder`` (a backplane's, which also writes the
         job's terminal event) records the end instead of the store.
+
+        ``queued_s`` is how long the job waited to start. Past ``gateway.max_queue_wait_s`` it
+        fails without running. When ``caller_waits`` (a synchronous request), the wait counts
+        against ``deadline_s``: the deadline runs from the request's arrival.
         """
-        return await self._run(request, job_id, progress, None, recorder)
+        return await self._run(
+            request, job_id, progress, None, recorder, queued_s=queued_s, caller_waits=caller_waits
+        )
 
     async def _run(
         self,
@@ -240,6 +272,9 @@ class Gateway:
         progress: ProgressCallback | None,
         route: list[str] | None,
         recorder: JobRecorder | None = None,
+        *,
+        queued_s: float = 0.0,
+        caller_waits: bool = False,
     ) -> ImageResult:
         started = time.monotonic()
         if recorder is None:
@@ -248,9 +283,8 @@ class Gateway:
             if route is None:
                 route = self.route_for(request)
             policy = self.policy_for(request)
-            outcome = await self.router.run(
-                request, route, Deadline(policy.deadline_s), progress, policy=policy
-            )
+            deadline = self._deadline(policy.deadline_s, queued_s, caller_waits)
+            outcome = await self.router.run(request, route, deadline, progress, policy=policy)
         except ImagegateError as exc:
             if recorder is not None and job_id is not None:
                 await recorder.fail_job(job_id, exc, exc.attempts, time.monotonic() - started)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from imagegate.store import Store
 
 __all__ = [
+    "CALLER_WAITS",
     "TERMINAL_EVENTS",
     "TERMINAL_STATUSES",
     "Backplane",
@@ -62,6 +63,8 @@ __all__ = [
 ]
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+CALLER_WAITS = frozenset({"openai", "a1111"})
+"""The sources whose caller waits on the open request (the synchronous routes)."""
 TERMINAL_EVENTS = TERMINAL_STATUSES
 
 
@@ -155,6 +158,14 @@ class JobContext:
     progress: Callable[[Progress], None]
     meta: dict[str, Any] = field(default_factory=dict)
     recorder: JobRecorder | None = None
+    queued_s: float = 0.0
+    """Seconds from the job's submission until it was claimed (wall clock, any process)."""
+
+    @property
+    def caller_waits(self) -> bool:
+        """Whether a caller holds its connection open until the job ends: its deadline
+        then runs from the request's arrival, time in the queue included."""
+        return self.source in CALLER_WAITS
 
 
 JobHandler = Callable[[JobContext], Coroutine[Any, Any, ImageResult]]

@@ -179,13 +179,14 @@ class LocalBreakerStore(BreakerStore):
 class _Pending:
     """A queued job kept in memory, so the worker need not read it back."""
 
-    __slots__ = ("priority", "queue", "request", "source")
+    __slots__ = ("priority", "queue", "request", "source", "submitted")
 
     def __init__(self, request: ImageRequest, source: str, queue: str, priority: int = 0) -> None:
         self.request = request
         self.source = source
         self.queue = queue
         self.priority = priority
+        self.submitted = time.monotonic()  # or recovered: a restart starts the wait again
 
 
 class LocalJobQueue(JobQueue):
@@ -403,7 +404,12 @@ class LocalJobQueue(JobQueue):
             self.store, pump, stopping=lambda: self.stopping, on_event=self.events.fan_out
         )
         context = JobContext(
-            job_id, pending.request, pending.source, pump.report, recorder=recorder
+            job_id,
+            pending.request,
+            pending.source,
+            pump.report,
+            recorder=recorder,
+            queued_s=time.monotonic() - pending.submitted,
         )
         started = time.monotonic()
         task = asyncio.get_running_loop().create_task(handler(context))

@@ -285,7 +285,10 @@ class PostgresJobQueue(JobQueue):
         request = ImageRequest.model_validate(job.request)
         pump = ProgressPump(self.store, job_id, every_s=PROGRESS_EVERY_S)
         recorder = Recorder(self.store, pump, stopping=lambda: self.stopping)
-        ctx = JobContext(job_id, request, job.source, pump.report, recorder=recorder)
+        queued_s = max(0.0, (datetime.now(UTC) - job.created_at).total_seconds())
+        ctx = JobContext(
+            job_id, request, job.source, pump.report, recorder=recorder, queued_s=queued_s
+        )
         task = asyncio.get_running_loop().create_task(handler(ctx))
         try:
             await asyncio.wait({task})

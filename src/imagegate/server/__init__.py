@@ -192,7 +192,12 @@ def job_handler(ctx: ServerContext) -> JobHandler:
         started = time.monotonic()
         try:
             result = await ctx.gateway.execute(
-                job.job_id, job.request, progress=job.progress, recorder=job.recorder
+                job.job_id,
+                job.request,
+                progress=job.progress,
+                recorder=job.recorder,
+                queued_s=job.queued_s,
+                caller_waits=job.caller_waits,
             )
         except ImagegateError as exc:
             _finished(ctx, None, "failed", exc, started)
