@@ -1,7 +1,7 @@
 """The distributed backplane: procrastinate on PostgreSQL, history in the same database.
 
 N stateless ``imagegate serve`` replicas and M ``imagegate worker`` processes share one
-PostgreSQL database (see docs/scaling-out.md and ../shared/scale.md):
+PostgreSQL database (see docs/recipes/scaling-out.md):
 
 - **submit** writes our ``jobs`` row, its ``queued`` event and procrastinate's job in ONE
   transaction (the transactional outbox; ``queueing_lock`` = our job id), so a job is never
