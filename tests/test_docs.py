@@ -98,6 +98,17 @@ def test_home_page_is_the_readme_with_site_links() -> None:
     assert "](docs/" not in page
 
 
+def test_network_troubleshooting_is_worded_by_the_doctor() -> None:
+    """The connection-failure page carries the doctor's own cause and fix for each case."""
+    page = load_hooks().pages()["troubleshooting/network.md"]
+    rows = [line for line in page.splitlines() if line.startswith("| ") and "`" in line]
+    assert [row.split(" | ")[1] for row in rows] == ["`dns`"] * 2 + ["`connect`"] * 3 + [
+        "`tls`"
+    ] * 2
+    assert "did not finish in 2.0 s although TCP connected in 31 ms" in page
+    assert "nothing listens on HOST:443" in page
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """A live imagegate server on 127.0.0.1 with one fake provider, ``local``."""
