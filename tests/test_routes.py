@@ -15,9 +15,14 @@ import webuiapi
 from serverkit import Fake, Live, live
 from test_cli import cli
 
-from imagegate.config import GatewaySettings, RouteSettings, Settings, parse_settings
+from imagegate.config import (
+    GatewaySettings,
+    ProviderConfig,
+    RouteSettings,
+    Settings,
+    parse_settings,
+)
 from imagegate.errors import ConfigError, Unavailable, UpstreamError
-from imagegate.providers.base import ProviderConfig
 
 A1111 = {"type": "a1111", "url": "http://127.0.0.1:9"}
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from imagegate.allocator import reexec_tuned
 from imagegate.cli_config import add_config_parser, run_config
+from imagegate.cli_history import add_prune, prune_command
 from imagegate.config import Settings, load_config
 from imagegate.console import Console
 from imagegate.errors import ConfigError, ImagegateError, InvalidRequest
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     hist = sub.add_parser("history", help="list recent generations")
     hist.add_argument("--limit", type=int, default=20)
     _common(hist, json_flag=True)
+    add_prune(hist, _Parser)
 
     models = sub.add_parser("models", help="download and list local models")
     models_sub = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
@@ -387,6 +389,8 @@ def _doctor(args: argparse.Namespace, console: Console) -> int:
 def _history(args: argparse.Namespace, console: Console) -> int:
     from imagegate.store import Store
 
+    if getattr(args, "history_command", None) == "prune":
+        return prune_command(args, console)
     if args.limit < 1 or args.limit > 1000:
         raise InvalidRequest(
             f"--limit: must be between 1 and 1000; got {args.limit}", field="limit"

@@ -136,6 +136,21 @@ class GatewaySettings(BaseModel):
         description="Where images and the history database live; none = the user data dir. "
         "IMAGEGATE_DATA_DIR overrides it.",
     )
+    keep_days: PositiveFloat | None = Field(
+        default=None,
+        description="Delete images older than this many days (> 0; fractions allowed); "
+        "unset = keep them.",
+    )
+    max_store_gb: PositiveFloat | None = Field(
+        default=None,
+        description="Delete the oldest images while the image files exceed this many GB "
+        "(> 0); unset = no limit.",
+    )
+    retention_sweep_s: PositiveFloat = Field(
+        default=600.0,
+        description="Seconds between retention sweeps of a server (> 0; default 600); a "
+        "sweep runs only when keep_days or max_store_gb is set.",
+    )
 
 
 class RouteSettings(BaseModel):

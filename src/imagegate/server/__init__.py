@@ -9,6 +9,7 @@ and A1111 routes share the queue, history, progress and metrics with /v1/jobs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -74,9 +75,14 @@ def create_app(
         await _restore_breakers(ctx)
         share_breakers(ctx)
         await bp.start(job_handler(ctx))
+        sweeper = _start_retention(gw)
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
             await bp.stop()
             if gateway is None:
                 await gw.aclose()
@@ -138,6 +144,16 @@ def _gateway(settings: Settings, providers: Mapping[str, Provider] | None) -> Ga
     from imagegate.backplane.postgres import shared_store
 
     return Gateway(settings, providers=providers, store=shared_store(settings))
+
+
+def _start_retention(gateway: Gateway) -> asyncio.Task[None] | None:
+    """The background retention sweep, when ``keep_days`` or ``max_store_gb`` is set."""
+    settings = gateway.settings.gateway
+    if gateway.store is None or (settings.keep_days is None and settings.max_store_gb is None):
+        return None
+    from imagegate.store.retention import sweep_forever
+
+    return asyncio.get_running_loop().create_task(sweep_forever(gateway.store, settings))
 
 
 def build_backplane(
