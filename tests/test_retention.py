@@ -239,6 +239,7 @@ def test_one_sweeper_at_a_time_on_postgresql(tmp_path: Path) -> None:
                 )
                 assert report.skipped
                 assert await store.get_image(image_id) is not None
+                other.execute(f"SELECT pg_advisory_unlock({RETENTION_LOCK})")
             report = await prune(
                 store, older_than=datetime.now(UTC) - timedelta(days=30), grace_s=0, settle_s=0
             )
