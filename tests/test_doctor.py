@@ -8,7 +8,6 @@ from the conformance canary, which must appear nowhere in the report.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import re
 import socket
@@ -47,7 +46,6 @@ BUDGET_S = 0.5
 PROBE_BUDGET_S = 1.0
 """The attempt's timeout_s, which bounds the probe: the largest stage budget in the matrix."""
 UNSET_ENV = "IMAGEGATE_TEST_DOCTOR_UNSET_KEY"
-HAS_GRADIO = importlib.util.find_spec("imagegate.providers.gradio") is not None
 """The gradio provider is written in parallel; its row is xfail until it lands."""
 
 
@@ -151,8 +149,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
             "healthy": _remote("openai", f"{healthy}/v1", ca_file),
             "local": {"type": "diffusers", "model": "nobody/missing"},
         }
-        if HAS_GRADIO:
-            providers["sleeping_space"] = _sleeping_space(stack)
+        providers["sleeping_space"] = _sleeping_space(stack)
         settings = parse_settings({"gateway": {"route": ["healthy"]}, "providers": providers})
         started = time.monotonic()
         report = asyncio.run(run_doctor(settings))
@@ -258,7 +255,6 @@ def test_a1111_without_api_fails_at_api_saying_restart_with_api(matrix: Matrix) 
     assert "--api" in (row.fix or "")
 
 
-@pytest.mark.xfail(not HAS_GRADIO, reason="the gradio provider has not landed yet", strict=True)
 def test_sleeping_space_fails_at_runtime(matrix: Matrix) -> None:
     """A Space whose hub runtime says SLEEPING fails runtime, with when to retry."""
     row = matrix.row("sleeping_space")

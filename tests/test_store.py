@@ -401,12 +401,12 @@ def test_history_survives_reopening(tmp_path: Path) -> None:
     assert [image.id for image in job.images] == [result.images[0].id]
 
 
-def test_set_progress_records_step_and_fraction(tmp_path: Path) -> None:
+def test_record_progress_records_step_and_fraction(tmp_path: Path) -> None:
     """Progress is stored as step, steps and their fraction."""
 
     async def body(store: Store) -> JobRecord | None:
         job_id = await store.create_job(REQUEST, route=["local"], source="jobs")
-        await store.set_progress(job_id, 1, 4)
+        await store.record_progress(job_id, 1, 4)
         return await store.get_job(job_id)
 
     job = run_with_store(tmp_path, body)

@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from imagegate.errors import Cancelled, ImagegateError, Interrupted, QueueFull, error_from_dict
-from imagegate.providers.base import Progress
+from imagegate.providers.base import Progress, Provider
 from imagegate.request import Attempt, ImageRequest, ImageResult
 from imagegate.store.records import EventRecord, ImageRecord, JobRecord
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALLER_WAITS",
+    "MAX_RETRIES",
     "TERMINAL_EVENTS",
     "TERMINAL_STATUSES",
     "Backplane",
@@ -58,7 +59,8 @@ __all__ = [
     "QueueFull",
     "Recorder",
     "Submitted",
-    "interrupted_by_shutdown",
+    "instead_of_requeue",
+    "paid_providers",
     "paid_route",
 ]
 
@@ -68,16 +70,44 @@ CALLER_WAITS = frozenset({"openai", "a1111"})
 TERMINAL_EVENTS = TERMINAL_STATUSES
 
 
+def paid_providers(providers: Mapping[str, Provider]) -> list[str]:
+    """The providers that may bill a request (``paid = true``): the one list both backplanes
+    keep, so a job on a route with one of them never runs twice."""
+    return [name for name, provider in providers.items() if provider.paid]
+
+
 def paid_route(route: Sequence[str], paid: Collection[str]) -> bool:
     """Whether a job on ``route`` may have called a paid provider: it must not run twice."""
     return any(name in paid for name in route)
 
 
-def interrupted_by_shutdown() -> Interrupted:
-    """The end of a running job that a shutdown stopped and that must not run again."""
+MAX_RETRIES = 1
+"""How many times a job whose process crashed under it runs again."""
+
+
+def instead_of_requeue(
+    route: Sequence[str],
+    paid: Collection[str],
+    *,
+    stopped_by: Literal["restart", "a shutdown", "a stalled worker"],
+    retries: int | None = None,
+) -> Interrupted | None:
+    """The one requeue rule, for a job that was running when its process stopped.
+
+    It goes back to the queue (None) unless its route has a paid provider, which may have
+    billed it, so it must not run twice; or, after a crash (``retries`` given; a clean
+    shutdown does not count), it ran again ``MAX_RETRIES`` times already. Then it ends with
+    the Interrupted returned, which says why.
+    """
+    if paid_route(route, paid):
+        why = "its route has a paid provider, which may have billed it"
+    elif retries is not None and retries >= MAX_RETRIES:
+        why = "it had been retried once already"
+    else:
+        return None
     return Interrupted(
-        "interrupted by a shutdown: the job was running and its route has a paid provider, "
-        "which may have billed it; submit it again"
+        f"interrupted by {stopped_by}: the job was running and {why}",
+        fix="submit it again",
     )
 
 

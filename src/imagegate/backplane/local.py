@@ -40,7 +40,6 @@ from imagegate.backplane.base import (
     BreakerSnapshot,
     BreakerStore,
     EventBus,
-    Interrupted,
     JobContext,
     JobHandler,
     JobOutcome,
@@ -50,8 +49,7 @@ from imagegate.backplane.base import (
     QueueFull,
     Recorder,
     Submitted,
-    interrupted_by_shutdown,
-    paid_route,
+    instead_of_requeue,
 )
 from imagegate.errors import Cancelled, ImagegateError
 from imagegate.request import ImageRequest, ImageResult
@@ -335,10 +333,6 @@ class LocalJobQueue(JobQueue):
         workers = max(1, sum(self._concurrency.values()))
         return float(min(60, max(1, math.ceil(per_job * self.depth() / workers))))
 
-    def running(self) -> list[str]:
-        """The ids of the jobs running now."""
-        return list(self._running)
-
     # -- workers -----------------------------------------------------------------------------
 
     def start(self, handler: JobHandler) -> None:
@@ -472,13 +466,13 @@ class LocalJobQueue(JobQueue):
         async with self.store.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         for job_id, status, request, source, queue, retries, route in rows:
-            if status == "running" and (retries >= 1 or paid_route(route, self._paid)):
-                why = "it had been retried once already" if retries else "its route is paid"
-                error = Interrupted(
-                    f"interrupted by restart: the server stopped while the job ran and {why}; "
-                    "submit it again"
-                )
-                await self._end_unrun(job_id, error)
+            ended = (
+                instead_of_requeue(route, self._paid, stopped_by="restart", retries=retries)
+                if status == "running"
+                else None
+            )
+            if ended is not None:
+                await self._end_unrun(job_id, ended)
                 continue
             try:
                 parsed = ImageRequest.model_validate(request)
@@ -506,8 +500,9 @@ class LocalJobQueue(JobQueue):
         async with self.store.engine.connect() as conn:
             rows = (await conn.execute(select(_JOBS.c.id, _JOBS.c.route).where(*running))).all()
         for job_id, route in rows:
-            if paid_route(route, self._paid):
-                await self._end_unrun(job_id, interrupted_by_shutdown())
+            ended = instead_of_requeue(route, self._paid, stopped_by="a shutdown")
+            if ended is not None:
+                await self._end_unrun(job_id, ended)
         async with self.store.engine.begin() as conn:
             await conn.execute(
                 update(_JOBS)

@@ -46,7 +46,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from imagegate.backplane.base import (
     TERMINAL_STATUSES,
     Backplane,
-    Interrupted,
     JobContext,
     JobHandler,
     JobOutcome,
@@ -55,8 +54,8 @@ from imagegate.backplane.base import (
     QueueFull,
     Recorder,
     Submitted,
-    interrupted_by_shutdown,
-    paid_route,
+    instead_of_requeue,
+    paid_providers,
 )
 from imagegate.backplane.local import LocalJobStore
 from imagegate.backplane.pgbus import (
@@ -92,7 +91,6 @@ TASK_NAME = "imagegate.run_job"
 SCHEMA_LOCK = 0x1A6E_6A7E  # pg_advisory_lock key: one process installs the schema
 SWEEP_LOCK = 0x1A6E_5EE9  # one sweeper pass at a time across the fleet
 GRACEFUL_S = 5.0  # at most this long a stopping worker waits for its running jobs
-MAX_RETRIES = 1
 PROGRESS_EVERY_S = 0.25  # at most 4 progress rows (and NOTIFYs) a second per job
 
 _TRIGGER_SQL = f"""
@@ -306,17 +304,14 @@ class PostgresJobQueue(JobQueue):
 
     async def _after_abort(self, job_id: str, recorder: Recorder, *, requeue: bool) -> None:
         job = await self.store.get_job(job_id)
-        if (
-            requeue
-            and job is not None
-            and job.status == "running"
-            and paid_route(job.route, self._paid)
-        ):
-            # it may have been billed: it must not run twice
+        ended = (
+            instead_of_requeue(job.route, self._paid, stopped_by="a shutdown")
+            if requeue and job is not None and job.status == "running"
+            else None
+        )
+        if ended is not None:
             with contextlib.suppress(LookupError):
-                await self.store.record_failure(
-                    job_id, interrupted_by_shutdown(), [], 0.0, event=True
-                )
+                await self.store.record_failure(job_id, ended, [], 0.0, event=True)
             return
         if requeue:  # the worker is shutting down: back to the queue for another worker
             async with self.store.engine.begin() as conn:
@@ -372,19 +367,18 @@ class PostgresJobQueue(JobQueue):
                         )
                         continue
                     ran = job.status == "running"
-                    paid = paid_route(job.route, self._paid)
-                    if ran and (paid or job.retries >= MAX_RETRIES):
-                        why = "its route has a paid provider" if paid else "it was retried once"
-                        await self.store.record_failure(
-                            job_id,
-                            Interrupted(
-                                "interrupted: the worker running the job stopped and "
-                                f"{why}; submit it again"
-                            ),
-                            [],
-                            0.0,
-                            event=True,
+                    ended = (
+                        instead_of_requeue(
+                            job.route,
+                            self._paid,
+                            stopped_by="a stalled worker",
+                            retries=job.retries,
                         )
+                        if ran
+                        else None
+                    )
+                    if ended is not None:
+                        await self.store.record_failure(job_id, ended, [], 0.0, event=True)
                         assert stalled.id is not None
                         await manager.finish_job_by_id_async(
                             stalled.id, procrastinate.jobs.Status.FAILED, delete_job=True
@@ -602,9 +596,7 @@ def postgres_backplane(
         url,
         max_queue=settings.server.max_queue,
         remote=remote,
-        paid=[
-            name for name, p in providers.items() if p.paid and not getattr(p, "idempotent", False)
-        ],
+        paid=paid_providers(providers),
         worker_queues=worker_queues,
         concurrency=concurrency,
         heartbeat_s=scale.heartbeat_s,

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 
 from imagegate.backplane import Backplane, BreakerSnapshot, JobContext, JobHandler, LocalBackplane
+from imagegate.backplane.base import paid_providers
 from imagegate.config import Settings, load_config
 from imagegate.errors import ConfigError, ImagegateError
 from imagegate.gateway import Gateway
@@ -197,7 +198,7 @@ def local_backplane(settings: Settings, gateway: Gateway) -> LocalBackplane:
         gateway.store,
         max_queue=settings.server.max_queue,
         concurrency={name: p.config.concurrency for name, p in gateway.providers.items()},
-        paid=[name for name, p in gateway.providers.items() if p.paid],
+        paid=paid_providers(gateway.providers),
     )
 
 

@@ -514,7 +514,8 @@ class Store:
         return records[0] if records else None
 
     async def record_progress(self, job_id: str, step: int, steps: int) -> EventRecord:
-        """:meth:`set_progress` and the job's ``progress`` event, in one transaction."""
+        """Record that the job has done ``step`` of ``steps``, and its ``progress`` event, in
+        one transaction."""
         if steps < 1 or not 0 <= step <= steps:
             raise ValueError(f"step: must be between 0 and steps ({steps}); got {step}")
         values = {"step": step, "steps": steps, "progress": step / steps}
@@ -534,19 +535,6 @@ class Store:
                 await session.execute(update(Job).where(Job.id == job_id).values(**values))
                 ids = await _add_events(session, job_id, stamped)
         return _event_records(job_id, ids, stamped)[0]
-
-    async def set_progress(self, job_id: str, step: int, steps: int) -> None:
-        """Record that the job has done ``step`` of ``steps``."""
-        if steps < 1 or not 0 <= step <= steps:
-            raise ValueError(f"step: must be between 0 and steps ({steps}); got {step}")
-        async with self._session() as session, session.begin():
-            done = await session.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(step=step, steps=steps, progress=step / steps)
-            )
-            if cast("CursorResult[Any]", done).rowcount == 0:
-                raise LookupError(f"no job {job_id!r} in the store")
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         """The job with its images, or None."""
