@@ -21,6 +21,20 @@ resends a request that a paid provider may have billed, so a hung *paid* primary
 that reason instead; the ``hang_paid`` row shows it. ``hang_hedged`` adds request hedging
 (``hedge_after_s = 0.5``; it races unpaid providers only, so there the backup is unpaid too).
 
+Two scenarios measure what the router learns (imagegate.latency, imagegate.hedging,
+imagegate.breaker), against LiteLLM in the same run (its scripts run in a subprocess at the
+same time as imagegate's, each against its own fault server):
+
+- ``hang_spread``: the primary's image endpoint hangs while ``GET /v1/models`` answers (an
+  overloaded upstream, a wedged queue); one request every ``--interval-s`` (2 s) for
+  ``--spread-s`` (120 s). Reported: the fraction of requests that paid the hang (took longer
+  than ``slow_s``; the backup answers in milliseconds). Same primary timeout as above (3 s).
+- ``known_latency``: the primary answers images in 1.0 +- 0.2 s for 50 requests, then hangs.
+  imagegate runs with its defaults (``first_byte_timeout_s`` = 120, no ``timeout_s``; the
+  primary unpaid); reported: the time to the first good image after the hang starts, with an
+  unpaid backup (learned hedging at the p95) and with a paid one (no hedging: learned hang
+  detection at 3x the first-byte p99). LiteLLM keeps its 3 s primary timeout.
+
     python benchmarks/failover.py [--litellm-python /tmp/litellm-venv/bin/python] [-n 20]
 """
 
@@ -28,16 +42,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
 import platform
+import random
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,8 +66,20 @@ import trustme
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from faults import Behaviour, Conn, FaultServer, hang, hold, respond, serve_app  # noqa: E402
-from vendor_openai import OpenAIFake  # noqa: E402
+from faults import (  # noqa: E402
+    Behaviour,
+    Conn,
+    FaultServer,
+    Reply,
+    Request,
+    hang,
+    hang_where,
+    head,
+    hold,
+    respond,
+    serve_app,
+)
+from vendor_openai import OpenAIFake, tiny_png  # noqa: E402
 
 from imagegate.config import Settings  # noqa: E402
 from imagegate.errors import ImagegateError  # noqa: E402
@@ -116,6 +145,62 @@ LITELLM_SCRIPT = textwrap.dedent(
             out[name] = await scenario(name, url)
         print(json.dumps({"version": litellm.__version__ if hasattr(litellm, "__version__")
                           else None, "scenarios": out}))
+
+    asyncio.run(main())
+    """
+)
+
+
+LITELLM_LEARNING_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    import litellm
+
+    litellm.telemetry = False
+    litellm.drop_params = True
+    spec = json.loads(sys.argv[1])
+    KEY = "sk-bench-not-a-real-key"
+
+    def deployment(name, base, timeout, retries=None):
+        params = {"model": "openai/fake", "api_base": base, "api_key": KEY, "timeout": timeout}
+        if retries is not None:
+            params["max_retries"] = retries
+        return {"model_name": name, "litellm_params": params,
+                "model_info": {"mode": "image_generation"}}
+
+    async def case(primary_url, n, interval_s):
+        router = litellm.Router(
+            model_list=[
+                deployment("backup", spec["backup"] + "/v1", 30),
+                deployment("primary", primary_url + "/v1", spec["timeout_s"], retries=0),
+            ],
+            fallbacks=[{"primary": ["backup"]}],
+            num_retries=0,
+            timeout=30,
+            allowed_fails=0,
+            cooldown_time=30,
+        )
+        await router.aimage_generation(model="backup", prompt=spec["prompt"], size="64x64")
+        rows = []
+        began = time.perf_counter()
+        for i in range(n):
+            await asyncio.sleep(max(0.0, began + i * interval_s - time.perf_counter()))
+            t0 = time.perf_counter()
+            try:
+                out = await router.aimage_generation(
+                    model="primary", prompt=spec["prompt"], size="64x64"
+                )
+                ok, err = bool(out.data), None
+            except Exception as exc:
+                ok, err = False, type(exc).__name__
+            rows.append({"s": time.perf_counter() - t0, "ok": ok, "error": err})
+        return rows
+
+    async def main():
+        out = {}
+        for name, c in spec["cases"].items():
+            out[name] = await case(c["url"], c["n"], c["interval_s"])
+        print(json.dumps({"cases": out}))
 
     asyncio.run(main())
     """
@@ -264,6 +349,183 @@ def run_litellm(
     return {"version": out.get("version"), "scenarios": scenarios}
 
 
+# --------------------------------------------------------------------------- what it learns
+
+
+def openai_answer(request: Request) -> Reply:
+    """A raw-socket OpenAI images API: the model list and one tiny image."""
+    if request.path.endswith("/models"):
+        return Reply.json({"object": "list", "data": [{"id": "dall-e-2", "object": "model"}]})
+    image = base64.b64encode(tiny_png()).decode()
+    return Reply.json({"created": int(time.time()), "data": [{"b64_json": image}]})
+
+
+def is_image(request: Request) -> bool:
+    return request.path.endswith("/images/generations")
+
+
+class KnownLatency:
+    """Images in ``mean_s`` +- ``spread_s`` (uniform) for ``good`` requests, then a hang."""
+
+    def __init__(self, good: int, mean_s: float = 1.0, spread_s: float = 0.2) -> None:
+        self.good = good
+        self.mean_s = mean_s
+        self.spread_s = spread_s
+        self.served = 0
+        self._rand = random.Random(15)
+        self._lock = threading.Lock()
+
+    def __call__(self, conn: Conn) -> None:
+        request = conn.read_request()
+        if request is None:
+            return
+        if is_image(request):
+            with self._lock:
+                index = self.served
+                self.served += 1
+                delay = self.mean_s + self._rand.uniform(-self.spread_s, self.spread_s)
+            if index >= self.good:
+                conn.wait()
+            conn.wait(delay)
+        reply = openai_answer(request)
+        conn.send(head(reply.status, reply.headers, len(reply.body)) + reply.body)
+
+
+def learning_gateway(
+    url: str, backup: str, *, primary: dict[str, Any], backup_paid: bool
+) -> Gateway:
+    providers = {
+        "primary": OpenAIProvider(
+            "primary", OpenAIConfig(url=f"{url}/v1", api_key_env=KEY_ENV, **primary)
+        ),
+        "backup": OpenAIProvider(
+            "backup", OpenAIConfig(url=f"{backup}/v1", api_key_env=KEY_ENV, paid=backup_paid)
+        ),
+    }
+    settings = Settings.model_validate({"gateway": {"route": ["primary", "backup"]}})
+    return Gateway(settings, store=False, providers=providers)
+
+
+async def timed_rows(gw: Gateway, n: int, interval_s: float) -> list[dict[str, Any]]:
+    """``n`` requests, one every ``interval_s`` (0: back to back), each timed."""
+    rows: list[dict[str, Any]] = []
+    began = time.perf_counter()
+    for i in range(n):
+        await asyncio.sleep(max(0.0, began + i * interval_s - time.perf_counter()))
+        t0 = time.perf_counter()
+        try:
+            result = await gw.generate(ImageRequest(prompt=PROMPT, width=64, height=64))
+        except ImagegateError as exc:
+            row: dict[str, Any] = {"ok": False, "error": type(exc).__name__}
+        else:
+            row = {"ok": True, "provider": result.provider}
+            notes = [a.note for a in result.attempts if a.note]
+            if notes:
+                row["notes"] = notes
+        row["s"] = time.perf_counter() - t0
+        rows.append(row)
+    return rows
+
+
+def spread_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    slow = [row for row in rows if row["s"] > SLOW_S]
+    return {
+        "sent": len(rows),
+        "ok": sum(1 for row in rows if row["ok"]),
+        "paid_the_hang": len(slow),
+        "fraction_paid_the_hang": round(len(slow) / len(rows), 3) if rows else None,
+        "slow_request_indexes": [i for i, row in enumerate(rows) if row["s"] > SLOW_S],
+    }
+
+
+async def run_spread(backup: str, n: int, interval_s: float) -> dict[str, Any]:
+    """hang_spread: images hang, /models answers; one request every ``interval_s``."""
+    with FaultServer(hang_where(is_image, openai_answer)) as server:
+        primary = {"paid": False, "timeout_s": PRIMARY_TIMEOUT_S}
+        async with learning_gateway(server.url, backup, primary=primary, backup_paid=True) as gw:
+            await gw.generate(ImageRequest(prompt=PROMPT, provider="backup"))
+            rows = await timed_rows(gw, n, interval_s)
+            breaker = gw.router.breakers["primary"]
+            summary = spread_summary(rows)
+            summary["probe_kind"] = breaker.probe_kind
+            summary["breaker_at_end"] = breaker.state
+        summary["primary_image_requests"] = sum(1 for r in server.requests if is_image(r))
+    return summary
+
+
+async def run_known(backup: str, good: int, *, backup_paid: bool, after: int) -> dict[str, Any]:
+    """known_latency: ``good`` images in 1.0 +- 0.2 s, then a hang; defaults everywhere."""
+    behaviour = KnownLatency(good)
+    with FaultServer(behaviour) as server:
+        async with learning_gateway(
+            server.url, backup, primary={"paid": False}, backup_paid=backup_paid
+        ) as gw:
+            await gw.generate(ImageRequest(prompt=PROMPT, provider="backup"))
+            rows = await timed_rows(gw, good + after, 0.0)
+            learned = gw.router.learned("primary")
+    before, hung = rows[:good], rows[good:]
+    return {
+        "backup_paid": backup_paid,
+        "learned": learned[0] if learned else None,
+        "served_before_hang": sum(1 for r in before if r.get("provider") == "primary"),
+        "first_after_hang_s": round(hung[0]["s"], 3),
+        "first_after_hang_ok": hung[0]["ok"],
+        "first_after_hang_provider": hung[0].get("provider"),
+        "first_after_hang_notes": hung[0].get("notes"),
+        "rest_after_hang_max_s": round(max(r["s"] for r in hung[1:]), 3) if hung[1:] else None,
+        "target_s": 3.0,
+        "meets_target": bool(hung[0]["ok"] and hung[0]["s"] <= 3.0),
+    }
+
+
+def start_litellm_learning(
+    python: str, backup: str, spread: tuple[int, float], good: int, after: int, work: Path
+) -> tuple[subprocess.Popen[str], contextlib.ExitStack]:
+    """LiteLLM's runs of both learning scenarios, started now in a subprocess."""
+    script = work / "litellm_learning.py"
+    script.write_text(LITELLM_LEARNING_SCRIPT)
+    stack = contextlib.ExitStack()
+    hanging = stack.enter_context(FaultServer(hang_where(is_image, openai_answer)))
+    known = stack.enter_context(FaultServer(KnownLatency(good)))
+    spec = {
+        "backup": backup,
+        "timeout_s": PRIMARY_TIMEOUT_S,
+        "prompt": PROMPT,
+        "cases": {
+            "hang_spread": {"url": hanging.url, "n": spread[0], "interval_s": spread[1]},
+            "known_latency": {"url": known.url, "n": good + after, "interval_s": 0.0},
+        },
+    }
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    proc = subprocess.Popen(
+        [python, str(script), json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    return proc, stack
+
+
+def finish_litellm_learning(
+    proc: subprocess.Popen[str], stack: contextlib.ExitStack, good: int
+) -> dict[str, Any]:
+    with stack:
+        out, err = proc.communicate(timeout=900)
+    if proc.returncode != 0:
+        return {"error": err[-2000:]}
+    cases = json.loads(out.strip().splitlines()[-1])["cases"]
+    hung = cases["known_latency"][good:]
+    return {
+        "hang_spread": spread_summary(cases["hang_spread"]),
+        "known_latency": {
+            "first_after_hang_s": round(hung[0]["s"], 3),
+            "first_after_hang_ok": hung[0]["ok"],
+            "rest_after_hang_max_s": round(max(r["s"] for r in hung[1:]), 3) if hung[1:] else None,
+        },
+    }
+
+
 def litellm_version(python: str) -> str | None:
     proc = subprocess.run(
         [python, "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
@@ -279,6 +541,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--litellm-python", default=os.environ.get("LITELLM_PYTHON"))
     parser.add_argument("-n", "--requests", type=int, default=20)
+    parser.add_argument("--spread-s", type=float, default=120.0, help="hang_spread duration")
+    parser.add_argument("--interval-s", type=float, default=2.0, help="hang_spread interval")
+    parser.add_argument("--known-good", type=int, default=50, help="known_latency: good images")
     args = parser.parse_args()
     os.environ.setdefault(KEY_ENV, "sk-bench-not-a-real-key")
     ca = trustme.CA()
@@ -303,6 +568,25 @@ def main() -> None:
     fake = OpenAIFake(step_s=0.0)
     with serve_app(fake.app()) as backup, tempfile.TemporaryDirectory() as tmp:
         report["direct"] = asyncio.run(run_direct(backup, n))
+        spread = (max(1, round(args.spread_s / args.interval_s)), args.interval_s)
+        good, after = args.known_good, 5
+        learning = None
+        if python is not None:
+            learning = start_litellm_learning(python, backup, spread, good, after, Path(tmp))
+        report["imagegate_learning"] = {
+            "config": "defaults; hang_spread: primary timeout_s = 3, paid = false; "
+            "known_latency: primary paid = false, first_byte_timeout_s = 120 (default), "
+            "no timeout_s",
+            "hang_spread": asyncio.run(run_spread(backup, *spread)),
+            "known_latency_unpaid_backup": asyncio.run(
+                run_known(backup, good, backup_paid=False, after=after)
+            ),
+            "known_latency_paid_backup": asyncio.run(
+                run_known(backup, good, backup_paid=True, after=after)
+            ),
+        }
+        if learning is not None:
+            report["litellm_learning"] = finish_litellm_learning(*learning, good)
         ours: dict[str, Any] = {}
         for kind in FAULTS:
             ours[kind] = asyncio.run(run_imagegate(kind, backup, tls, n))
@@ -349,6 +633,21 @@ def compare(report: dict[str, Any]) -> dict[str, Any]:
             row["speedup_first"] = round(theirs[kind]["first_ms"] / ours[kind]["first_ms"], 1)
             row["at_least_10x"] = row["speedup_first"] >= 10
         out[kind] = row
+    learning = report["imagegate_learning"]
+    theirs_learning = report.get("litellm_learning", {})
+    spread = {"imagegate_fraction_paid_the_hang": learning["hang_spread"]["fraction_paid_the_hang"]}
+    if "hang_spread" in theirs_learning:
+        spread["litellm_fraction_paid_the_hang"] = theirs_learning["hang_spread"][
+            "fraction_paid_the_hang"
+        ]
+    out["hang_spread"] = spread
+    known = {
+        "imagegate_unpaid_backup_s": learning["known_latency_unpaid_backup"]["first_after_hang_s"],
+        "imagegate_paid_backup_s": learning["known_latency_paid_backup"]["first_after_hang_s"],
+    }
+    if "known_latency" in theirs_learning:
+        known["litellm_s"] = theirs_learning["known_latency"]["first_after_hang_s"]
+    out["known_latency_first_good_after_hang"] = known
     hedged = ours["hang_hedged"]
     if "hang" in theirs and theirs["hang"]["first_ms"]:
         out["hang_hedged"] = {

@@ -8,6 +8,7 @@ Building blocks, for vendor fakes and router tests:
 - ``FaultServer(behaviour, tls=...)``: a raw socket server; each connection runs one
   ``Behaviour``. ``server.set(behaviour)`` switches it for the next connections (a host that
   stalls now and recovers later). Behaviours: ``hold``, ``respond``, ``app``, ``hang``,
+  ``hang_where`` (hangs the requests a predicate picks, answers the others),
   ``drip``, ``rst_mid_body``, ``cut_body``; as an HTTP proxy: ``tunnel`` (CONNECT, relayed),
   ``intercept(ca)`` (CONNECT, then TLS ended by the proxy with a certificate ``ca`` signed);
   ``respond(403)`` is a proxy that refuses the tunnel.
@@ -220,6 +221,24 @@ def hang() -> Behaviour:
     def run(conn: Conn) -> None:
         conn.read_request()
         conn.wait()
+
+    return run
+
+
+def hang_where(hangs: Callable[[Request], bool], handler: Callable[[Request], Reply]) -> Behaviour:
+    """Read the request; never answer the ones ``hangs`` picks, answer the rest by ``handler``.
+
+    A backend whose image endpoint hangs while its metadata endpoint answers.
+    """
+
+    def run(conn: Conn) -> None:
+        request = conn.read_request()
+        if request is None:
+            return
+        if hangs(request):
+            conn.wait()
+        reply = handler(request)
+        conn.send(head(reply.status, reply.headers, len(reply.body)) + reply.body)
 
     return run
 

@@ -16,11 +16,11 @@ PACKAGE = Path(imagegate.__file__).parent
 LAYERS: list[set[str]] = [
     {"attempts"},
     {"errors"},
-    {"deadline", "request", "images", "hedging", "allocator", "console"},
+    {"deadline", "request", "images", "hedging", "latency", "allocator", "console"},
     {"config", "registry", "config_keys"},
     {"transport", "hubcache"},
     {"providers"},
-    {"router", "store"},
+    {"router", "breaker", "store"},
     {"gateway"},
     {"backplane", "imagegate"},
     {"doctor"},

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from imagegate.config import GatewaySettings
+from imagegate.errors import AllProvidersFailed, Timeout
 from imagegate.providers.base import Deadline, ProgressCallback, Provider, RemoteConfig
 from imagegate.request import GeneratedImage, ImageRequest
 from imagegate.router import Router
@@ -264,3 +265,148 @@ def test_probe_closes_the_breaker_once_the_stalled_host_recovers(
             await close(router)
 
     assert asyncio.run(scenario()) == "stalled"
+
+
+# --------------------------------------------------------------------------- learned
+
+
+class Latency:
+    """A server whose /image answers after ``delay_s``, or never when ``delay_s`` is None."""
+
+    def __init__(self, delay_s: float | None) -> None:
+        self.delay_s = delay_s
+        self.seen = 0
+
+    def app(self) -> Starlette:
+        async def image(request: Request) -> Response:
+            self.seen += 1
+            if self.delay_s is None:
+                await asyncio.Event().wait()
+            await asyncio.sleep(self.delay_s or 0.0)
+            return Response(tiny_png(), media_type="image/png")
+
+        return Starlette(routes=[Route("/image", image)])
+
+
+LEARN = {"learn_min_samples": 5, "hedge_min_s": 0.05, "hang_min_s": 0.2}
+
+
+async def train(router: Router, times: int) -> None:
+    for _ in range(times):
+        await router.run(REQUEST, list(router.providers), Deadline(30))
+
+
+def test_unpaid_provider_is_hedged_after_its_learned_p95() -> None:
+    """Without hedge_after_s, a lagging unpaid provider with history is raced at its p95."""
+    primary, backup = Latency(0.02), Latency(0.0)
+    with serve_app(primary.app()) as p_url, serve_app(backup.app()) as b_url:
+        router = make_router(NetProvider("p", p_url), NetProvider("b", b_url), **LEARN)
+
+        async def scenario() -> list[tuple[str, str, str | None]]:
+            try:
+                await train(router, 6)
+                primary.delay_s = 5.0
+                result = await router.run(REQUEST, list(router.providers), Deadline(30))
+                return [(a.provider, a.outcome, a.note) for a in result.attempts]
+            finally:
+                await close(router)
+
+        attempts = asyncio.run(scenario())
+    assert [(name, outcome) for name, outcome, _ in attempts] == [
+        ("p", "cancelled"),
+        ("b", "ok"),
+    ]
+    assert "hedged after" in (attempts[0][2] or "")
+    assert "p95 of 6 successes" in (attempts[0][2] or "")
+    assert not router.breakers["p"].is_open  # one race lost at the p95 is not a fault
+
+
+def test_no_history_no_hedge() -> None:
+    """A slow unpaid provider without learn_min_samples successes is awaited, not raced."""
+    primary, backup = Latency(0.3), Latency(0.0)
+    with serve_app(primary.app()) as p_url, serve_app(backup.app()) as b_url:
+        router = make_router(NetProvider("p", p_url), NetProvider("b", b_url), **LEARN)
+        served_by, attempts, _ = request_once(router)
+    assert served_by == "p"
+    assert attempts == [("p", "ok", None)]
+    assert backup.seen == 0
+
+
+def test_first_byte_past_the_learned_p99_multiple_is_a_hang() -> None:
+    """A paid provider with history that stops answering: Timeout(first_byte), not resent.
+
+    The message names the expected and the waited time; the attempt notes the learned limit.
+    """
+    primary, backup = Latency(0.02), Latency(0.0)
+    with serve_app(primary.app()) as p_url, serve_app(backup.app()) as b_url:
+        router = make_router(
+            NetProvider("p", p_url, paid=True), NetProvider("b", b_url, paid=True), **LEARN
+        )
+
+        async def scenario() -> AllProvidersFailed:
+            try:
+                await train(router, 5)
+                primary.delay_s = None
+                with pytest.raises(AllProvidersFailed) as info:
+                    await router.run(REQUEST, list(router.providers), Deadline(30))
+                return info.value
+            finally:
+                await close(router)
+
+        failed = asyncio.run(scenario())
+    assert isinstance(failed.last, Timeout)
+    assert failed.last.stage == "first_byte"
+    assert "where about" in failed.last.message
+    assert "treated as a hang" in failed.last.message
+    assert "not sent elsewhere" in str(failed)
+    assert "learned first-byte limit" in (failed.attempts[0].note or "")
+    assert backup.seen == 0
+
+
+def test_hang_detection_off_waits_the_configured_budget() -> None:
+    """hang_p99_multiple = 0: the same hang runs to first_byte_timeout_s, with its message."""
+    primary = Latency(0.02)
+    with serve_app(primary.app()) as p_url:
+        provider = NetProvider("p", p_url, paid=True)
+        provider.transport = Transport.for_config(
+            "p", NetConfig(url=p_url, first_byte_timeout_s=0.5)
+        )
+        router = make_router(provider, hang_p99_multiple=0, **LEARN)
+
+        async def scenario() -> AllProvidersFailed:
+            try:
+                await train(router, 5)
+                primary.delay_s = None
+                with pytest.raises(AllProvidersFailed) as info:
+                    await router.run(REQUEST, list(router.providers), Deadline(30))
+                return info.value
+            finally:
+                await close(router)
+
+        failed = asyncio.run(scenario())
+    assert isinstance(failed.last, Timeout)
+    assert failed.last.stage == "first_byte"
+    assert "raise first_byte_timeout_s" in failed.last.message
+    assert failed.attempts[0].note is None
+
+
+def test_router_reports_learned_quantiles_and_effective_timeouts() -> None:
+    """learned(): p50 / p95 / p99, the hedge delay and the learned first-byte limit per shape."""
+    primary = Latency(0.02)
+    with serve_app(primary.app()) as p_url:
+        router = make_router(NetProvider("p", p_url), **LEARN)
+
+        async def scenario() -> list[dict[str, object]]:
+            try:
+                await train(router, 5)
+                return router.learned("p")
+            finally:
+                await close(router)
+
+        (row,) = asyncio.run(scenario())
+    assert row["shape"] == "default size, default steps"
+    assert row["total"]["samples"] == 5  # type: ignore[index]
+    assert row["first_byte_timeout_learned"] is True
+    assert isinstance(row["first_byte_timeout_s"], float)
+    assert row["first_byte_timeout_s"] < 120
+    assert row["hedge_after_s"] is not None

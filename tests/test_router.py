@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
@@ -223,3 +224,75 @@ def test_backoff_honours_retry_after() -> None:
     assert backoff_s(0, 3.0, lambda: 1.0) == 3.0
     assert backoff_s(10, None, lambda: 1.0) == 5.0
     assert backoff_s(2, None, lambda: 0.0) == 0.0
+
+
+# --------------------------------------------------------------------------- breaker
+
+
+def test_probe_repeats_the_stage_that_failed() -> None:
+    """Handshake for dns/connect/tls; a generation for an unpaid hang or 5xx; else metadata."""
+    from imagegate.breaker import probe_kind
+    from imagegate.errors import AuthError
+
+    assert probe_kind(Timeout("stall", stage="tls"), paid=False) == "handshake"
+    assert probe_kind(ConnectError("refused", stage="connect"), paid=True) == "handshake"
+    assert probe_kind(Timeout("hang", stage="first_byte"), paid=False) == "generation"
+    assert probe_kind(UpstreamError("500"), paid=False) == "generation"
+    assert probe_kind(Timeout("hang", stage="first_byte"), paid=True) == "metadata"
+    assert probe_kind(AuthError("401"), paid=False) == "metadata"
+
+
+def test_open_time_doubles_with_each_reopening_up_to_max_open_s() -> None:
+    """2, 4, 8 ... seconds between probes, never more than max_open_s; a close resets it."""
+    from imagegate.breaker import Breaker
+
+    breaker = Breaker(open_s=2.0, max_open_s=10.0)
+    waits = []
+    for _ in range(5):
+        before = time.monotonic()
+        breaker.open()
+        waits.append(round(breaker.opened_until - before))
+    assert waits == [2, 4, 8, 10, 10]
+    breaker.close()
+    breaker.open()
+    assert round(breaker.opened_until - time.monotonic()) == 2
+
+
+def test_paid_failure_after_sending_goes_half_open_and_one_trial_closes_it() -> None:
+    """A metadata probe of a paid provider only half-opens; one trial at a time; success closes."""
+    from imagegate.breaker import Breaker
+
+    breaker = Breaker(paid=True)
+    assert breaker.record_failure(Timeout("hang", stage="first_byte"))
+    assert breaker.probe_kind == "metadata"
+    assert not breaker.probe_passed("metadata")
+    assert breaker.state == "half_open"
+    assert breaker.start_trial()
+    assert not breaker.start_trial()
+    assert breaker.record_success()
+    assert not breaker.is_open
+
+
+def test_failed_trial_opens_the_breaker_again_for_longer() -> None:
+    """A half-open trial that fails reopens the breaker, and the next wait is longer."""
+    from imagegate.breaker import Breaker
+
+    breaker = Breaker(paid=True)
+    breaker.record_failure(Timeout("hang", stage="first_byte"))
+    first = breaker.reopen_count
+    breaker.probe_passed("metadata")
+    breaker.start_trial()
+    assert breaker.record_failure(Timeout("hedged", stage="first_byte"), lost_race=True)
+    assert breaker.state == "open"
+    assert breaker.reopen_count == first + 1
+
+
+def test_trial_ended_by_the_callers_fault_passes_the_trial_on() -> None:
+    """A half-open trial refused for the caller's own prompt leaves the next request the trial."""
+    router = make_router(Scripted("a", ContentFiltered("refused"), paid=True), Scripted("b"))
+    breaker = router.breakers["a"]
+    breaker.state = "half_open"
+    with pytest.raises(ContentFiltered):
+        asyncio.run(run(router))
+    assert breaker.state == "half_open"
+    assert not breaker.trial_running

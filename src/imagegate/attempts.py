@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 __all__ = ["Attempt", "AttemptError", "Outcome"]
 
@@ -28,3 +28,6 @@ class Attempt(BaseModel):
     outcome: Outcome
     error: AttemptError | None = None
     elapsed_s: float
+    note: str | None = Field(default=None, exclude_if=lambda note: note is None)
+    """Why the router did something unusual with this attempt: a hedge, a learned limit;
+    left out of the JSON when there is nothing to say."""

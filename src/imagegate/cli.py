@@ -315,6 +315,8 @@ def _worker(args: argparse.Namespace, console: Console) -> int:
 
 
 def _providers(args: argparse.Namespace, console: Console) -> int:
+    from imagegate.router import configured_timeouts
+
     settings = load_config(args.config)
     types = provider_types()
     # Scaled out, the replicas share their breakers in the database: show those. A single
@@ -332,6 +334,8 @@ def _providers(args: argparse.Namespace, console: Console) -> int:
                 settings.gateway.route.index(name) + 1 if name in settings.gateway.route else None
             ),
             "breaker": shared.get(name, "closed"),
+            "timeouts": configured_timeouts(cfg),
+            "learned": [],
         }
         for name, cfg in settings.providers.items()
     ]
@@ -339,7 +343,7 @@ def _providers(args: argparse.Namespace, console: Console) -> int:
         console.json({"route": settings.gateway.route, "providers": rows})
         return EXIT_OK
     console.table(
-        ["name", "type", "origin", "model", "paid", "route", "breaker"],
+        ["name", "type", "origin", "model", "paid", "route", "breaker", "first byte"],
         [
             [
                 str(r["name"]),
@@ -349,11 +353,22 @@ def _providers(args: argparse.Namespace, console: Console) -> int:
                 "yes" if r["paid"] else "no",
                 str(r["route_position"] or "-"),
                 str(r["breaker"]),
+                _seconds(r["timeouts"]["first_byte_s"]),
             ]
             for r in rows
         ],
     )
+    console.info(
+        "first byte: the configured first_byte_timeout_s. What the router learns (p50 / p95 / "
+        "p99 per request shape, learned hedge delays and first-byte limits) lives in each "
+        "server process: GET /v1/providers, or GET /v1/providers?doctor=true for the doctor's "
+        "view of it."
+    )
     return EXIT_OK
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} s"
 
 
 async def _shared_breakers(settings: Settings) -> dict[str, str]:

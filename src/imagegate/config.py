@@ -124,7 +124,59 @@ class GatewaySettings(BaseModel):
         default=0.0,
         ge=0.0,
         description="Seconds an unpaid provider's answer may lag before the next one is sent "
-        "the same request (>= 0; 0 = off).",
+        "the same request (>= 0); 0 = after its learned p95 (hedge_learned).",
+    )
+    hedge_learned: bool = Field(
+        default=True,
+        description="Hedge unpaid providers after their learned p95 for the request's shape "
+        "(needs learn_min_samples successes; never below hedge_min_s).",
+    )
+    hedge_min_s: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=3600.0,
+        description="The shortest learned hedge delay, in seconds (0-3600).",
+    )
+    learn_min_samples: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="Successes of one provider and request shape needed before learned hedging "
+        "and hang detection use them (1-10000).",
+    )
+    hang_p99_multiple: float = Field(
+        default=3.0,
+        ge=0.0,
+        le=1000.0,
+        description="A first byte later than this multiple of the learned first-byte p99 is a "
+        "hang (0-1000; 0 = off); the provider's first_byte_timeout_s stays the cap.",
+    )
+    hang_min_s: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=3600.0,
+        description="The shortest learned hang limit, in seconds (more than 0, at most 3600).",
+    )
+    breaker_open_s: float = Field(
+        default=2.0,
+        gt=0.0,
+        le=3600.0,
+        description="Seconds a breaker stays open before its first probe (more than 0, at most "
+        "3600); doubles with each failed probe up to breaker_max_open_s.",
+    )
+    breaker_max_open_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        le=86_400.0,
+        description="The longest a breaker stays open between two probes, in seconds (more "
+        "than 0, at most 86400).",
+    )
+    half_open_hedge_s: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=3600.0,
+        description="A paid provider's half-open trial request is hedged to the next provider "
+        "after this many seconds when no latency is learned yet (0-3600).",
     )
     failover_after_send: bool = Field(
         default=False,
@@ -174,8 +226,8 @@ class RouteSettings(BaseModel):
     hedge_after_s: float | None = Field(
         default=None,
         ge=0.0,
-        description="Start the next unpaid provider after this many s, >= 0; 0 = off "
-        "(default: the gateway's).",
+        description="Start the next unpaid provider after this many s, >= 0; 0 = after its "
+        "learned p95 (default: the gateway's).",
     )
 
 

@@ -1,11 +1,17 @@
 """The router: one request, an ordered route of providers, and no way to hang.
 
 It owns the only retry loop in imagegate. For each request it walks the route in order,
-skipping providers whose circuit breaker is open, and records every attempt. A failure moves
-on to the next provider at once (failover); when the route is exhausted, providers that failed
-with a retryable error get another try after a full-jitter exponential backoff, as long as the
-shared retry budget, ``max_attempts`` and the request's deadline allow. Breakers open on
-failures and are closed only by a background probe, never by a user request.
+skipping providers whose circuit breaker is open (imagegate.breaker), and records every
+attempt. A failure moves on to the next provider at once (failover); when the route is
+exhausted, providers that failed with a retryable error get another try after a full-jitter
+exponential backoff, as long as the shared retry budget, ``max_attempts`` and the request's
+deadline allow. Breakers open on failures and are closed only by a background probe that tests
+what failed, or by a half-open breaker's trial request.
+
+The router also remembers how fast each provider answers each shape of request
+(imagegate.latency) and uses it (imagegate.hedging): an unpaid provider that lags past its p95
+is hedged, and a first byte far past its p99 is a hang. Each such decision is written into the
+attempts' ``note``.
 """
 
 from __future__ import annotations
@@ -14,112 +20,40 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
 
+from imagegate.breaker import Breaker, counts_against_provider, run_probe
 from imagegate.config import GatewaySettings
 from imagegate.errors import (
     AllProvidersFailed,
-    AuthError,
-    ConnectError,
-    ContentFiltered,
     ImagegateError,
     InvalidRequest,
     ProviderError,
-    QuotaExceeded,
-    RateLimited,
     Timeout,
-    Unavailable,
 )
-from imagegate.hedging import SendGate, current_gate
-from imagegate.providers.base import Deadline, ProgressCallback, Provider
+from imagegate.hedging import (
+    AttemptControl,
+    Contender,
+    HangLimit,
+    Learned,
+    Outcome,
+    SendGate,
+    answer_race,
+    first_of,
+    handshake_race,
+    hang_limit,
+    hedge_after,
+)
+from imagegate.latency import LatencyMemory, Shape, shape_of
+from imagegate.providers.base import Deadline, ProgressCallback, Provider, ProviderConfig
 from imagegate.request import Attempt, AttemptError, GeneratedImage, ImageRequest
-
-BreakerState = Literal["closed", "open"]
+from imagegate.request import Outcome as AttemptOutcome
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
 PROBE_DEADLINE_S = 10.0
-
-
-@dataclass
-class Breaker:
-    """The circuit breaker of one provider; only the background probe closes it."""
-
-    open_s: float = 2.0
-    max_open_s: float = 60.0
-    consecutive_limit: int = 3
-    window: int = 20
-    rate_limit: float = 0.5
-    state: BreakerState = "closed"
-    opened_until: float = 0.0
-    reopen_count: int = 0
-    consecutive: int = 0
-    last_error: str | None = None
-    last_probe_at: datetime | None = None
-    last_probe_ok: bool | None = None
-    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=20))
-
-    @property
-    def is_open(self) -> bool:
-        return self.state == "open"
-
-    def record_success(self) -> None:
-        self.consecutive = 0
-        self.outcomes.append(True)
-
-    def record_failure(self, error: ProviderError) -> bool:
-        """Count a failure; True when this failure opened the breaker."""
-        self.consecutive += 1
-        self.outcomes.append(False)
-        self.last_error = f"{type(error).__name__}: {error.message}"
-        failures = self.outcomes.count(False)
-        tripped = (
-            _unreachable(error)
-            or self.consecutive >= self.consecutive_limit
-            or (
-                len(self.outcomes) >= self.window // 2
-                and failures / len(self.outcomes) >= self.rate_limit
-            )
-        )
-        if tripped and not self.is_open:
-            self.open(error.retry_after)
-            return True
-        return False
-
-    def open(self, retry_after: float | None = None) -> None:
-        wait = min(self.max_open_s, self.open_s * 2**self.reopen_count)
-        if retry_after is not None:
-            wait = max(wait, retry_after)
-        self.state = "open"
-        self.opened_until = time.monotonic() + wait
-        self.reopen_count += 1
-
-    def close(self) -> None:
-        self.state = "closed"
-        self.reopen_count = 0
-        self.consecutive = 0
-        self.outcomes.clear()
-
-
-def _unreachable(error: ProviderError) -> bool:
-    """Failures that open the breaker at once: the provider cannot serve anyone right now.
-
-    A timeout is one of them whatever its stage: it costs the caller a whole budget, so the
-    next request must not pay it again. The probe puts a provider that was only slow back
-    on the route as soon as it answers.
-    """
-    return isinstance(
-        error, Timeout | ConnectError | Unavailable | RateLimited | AuthError | QuotaExceeded
-    )
-
-
-def _counts_against_provider(error: ProviderError) -> bool:
-    """A caller's bad request or a content filter says nothing about the provider's health."""
-    return not isinstance(error, InvalidRequest | ContentFiltered)
 
 
 class RetryBudget:
@@ -155,8 +89,38 @@ def backoff_s(retry: int, retry_after: float | None, rand: Callable[[], float]) 
     return max(wait, retry_after or 0.0)
 
 
+@dataclass
+class _Walk:
+    """One request on its way along the route: what is left to try and what happened."""
+
+    request: ImageRequest
+    deadline: Deadline
+    progress: ProgressCallback | None
+    policy: GatewaySettings
+    """The router's settings, or a named route's that replace them for this request."""
+    shape: Shape
+    queue: list[str]
+    attempts: list[Attempt] = field(default_factory=list)
+    failed: list[tuple[str, ProviderError]] = field(default_factory=list)
+    retries: int = 0
+
+    @property
+    def tried(self) -> int:
+        return sum(a.outcome != "skipped" for a in self.attempts)
+
+    def skip(self, name: str, why: str, kind: str) -> None:
+        self.attempts.append(
+            Attempt(
+                provider=name,
+                outcome="skipped",
+                error=AttemptError(type=kind, message=why),
+                elapsed_s=0.0,
+            )
+        )
+
+
 class Router:
-    """Deadlines, failover, retries within a budget, and a breaker per provider."""
+    """Deadlines, failover, retries within a budget, a breaker and a latency memory per provider."""
 
     def __init__(
         self,
@@ -168,7 +132,15 @@ class Router:
     ) -> None:
         self.settings = settings
         self.providers = providers
-        self.breakers = {name: Breaker() for name in providers}
+        self.breakers = {
+            name: Breaker(
+                paid=provider.paid,
+                open_s=settings.breaker_open_s,
+                max_open_s=max(settings.breaker_open_s, settings.breaker_max_open_s),
+            )
+            for name, provider in providers.items()
+        }
+        self.latency = LatencyMemory()
         self.slots = {
             name: asyncio.Semaphore(provider.config.concurrency)
             for name, provider in providers.items()
@@ -194,6 +166,8 @@ class Router:
             breaker.last_error = last_error
             self._start_probe(name)
 
+    # -- one request, step by step -------------------------------------------------------
+
     async def run(
         self,
         request: ImageRequest,
@@ -208,171 +182,217 @@ class Router:
         ``policy`` (a named route's settings) replaces the router's own ``max_attempts``,
         hedging and failover settings for this request.
         """
-        policy = policy or self.settings
         self.budget.on_request()
-        attempts: list[Attempt] = []
-        failed: list[tuple[str, ProviderError]] = []
-        queue = list(route)
-        retries = 0
-        while queue and sum(a.outcome != "skipped" for a in attempts) < policy.max_attempts:
-            name = queue.pop(0)
-            breaker = self.breakers[name]
-            if breaker.is_open:
-                why = f"circuit breaker open after {breaker.last_error}"
-                attempts.append(_skipped(name, why, "CircuitOpen"))
+        policy = policy or self.settings
+        walk = _Walk(request, deadline, progress, policy, shape_of(request), list(route))
+        while walk.queue and walk.tried < policy.max_attempts:
+            name = walk.queue.pop(0)
+            admitted = self._admit(name, walk)
+            if admitted is None:
                 continue
             if deadline.expired:
-                attempts.append(_skipped(name, "the request deadline had passed", "DeadlinePassed"))
+                self._release_trial(name, admitted)
+                walk.skip(name, "the request deadline had passed", "DeadlinePassed")
                 break
-            started = time.monotonic()
-            try:
-                outcomes = await self._try(name, queue, request, deadline, progress, policy)
-            except asyncio.CancelledError:
-                attempts.append(
+            outcomes = await self._attempt(name, walk, trial=admitted)
+            result = self._settle(outcomes, walk)
+            if result is not None:
+                return result
+            await self._retry_later(walk)
+        raise _all_failed(route, walk.attempts, walk.failed)
+
+    def _admit(self, name: str, walk: _Walk) -> bool | None:
+        """Whether ``name`` may be tried: None (skipped), False (normally), True (as a trial)."""
+        breaker = self.breakers[name]
+        if not breaker.is_open:
+            return False
+        if not walk.deadline.expired and breaker.start_trial():
+            return True
+        why = f"circuit breaker {breaker.state.replace('_', '-')} after {breaker.last_error}"
+        if breaker.state == "half_open":
+            why += "; another request is its trial"
+        walk.skip(name, why, "CircuitOpen")
+        return None
+
+    def _release_trial(self, name: str, trial: bool) -> None:
+        if trial:
+            self.breakers[name].abandon_trial()
+
+    async def _attempt(self, name: str, walk: _Walk, *, trial: bool) -> list[Outcome]:
+        """Try ``name`` (raced against the next provider when it lags); a cancel is recorded."""
+        started = time.monotonic()
+        try:
+            return await self._race(name, walk, trial)
+        except BaseException as exc:  # cancelled, or a bug: the next request takes the trial
+            self._release_trial(name, trial)
+            if isinstance(exc, asyncio.CancelledError):
+                walk.attempts.append(
                     Attempt(provider=name, outcome="cancelled", elapsed_s=_since(started))
                 )
-                raise
-            for outcome in outcomes:
-                if outcome.cancelled:  # lost a request-hedging race: slow, so counted
-                    attempts.append(
-                        Attempt(
-                            provider=outcome.name,
-                            outcome="cancelled",
-                            error=_attempt_error(outcome.error) if outcome.error else None,
-                            elapsed_s=_since(outcome.started),
-                        )
-                    )
-                    if outcome.error is not None:
-                        self._record_failure(outcome.name, outcome.error)
-                    continue
-                if outcome.error is None:
-                    self.breakers[outcome.name].record_success()
-                    attempts.append(
-                        Attempt(provider=outcome.name, outcome="ok", elapsed_s=outcome.elapsed_s)
-                    )
-                    return RouteResult(
-                        images=outcome.images,
-                        provider=self.providers[outcome.name],
-                        attempts=attempts,
-                    )
-                exc = outcome.error
-                attempts.append(_failed(outcome.name, exc, outcome.started))
-                failed.append((outcome.name, exc))
-                self._record_failure(outcome.name, exc)
-                if not exc.failover:
-                    raise _stop(exc, attempts) from exc
-                if (
-                    self.providers[outcome.name].paid
-                    and exc.may_have_been_billed
-                    and not policy.failover_after_send
-                ):
-                    raise _not_resent(outcome.name, exc, attempts) from exc
-            if not queue and deadline.remaining() > 0:
-                retry = self._next_retry(failed, retries, deadline)
-                if retry is not None:
-                    retry_name, wait = retry
-                    retries += 1
-                    await self._sleep(wait)
-                    queue.append(retry_name)
-        raise _all_failed(route, attempts, failed)
+            raise
 
-    def _record_failure(self, name: str, exc: ProviderError) -> None:
-        if _counts_against_provider(exc) and self.breakers[name].record_failure(exc):
+    def _settle(self, outcomes: list[Outcome], walk: _Walk) -> RouteResult | None:
+        """Record each outcome (breakers, latency, attempts); the result when one succeeded.
+
+        Raises at once when a failure must not fail over: a content filter, or a paid
+        provider that may have billed the attempt.
+        """
+        for outcome in outcomes:
+            if outcome.cancelled:  # lost a request-hedging race: slow, so counted
+                walk.attempts.append(_attempt_record(outcome, "cancelled"))
+                self.latency.observe_lower_bound(outcome.name, walk.shape, outcome.elapsed_s)
+                if outcome.error is not None:
+                    self._record_failure(
+                        outcome.name, outcome.error, lost_race=outcome.slow_is_expected
+                    )
+                continue
+            if outcome.error is None:
+                self.latency.observe(
+                    outcome.name, walk.shape, outcome.elapsed_s, outcome.control.first_byte_s
+                )
+                if self.breakers[outcome.name].record_success():
+                    self._breaker_changed(outcome.name)
+                walk.attempts.append(_attempt_record(outcome, "ok"))
+                return RouteResult(
+                    images=outcome.images,
+                    provider=self.providers[outcome.name],
+                    attempts=walk.attempts,
+                )
+            exc = outcome.error
+            walk.attempts.append(_attempt_record(outcome, "error"))
+            walk.failed.append((outcome.name, exc))
+            self._record_failure(outcome.name, exc)
+            if not exc.failover:
+                raise _stop(exc, walk.attempts) from exc
+            if (
+                self.providers[outcome.name].paid
+                and exc.may_have_been_billed
+                and not walk.policy.failover_after_send
+            ):
+                raise _not_resent(outcome.name, exc, walk.attempts) from exc
+        return None
+
+    async def _retry_later(self, walk: _Walk) -> None:
+        """Once the route is used up, queue a retry after its backoff, if anything allows."""
+        if walk.queue or walk.deadline.remaining() <= 0:
+            return
+        retry = self._next_retry(walk.failed, walk.retries, walk.deadline)
+        if retry is not None:
+            name, wait = retry
+            walk.retries += 1
+            await self._sleep(wait)
+            walk.queue.append(name)
+
+    def _record_failure(self, name: str, exc: ProviderError, *, lost_race: bool = False) -> None:
+        if not counts_against_provider(exc):  # the caller's fault: no verdict on a trial
+            self.breakers[name].abandon_trial()
+            return
+        if self.breakers[name].record_failure(exc, lost_race=lost_race):
             self._start_probe(name)
-            if self.on_breaker is not None:
-                self.on_breaker(name)
+            self._breaker_changed(name)
 
-    async def _try(
-        self,
-        name: str,
-        queue: list[str],
-        request: ImageRequest,
-        deadline: Deadline,
-        progress: ProgressCallback | None,
-        policy: GatewaySettings,
-    ) -> list[_Outcome]:
+    def _breaker_changed(self, name: str) -> None:
+        if self.on_breaker is not None:
+            self.on_breaker(name)
+
+    # -- one attempt, and its races ------------------------------------------------------
+
+    async def _race(self, name: str, walk: _Walk, trial: bool) -> list[Outcome]:
         """One attempt on ``name``, raced against the next provider when it lags.
 
         Connect hedging: when ``name`` has not finished connecting after
         ``hedge_connect_after_s``, the next provider on the route starts connecting too;
         the first connected sends the request, the other is dropped before it sends anything.
-        Request hedging (``hedge_after_s``, unpaid providers only): when the answer lags, the
-        next unpaid provider gets the whole request as well and the first good answer wins.
+        Request hedging (unpaid providers, and a half-open breaker's trial): when the answer
+        lags past ``hedge_after`` (imagegate.hedging), the next provider gets the whole
+        request as well and the first good answer wins.
         """
-        hedge_s = policy.hedge_connect_after_s
+        hedge_s = walk.policy.hedge_connect_after_s
         remote = self.providers[name].endpoint() is not None
-        first = self._start(name, request, deadline, progress, granted=not (hedge_s and remote))
+        first = self._start(name, walk, granted=not (hedge_s and remote))
         running = [first]
         try:
-            outcomes: list[_Outcome] = []
-            winner: _Contender | None = first
-            if not first.gate.granted.is_set():
-                await _first_of([first.gate.connected.wait(), first.task], hedge_s)
-                if not (first.gate.connected.is_set() or first.task.done()):
-                    second = self._next_contender(queue, request, deadline, progress)
-                    if second is not None:
-                        running.append(second)
-                        outcomes, winner = await _handshake_race(first, second)
-                if winner is not None:
-                    winner.gate.grant()
+            outcomes, winner = await self._connect_race(first, walk)
             if winner is None:
                 return outcomes
             running = [winner]
-            if policy.hedge_after_s > 0 and not self.providers[winner.name].paid:
-                await _first_of([winner.task], policy.hedge_after_s)
-                other = None
+            is_trial = trial and winner.name == name
+            plan = self._hedge_plan(winner.name, walk, trial=is_trial)
+            if plan is not None:
+                await first_of([winner.task], plan.after_s)
                 if not winner.task.done():
-                    other = self._next_contender(
-                        queue, request, deadline, progress, granted=True, unpaid=True
-                    )
-                if other is not None:
-                    running.append(other)
-                    return outcomes + await _answer_race(winner, other)
+                    other = self._next_contender(walk, granted=True, unpaid=not is_trial)
+                    if other is not None:
+                        running.append(other)
+                        winner.slow_is_expected = plan.from_history
+                        winner.note = f"hedged after {plan.after_s:.2f} s ({plan.why})"
+                        other.note = (
+                            f"hedge for {winner.name}, which had not answered after "
+                            f"{plan.after_s:.2f} s ({plan.why})"
+                        )
+                        return outcomes + await answer_race(winner, other)
             return [*outcomes, await winner.outcome()]
         except asyncio.CancelledError:
             for contender in running:
                 await contender.drop()
             raise
 
-    def _start(
-        self,
-        name: str,
-        request: ImageRequest,
-        deadline: Deadline,
-        progress: ProgressCallback | None,
-        *,
-        granted: bool,
-    ) -> _Contender:
+    async def _connect_race(
+        self, first: Contender, walk: _Walk
+    ) -> tuple[list[Outcome], Contender | None]:
+        """Connect hedging: the contender that may send (None when every one failed)."""
+        if first.gate.granted.is_set():
+            return [], first
+        await first_of([first.gate.connected.wait(), first.task], walk.policy.hedge_connect_after_s)
+        outcomes: list[Outcome] = []
+        winner: Contender | None = first
+        if not (first.gate.connected.is_set() or first.task.done()):
+            second = self._next_contender(walk)
+            if second is not None:
+                try:
+                    outcomes, winner = await handshake_race(first, second)
+                except asyncio.CancelledError:
+                    await second.drop()
+                    raise
+        if winner is not None:
+            winner.gate.grant()
+        return outcomes, winner
+
+    def _hedge_plan(self, name: str, walk: _Walk, *, trial: bool) -> Learned | None:
+        """When to start the next provider beside ``name``: unpaid providers and trials only."""
+        if not trial and self.providers[name].paid:
+            return None
+        return hedge_after(walk.policy, self.latency.of(name, walk.shape), trial=trial)
+
+    def _start(self, name: str, walk: _Walk, *, granted: bool) -> Contender:
         provider = self.providers[name]
-        gate = SendGate(granted=granted or provider.endpoint() is None)
-        if provider.endpoint() is None:
+        local = provider.endpoint() is None
+        gate = SendGate(granted=granted or local)
+        if local:
             gate.connected.set()  # nothing to connect: ready at once
-
-        async def attempt() -> list[GeneratedImage]:
-            current_gate.set(gate)  # this task's own context
-            return await _bounded(provider, self.slots[name], request, deadline, progress)
-
-        task = asyncio.get_running_loop().create_task(attempt(), name=f"imagegate-{name}")
-        return _Contender(name=name, gate=gate, task=task, started=time.monotonic())
+        learned = hang_limit(
+            walk.policy, self.latency.of(name, walk.shape), _first_byte_budget(provider)
+        )
+        control = AttemptControl(gate=gate, hang=learned)
+        deadline = Deadline(0, control)
+        deadline.at = walk.deadline.at
+        task = asyncio.get_running_loop().create_task(
+            _bounded(provider, self.slots[name], walk.request, deadline, walk.progress),
+            name=f"imagegate-{name}",
+        )
+        return Contender(name=name, control=control, task=task, started=time.monotonic())
 
     def _next_contender(
-        self,
-        queue: list[str],
-        request: ImageRequest,
-        deadline: Deadline,
-        progress: ProgressCallback | None,
-        *,
-        granted: bool = False,
-        unpaid: bool = False,
-    ) -> _Contender | None:
+        self, walk: _Walk, *, granted: bool = False, unpaid: bool = False
+    ) -> Contender | None:
         """Start the next provider on the route whose breaker is closed, taking it off."""
-        for index, name in enumerate(queue):
+        for index, name in enumerate(walk.queue):
             if self.breakers[name].is_open:
                 continue
             if unpaid and self.providers[name].paid:
                 return None
-            del queue[index]
-            return self._start(name, request, deadline, progress, granted=granted)
+            del walk.queue[index]
+            return self._start(name, walk, granted=granted)
         return None
 
     def _next_retry(
@@ -388,6 +408,8 @@ class Router:
             return name, wait
         return None
 
+    # -- background probes ---------------------------------------------------------------
+
     def _start_probe(self, name: str) -> None:
         task = self._probes.get(name)
         if task is None or task.done():
@@ -396,23 +418,80 @@ class Router:
             )
 
     async def _probe_until_closed(self, name: str) -> None:
-        """Probe an open provider in the background until it answers, then close its breaker."""
+        """Probe an open provider in the background, testing what failed, until it answers."""
         breaker = self.breakers[name]
         provider = self.providers[name]
-        while breaker.is_open:
+        while breaker.state == "open":
             await self._sleep(max(0.0, breaker.opened_until - time.monotonic()))
+            kind = breaker.probe_kind
             breaker.last_probe_at = datetime.now(UTC)
+            breaker.last_probe_kind = kind
             try:
-                await provider.probe(Deadline(PROBE_DEADLINE_S))
+                await run_probe(provider, kind, self._probe_deadline(name, kind))
             except ImagegateError as exc:  # a provider error, or a missing extra
-                breaker.last_probe_ok = False
-                breaker.last_error = f"{type(exc).__name__}: {exc.message}"
-                breaker.open(getattr(exc, "retry_after", None))
+                breaker.probe_failed(exc)
             else:
-                breaker.last_probe_ok = True
-                breaker.close()
-                if self.on_breaker is not None:
-                    self.on_breaker(name)
+                if breaker.probe_passed(kind):
+                    self._breaker_changed(name)
+
+    def _probe_deadline(self, name: str, kind: str) -> Deadline:
+        """A metadata or handshake probe gets PROBE_DEADLINE_S. A generation probe gets the
+        provider's own budget, and, once any shape has history, that shape's hang limit: the
+        cheapest image should come no later than the slowest learned one."""
+        if kind != "generation":
+            return Deadline(PROBE_DEADLINE_S)
+        provider = self.providers[name]
+        limits = [
+            limit
+            for _, memory in self.latency.shapes(name)
+            if (limit := hang_limit(self.settings, memory, _first_byte_budget(provider)))
+        ]
+        hang = max(limits, key=lambda limit: limit.limit_s) if limits else None
+        budget = provider.config.timeout_s or self.settings.deadline_s
+        return Deadline(budget, AttemptControl(hang=hang))
+
+    # -- what the router knows -----------------------------------------------------------
+
+    def learned(self, name: str) -> list[dict[str, object]]:
+        """Each remembered shape of ``name``: quantiles and the effective timeouts (JSON)."""
+        provider = self.providers[name]
+        configured = _first_byte_budget(provider)
+        rows: list[dict[str, object]] = []
+        for shape, memory in self.latency.shapes(name):
+            total = memory.total.quantiles()
+            first = memory.first_byte.quantiles()
+            hedge = None if provider.paid else hedge_after(self.settings, memory)
+            hang = hang_limit(self.settings, memory, configured)
+            rows.append(
+                {
+                    "shape": shape.label,
+                    "total": total.to_json() if total else None,
+                    "first_byte": first.to_json() if first else None,
+                    "hedge_after_s": round(hedge.after_s, 3) if hedge else None,
+                    "first_byte_timeout_s": round(hang.limit_s, 3) if hang else configured,
+                    "first_byte_timeout_learned": hang is not None,
+                    "why": "; ".join(
+                        part
+                        for part in (
+                            f"hedged after {hedge.why}" if hedge else "",
+                            f"hang limit {hang.why}" if hang else "",
+                        )
+                        if part
+                    )
+                    or None,
+                }
+            )
+        return rows
+
+    def learned_hang_limits(self, name: str) -> list[tuple[Shape, HangLimit]]:
+        """The shapes of ``name`` whose learned first-byte limit is below the configured one."""
+        configured = _first_byte_budget(self.providers[name])
+        out = []
+        for shape, memory in self.latency.shapes(name):
+            limit = hang_limit(self.settings, memory, configured)
+            if limit is not None:
+                out.append((shape, limit))
+        return out
 
     async def aclose(self) -> None:
         """Stop the background probes."""
@@ -424,123 +503,36 @@ class Router:
         self._probes.clear()
 
 
-@dataclass
-class _Outcome:
-    """How one provider's attempt ended: images, an error, or cancelled by a race."""
-
-    name: str
-    started: float
-    images: list[GeneratedImage] = field(default_factory=list)
-    error: ProviderError | None = None
-    cancelled: bool = False
-    elapsed_s: float = 0.0
+def configured_timeouts(cfg: ProviderConfig) -> dict[str, float | None]:
+    """The stage budgets a provider's config sets, in seconds (None: not set or not remote)."""
+    keys = ("connect_timeout_s", "tls_timeout_s", "first_byte_timeout_s", "read_timeout_s")
+    out: dict[str, float | None] = {
+        key.removesuffix("_timeout_s") + "_s": getattr(cfg, key, None) for key in keys
+    }
+    out["attempt_s"] = cfg.timeout_s
+    return out
 
 
-@dataclass
-class _Contender:
-    """One provider's attempt running as a task, with its send gate."""
-
-    name: str
-    gate: SendGate
-    task: asyncio.Task[list[GeneratedImage]]
-    started: float
-
-    async def outcome(self) -> _Outcome:
-        """Wait for the attempt; its images or its error."""
-        try:
-            images = await self.task
-        except ProviderError as exc:
-            exc.provider = exc.provider or self.name
-            if exc.elapsed_s is None:
-                exc.elapsed_s = _since(self.started)
-            return _Outcome(self.name, self.started, error=exc, elapsed_s=_since(self.started))
-        return _Outcome(self.name, self.started, images=images, elapsed_s=_since(self.started))
-
-    async def drop(self) -> None:
-        """Cancel the attempt and wait until it has let go of its connection."""
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ProviderError):
-            await self.task
-
-    async def lost_handshake(self, winner: str) -> _Outcome:
-        """Drop a contender whose handshake lost the race, reported as a timeout of its stage."""
-        stage = self.gate.stage
-        await self.drop()
-        waited = round(time.monotonic() - self.started, 4)
-        error = Timeout(
-            f"the {stage} stage had not finished after {waited:.1f} s while {winner} connected, "
-            f"so the request went to {winner}; run `imagegate doctor {self.name}` to see why",
-            provider=self.name,
-            stage=stage,
-            elapsed_s=waited,
-        )
-        return _Outcome(self.name, self.started, error=error, elapsed_s=waited)
+def _first_byte_budget(provider: Provider) -> float | None:
+    """The configured first-byte budget of a remote provider (None for a local one)."""
+    value = getattr(provider.config, "first_byte_timeout_s", None)
+    return float(value) if value is not None else None
 
 
-async def _first_of(waits: list[Awaitable[Any]], within_s: float) -> None:
-    """Wait until one of ``waits`` is done or ``within_s`` passes.
-
-    Helper waits are cancelled afterwards; attempt tasks passed in are left running.
-    """
-    futures = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(futures, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for future, wait in zip(futures, waits, strict=True):
-            if future is not wait:
-                future.cancel()
-
-
-async def _handshake_race(
-    first: _Contender, second: _Contender
-) -> tuple[list[_Outcome], _Contender | None]:
-    """The first contender to connect wins; the other is dropped before it sends anything.
-
-    A contender whose attempt fails before connecting (refused, bad certificate) is reported
-    and the other one wins when it connects.
-    """
-    outcomes: list[_Outcome] = []
-    pending = [first, second]
-    while pending:
-        for contender in [c for c in pending if c.task.done() and not c.gate.connected.is_set()]:
-            outcomes.append(await contender.outcome())
-            pending.remove(contender)
-        connected = [c for c in pending if c.gate.connected.is_set()]
-        if connected:
-            winner = connected[0]
-            for loser in pending:
-                if loser is not winner:
-                    outcomes.append(await loser.lost_handshake(winner.name))
-            return outcomes, winner
-        if pending:
-            waits: list[Awaitable[Any]] = [c.gate.connected.wait() for c in pending]
-            await _first_of([*waits, *(c.task for c in pending)], within_s=3600)
-    return outcomes, None
-
-
-async def _answer_race(first: _Contender, second: _Contender) -> list[_Outcome]:
-    """Both have the request; the first good answer wins and the other is cancelled."""
-    outcomes: list[_Outcome] = []
-    pending = {first.task: first, second.task: second}
-    while pending:
-        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            outcome = await pending.pop(task).outcome()
-            if outcome.error is None:
-                for other in pending.values():
-                    await other.drop()
-                    waited = round(time.monotonic() - other.started, 4)
-                    slow = Timeout(
-                        f"no answer after {waited:.1f} s while {outcome.name} answered, so "
-                        f"its request was cancelled; run `imagegate doctor {other.name}`",
-                        provider=other.name,
-                        stage="first_byte",
-                        elapsed_s=waited,
-                    )
-                    outcomes.append(_Outcome(other.name, other.started, error=slow, cancelled=True))
-                return [*outcomes, outcome]
-            outcomes.append(outcome)
-    return outcomes
+def _attempt_record(outcome: Outcome, kind: AttemptOutcome) -> Attempt:
+    """The attempt record of one outcome, with a note on a learned limit that ended it."""
+    note = outcome.note
+    hang = outcome.control.hang
+    if outcome.error is not None and outcome.control.hung and hang is not None:
+        learned = f"learned first-byte limit {hang.limit_s:.1f} s ({hang.why})"
+        note = f"{note}; {learned}" if note else learned
+    return Attempt(
+        provider=outcome.name,
+        outcome=kind,
+        error=_attempt_error(outcome.error) if outcome.error is not None else None,
+        elapsed_s=outcome.elapsed_s,
+        note=note,
+    )
 
 
 async def _bounded(
@@ -573,23 +565,8 @@ def _since(started: float) -> float:
     return round(time.monotonic() - started, 4)
 
 
-def _skipped(name: str, why: str, kind: str) -> Attempt:
-    return Attempt(
-        provider=name,
-        outcome="skipped",
-        error=AttemptError(type=kind, message=why),
-        elapsed_s=0.0,
-    )
-
-
 def _attempt_error(exc: ProviderError) -> AttemptError:
     return AttemptError(type=type(exc).__name__, stage=exc.stage, message=exc.message, fix=exc.fix)
-
-
-def _failed(name: str, exc: ProviderError, started: float) -> Attempt:
-    return Attempt(
-        provider=name, outcome="error", error=_attempt_error(exc), elapsed_s=_since(started)
-    )
 
 
 def _stop(exc: ProviderError, attempts: list[Attempt]) -> ProviderError:

@@ -54,6 +54,7 @@ from imagegate.errors import (
 )
 from imagegate.providers.base import Deadline, Provider, RemoteConfig, provider_types
 from imagegate.request import ImageRequest
+from imagegate.router import Router, configured_timeouts
 from imagegate.transport import StageBudgets, env_proxy, safe_url
 
 PROBE_S = 10.0
@@ -458,9 +459,17 @@ async def check_provider(
 
 
 async def check_providers(
-    providers: Mapping[str, Provider], *, generate: bool = False, close: bool = False
+    providers: Mapping[str, Provider],
+    *,
+    generate: bool = False,
+    close: bool = False,
+    router: Router | None = None,
 ) -> list[ProviderReport]:
-    """Check ``providers`` concurrently (the server's live ones: ``close=False``)."""
+    """Check ``providers`` concurrently (the server's live ones: ``close=False``).
+
+    With the server's ``router``, each report also notes where a learned first-byte limit
+    differs from the configured one.
+    """
     checks = [_Check(name, p, generate=generate) for name, p in providers.items()]
     try:
         await asyncio.gather(*(check.reach() for check in checks))
@@ -470,7 +479,28 @@ async def check_providers(
             for provider in providers.values():
                 with contextlib.suppress(Exception):
                     await provider.aclose()
-    return [check.report() for check in checks]
+    reports = [check.report() for check in checks]
+    if router is not None:
+        reports = [
+            dataclasses.replace(report, notes=learned_notes(router, report.name))
+            for report in reports
+        ]
+    return reports
+
+
+def learned_notes(router: Router, name: str) -> list[str]:
+    """One line per request shape whose learned first-byte limit is not the configured one."""
+    if name not in router.providers:
+        return []
+    budget = configured_timeouts(router.providers[name].config).get("first_byte_s")
+    configured = f"{budget:g} s" if budget is not None else "not set"
+    return [
+        f"the router learned a first-byte limit of {limit.limit_s:.1f} s for {shape.label} "
+        f"requests ({limit.why}), where first_byte_timeout_s is {configured}: a first byte "
+        "that late is treated as a hang; set gateway.hang_p99_multiple = 0 to wait the "
+        "configured budget"
+        for shape, limit in router.learned_hang_limits(name)
+    ]
 
 
 def select(settings: Settings, names: Sequence[str]) -> list[str]:

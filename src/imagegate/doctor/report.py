@@ -68,6 +68,8 @@ class ProviderReport:
     stages: list[StageResult] = field(default_factory=list)
     cause: str | None = None
     fix: str | None = None
+    notes: list[str] = field(default_factory=list)
+    """Where what the router learned differs from the config (a learned first-byte limit)."""
 
     @property
     def ok(self) -> bool:
@@ -90,6 +92,7 @@ class ProviderReport:
             stages=[replace(s, detail=redact(s.detail, keep)) for s in self.stages],
             cause=clean(self.cause),
             fix=clean(self.fix),
+            notes=[redact(note, keep) for note in self.notes],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -100,6 +103,7 @@ class ProviderReport:
             "stages": [stage.to_json() for stage in self.stages],
             "cause": self.cause,
             "fix": self.fix,
+            **({"notes": list(self.notes)} if self.notes else {}),
         }
 
 
@@ -151,6 +155,7 @@ def format_text(report: DoctorReport) -> list[str]:
             lines.append(f"  cause: {provider.cause}")
         if provider.fix:
             lines.append(f"  fix:   {provider.fix}")
+        lines += [f"  note:  {note}" for note in provider.notes]
     healthy = sum(p.ok for p in report.providers)
     lines.append("")
     lines.append(f"{healthy} of {len(report.providers)} providers healthy")

@@ -46,7 +46,6 @@ from imagegate.errors import (
     Unavailable,
     UpstreamError,
 )
-from imagegate.hedging import current_gate
 from imagegate.images import to_png
 from imagegate.providers.base import (
     Deadline,
@@ -249,11 +248,11 @@ class A1111Provider(RemoteProvider):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            await self._interrupt(auth)
+            await self._interrupt(deadline, auth)
             raise
         except Timeout as exc:
             if exc.stage in ("first_byte", "read", "total"):
-                await self._interrupt(auth)
+                await self._interrupt(deadline, auth)
             raise
         finally:
             if poller is not None:
@@ -286,13 +285,13 @@ class A1111Provider(RemoteProvider):
                         last = step
                         progress(Progress(step, steps))
 
-    async def _interrupt(self, auth: tuple[str, str] | None) -> None:
+    async def _interrupt(self, deadline: Deadline, auth: tuple[str, str] | None) -> None:
         """``POST /sdapi/v1/interrupt``, within INTERRUPT_S, whatever happens.
 
         Skipped when the router never let this attempt send (it lost a handshake race):
         the server has nothing of ours to stop.
         """
-        gate = current_gate.get()
+        gate = deadline.control.gate if deadline.control else None
         if self._transport is None or (gate is not None and not gate.granted.is_set()):
             return
         with contextlib.suppress(Exception):

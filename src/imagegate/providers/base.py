@@ -131,6 +131,32 @@ class Provider(ABC):
         """
         return None
 
+    async def probe_handshake(self, deadline: Deadline) -> str | None:
+        """The router's probe after a dns / connect / TLS failure: is the path back?
+
+        By default the metadata check of ``probe``: the breaker being open, its request opens
+        a fresh connection, so the handshake that failed is what it repeats. Override it where
+        a lighter check proves the same.
+        """
+        return await self.probe(deadline)
+
+    def probe_request(self) -> ImageRequest:
+        """The cheapest real generation this provider accepts: the generation probe's request.
+
+        Smallest size and one step by default; a provider with a larger minimum size, or one
+        that ignores steps, overrides it.
+        """
+        return ImageRequest(prompt="a red circle", width=64, height=64, steps=1, seed=0, n=1)
+
+    async def probe_generation(self, deadline: Deadline) -> str | None:
+        """The router's probe of an *unpaid* provider that failed after sending (a hang at
+        first byte or in the body, a 5xx): one real image of ``probe_request``, since its
+        metadata endpoint may answer while its image endpoint does not."""
+        request = self.probe_request()
+        images = await self.generate(request, deadline, None)
+        size = f"{images[0].width}x{images[0].height}" if images else "no"
+        return f"made a {size} test image"
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections, threads and models."""
 

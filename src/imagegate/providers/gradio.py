@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import dataclasses
 import logging
 import random
@@ -572,7 +571,7 @@ class GradioProvider(Provider):
     def _spawn(
         self, method: str, url: str, budget_s: float, token: str | None, body: Any = None
     ) -> asyncio.Task[None]:
-        """Send one request in the background, outside the request's context; never awaited.
+        """Send one request in the background on a deadline of its own; never awaited.
 
         Its answer and its errors are ignored; ``aclose`` cancels it if it is still running.
         """
@@ -583,7 +582,7 @@ class GradioProvider(Provider):
                     method, url, deadline=Deadline(budget_s), json=body, headers=_space_auth(token)
                 )
 
-        task = asyncio.get_running_loop().create_task(send(), context=contextvars.Context())
+        task = asyncio.get_running_loop().create_task(send())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task

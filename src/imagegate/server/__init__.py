@@ -263,7 +263,9 @@ async def _save_breakers(ctx: ServerContext, names: list[str]) -> None:
                 time.time() + breaker.opened_until - time.monotonic(), UTC
             )
         await ctx.backplane.breakers.save(
-            BreakerSnapshot(name, breaker.state, until, breaker.consecutive, breaker.last_error)
+            BreakerSnapshot(
+                name, breaker.shared_state, until, breaker.consecutive, breaker.last_error
+            )
         )
 
 

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
+from imagegate.router import configured_timeouts
 from imagegate.server.deps import Ctx
 from imagegate.server.errors import error_responses
 
@@ -28,6 +29,27 @@ class BreakerView(BaseModel):
     last_error: str | None
     last_probe_at: datetime | None
     last_probe_ok: bool | None
+    last_probe_kind: str | None = None
+    next_probe_kind: str | None = None
+
+
+class QuantilesView(BaseModel):
+    samples: int
+    p50_s: float
+    p95_s: float
+    p99_s: float
+
+
+class LearnedView(BaseModel):
+    """What the router learned of one request shape, and the waits it uses for it."""
+
+    shape: str
+    total: QuantilesView | None
+    first_byte: QuantilesView | None
+    hedge_after_s: float | None
+    first_byte_timeout_s: float | None
+    first_byte_timeout_learned: bool
+    why: str | None
 
 
 class StageView(BaseModel):
@@ -44,6 +66,8 @@ class DoctorView(BaseModel):
     stages: list[StageView]
     cause: str | None
     fix: str | None
+    notes: list[str] = []
+    """Where what the router learned differs from the config (a learned first-byte limit)."""
 
 
 class ProviderView(BaseModel):
@@ -59,6 +83,11 @@ class ProviderView(BaseModel):
     last_error_at: datetime | None
     recent_latency_p50_s: float | None
     recent_samples: int
+    timeouts: dict[str, float | None] = {}
+    """The configured budgets (seconds) of each stage; a learned first-byte limit is per shape
+    in ``learned``."""
+    learned: list[LearnedView] = []
+    """Per request shape (this server process): p50 / p95 / p99 and the effective waits."""
     doctor: DoctorView | None = None
 
 
@@ -119,7 +148,9 @@ async def providers(ctx: Ctx, doctor: bool = False) -> ProviderList:
     if doctor:
         from imagegate.doctor import check_providers
 
-        reports = await check_providers(ctx.gateway.providers, close=False)
+        reports = await check_providers(
+            ctx.gateway.providers, close=False, router=ctx.gateway.router
+        )
         checked = {r.name: DoctorView.model_validate(r.to_json()) for r in reports}
     views = []
     for name, provider in ctx.gateway.providers.items():
@@ -139,12 +170,18 @@ async def providers(ctx: Ctx, doctor: bool = False) -> ProviderList:
                     last_error=breaker.last_error,
                     last_probe_at=breaker.last_probe_at,
                     last_probe_ok=breaker.last_probe_ok,
+                    last_probe_kind=breaker.last_probe_kind,
+                    next_probe_kind=breaker.probe_kind if breaker.is_open else None,
                 ),
                 last_ok_at=stats.last_ok_at if stats else None,
                 last_error=stats.last_error if stats else None,
                 last_error_at=stats.last_error_at if stats else None,
                 recent_latency_p50_s=stats.p50() if stats else None,
                 recent_samples=len(stats.latencies) if stats else 0,
+                timeouts=configured_timeouts(provider.config),
+                learned=[
+                    LearnedView.model_validate(row) for row in ctx.gateway.router.learned(name)
+                ],
                 doctor=checked.get(name),
             )
         )

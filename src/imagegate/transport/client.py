@@ -57,7 +57,7 @@ from imagegate.errors import (
     Stage,
     Timeout,
 )
-from imagegate.hedging import SendGate, current_gate
+from imagegate.hedging import AttemptControl, HangLimit, SendGate
 from imagegate.transport.budgets import Phase, RemoteConfig, StageBudgets
 from imagegate.transport.response import (
     Response,
@@ -151,8 +151,11 @@ class _Tracker:
         # fails but not when it is cancelled (our TLS budget), so ``release`` does; closing
         # it twice is harmless.
         self._raw: Any = None
-        # Set when the router races this attempt against another provider's handshake.
-        self.gate: SendGate | None = current_gate.get()
+        # What the router handed this attempt on its deadline (imagegate.hedging): the send
+        # gate of a handshake race, and a learned first-byte limit tighter than the config's.
+        self.control: AttemptControl | None = deadline.control
+        self.gate: SendGate | None = deadline.control.gate if deadline.control else None
+        self.hang: HangLimit | None = deadline.control.hang if deadline.control else None
 
     @property
     def where(self) -> str:
@@ -180,10 +183,21 @@ class _Tracker:
     def finish(self, stage: str) -> None:
         self.durations[stage] = time.monotonic() - self.phase_started
 
+    def budget(self, phase: Phase) -> float | None:
+        """The budget of ``phase``: the configured one, or a learned hang limit below it."""
+        budget = self.budgets.of(phase)
+        if phase == "first_byte" and self.hang is not None and budget is not None:
+            return min(budget, self.hang.limit_s)
+        return budget
+
+    def hang_fired(self) -> bool:
+        """Whether the first-byte budget that ran out was the learned hang limit."""
+        return self.hang is not None and self.hang.limit_s < self.budgets.first_byte_s
+
     def _arm(self) -> None:
         if self._scope is None:
             return
-        budget = self.budgets.of(self.phase)
+        budget = self.budget(self.phase)
         stage_end = self.phase_started + budget if budget is not None else float("inf")
         self.stage_fired = stage_end < self.cap_at
         when = min(stage_end, self.cap_at)
@@ -211,6 +225,8 @@ class _Tracker:
             self.enter("first_byte")
         elif event.endswith("receive_response_headers.complete"):
             self.finish("first_byte")
+            if self.control is not None:
+                self.control.saw_first_byte(self.durations["first_byte"])
             self.enter("read")
 
     async def body(self, resp: httpx.Response) -> AsyncIterator[bytes]:
@@ -579,7 +595,7 @@ _DOING = {
 def _stage_timeout(t: _Tracker, phase: Phase, stage_fired: bool) -> Timeout:
     """The Timeout for the stage (or the attempt's cap) that ran out."""
     kw: dict[str, Any] = {"provider": t.provider, "elapsed_s": round(t.elapsed(), 3)}
-    budget = t.budgets.of(phase)
+    budget = t.budget(phase)
     if not stage_fired or budget is None:
         if t.cap_is_deadline:
             fix = "raise gateway.deadline_s, or put a faster provider first on the route"
@@ -590,6 +606,18 @@ def _stage_timeout(t: _Tracker, phase: Phase, stage_fired: bool) -> Timeout:
         return Timeout(
             f"{what} ran out after {t.cap_s:.1f} s while {_DOING[phase]} with {t.where}; " + fix,
             stage="total",
+            **kw,
+        )
+    if phase == "first_byte" and t.hang is not None and t.hang_fired():
+        waited = time.monotonic() - t.phase_started
+        if t.control is not None:
+            t.control.hung = True
+        return Timeout(
+            f"{t.where} took the request but sent no answer in {waited:.1f} s where about "
+            f"{t.hang.expected_s:.1f} s was expected, so it was treated as a hang (limit "
+            f"{t.hang.limit_s:.1f} s: {t.hang.why}); check the server's logs and queue, or "
+            "raise gateway.hang_p99_multiple (0 turns hang detection off)",
+            stage="first_byte",
             **kw,
         )
     connected = _ms(t.durations.get("connect"))
