@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
-from imagegate.backplane import Backplane, BreakerSnapshot, JobContext, JobHandler, LocalBackplane
-from imagegate.backplane.base import paid_providers
+from imagegate.backplane import Backplane
+from imagegate.backplane.runner import JobRunner
 from imagegate.config import Settings, load_config
-from imagegate.errors import ConfigError, ImagegateError
+from imagegate.errors import ImagegateError
 from imagegate.gateway import Gateway
 from imagegate.providers.base import Provider
 from imagegate.request import ImageResult
@@ -68,14 +68,17 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw = gateway if gateway is not None else _gateway(settings, providers)
         await gw.open()
-        bp = backplane if backplane is not None else build_backplane(settings, gw)
+        runner = JobRunner(gw, backplane)
         ctx = ServerContext(
-            settings=settings, gateway=gw, backplane=bp, metrics=metrics, signer=signer
+            settings=settings,
+            gateway=gw,
+            backplane=runner.backplane,
+            metrics=metrics,
+            signer=signer,
         )
+        runner.on_end = functools.partial(_finished, ctx)
         app.state.ctx = ctx
-        await _restore_breakers(ctx)
-        share_breakers(ctx)
-        await bp.start(job_handler(ctx))
+        await runner.start()
         sweeper = _start_retention(gw)
         try:
             yield
@@ -84,7 +87,7 @@ def create_app(
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
-            await bp.stop()
+            await runner.stop()
             if gateway is None:
                 await gw.aclose()
 
@@ -122,19 +125,20 @@ async def run_worker(
 
     gw = Gateway(settings, providers=providers, store=shared_store(settings))
     await gw.open()
-    bp = build_backplane(settings, gw, worker_queues=[queue])
-    ctx = ServerContext(settings=settings, gateway=gw, backplane=bp, metrics=Metrics())
-    await _restore_breakers(ctx)
-    share_breakers(ctx)
+    runner = JobRunner(gw, worker_queues=[queue])
+    ctx = ServerContext(
+        settings=settings, gateway=gw, backplane=runner.backplane, metrics=Metrics()
+    )
+    runner.on_end = functools.partial(_finished, ctx)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await bp.start(job_handler(ctx))
+    await runner.start()
     try:
         await stop.wait()
     finally:
-        await bp.stop()
+        await runner.stop()
         await gw.aclose()
 
 
@@ -157,128 +161,24 @@ def _start_retention(gateway: Gateway) -> asyncio.Task[None] | None:
     return asyncio.get_running_loop().create_task(sweep_forever(gateway.store, settings))
 
 
-def build_backplane(
-    settings: Settings, gateway: Gateway, worker_queues: list[str] | None = None
-) -> Backplane:
-    """The PostgreSQL backplane when ``[scale] backplane`` names one, else the local one."""
-    if not settings.scale.backplane:
-        return local_backplane(settings, gateway)
-    from imagegate.backplane.postgres import postgres_backplane
-
-    return postgres_backplane(settings, gateway, worker_queues)
-
-
-def share_breakers(ctx: ServerContext) -> None:
-    """Save each breaker change to the backplane, and apply the changes others save."""
-    router = ctx.gateway.router
-    pending: set[asyncio.Task[None]] = set()
-
-    async def save(name: str) -> None:
-        try:
-            await _save_breakers(ctx, [name])
-        except Exception as exc:  # the database may be away: the next change saves again
-            log.warning("could not share the breaker of %s: %s", name, type(exc).__name__)
-
-    def changed(name: str) -> None:
-        task = asyncio.get_running_loop().create_task(save(name))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
-    router.on_breaker = changed
-    ctx.backplane.breakers.watch(
-        lambda s: router.apply_shared(s.provider, s.state, s.opened_until, s.last_error)
-    )
-
-
-def local_backplane(settings: Settings, gateway: Gateway) -> LocalBackplane:
-    """The default backplane on the gateway's store."""
-    if gateway.store is None:
-        raise ConfigError("the server needs the store; create the Gateway with store=True")
-    return LocalBackplane(
-        gateway.store,
-        max_queue=settings.server.max_queue,
-        concurrency={name: p.config.concurrency for name, p in gateway.providers.items()},
-        paid=paid_providers(gateway.providers),
-    )
-
-
-def job_handler(ctx: ServerContext) -> JobHandler:
-    """Run one job through the gateway, and count it in the metrics and provider stats."""
-
-    async def handle(job: JobContext) -> ImageResult:
-        started = time.monotonic()
-        try:
-            result = await ctx.gateway.execute(
-                job.job_id,
-                job.request,
-                progress=job.progress,
-                recorder=job.recorder,
-                queued_s=job.queued_s,
-                caller_waits=job.caller_waits,
-            )
-        except ImagegateError as exc:
-            _finished(ctx, None, "failed", exc, started)
-            raise
-        except asyncio.CancelledError:
-            ctx.metrics.finished(None, "cancelled", [], time.monotonic() - started)
-            raise
-        _finished(ctx, result, "succeeded", None, started)
-        return result
-
-    return handle
-
-
 def _finished(
     ctx: ServerContext,
     result: ImageResult | None,
     outcome: str,
     error: ImagegateError | None,
-    started: float,
+    elapsed_s: float,
 ) -> None:
+    """Count a job's end in the metrics and the providers' recent stats."""
     attempts = result.attempts if result is not None else (error.attempts if error else [])
     ctx.record_attempts(attempts, datetime.now(UTC))
     if result is None:
-        ctx.metrics.finished(None, outcome, attempts, time.monotonic() - started)
+        ctx.metrics.finished(None, outcome, attempts, elapsed_s)
         return
     provider = ctx.gateway.providers.get(result.provider)
     cost = provider.config.cost_per_image * len(result.images) if provider else 0.0
     ctx.metrics.finished(
-        result.provider,
-        outcome,
-        attempts,
-        time.monotonic() - started,
-        images=len(result.images),
-        cost=cost,
+        result.provider, outcome, attempts, elapsed_s, images=len(result.images), cost=cost
     )
-
-
-async def _save_breakers(ctx: ServerContext, names: list[str]) -> None:
-    for name in dict.fromkeys(names):
-        breaker = ctx.gateway.router.breakers.get(name)
-        if breaker is None:
-            continue
-        until = None
-        if breaker.is_open:
-            until = datetime.fromtimestamp(
-                time.time() + breaker.opened_until - time.monotonic(), UTC
-            )
-        await ctx.backplane.breakers.save(
-            BreakerSnapshot(
-                name, breaker.shared_state, until, breaker.consecutive, breaker.last_error
-            )
-        )
-
-
-async def _restore_breakers(ctx: ServerContext) -> None:
-    """Open the breakers another process saved as open and not yet due for a probe."""
-    now = datetime.now(UTC)
-    for name, snapshot in (await ctx.backplane.breakers.load()).items():
-        breaker = ctx.gateway.router.breakers.get(name)
-        if breaker is None or snapshot.state != "open" or snapshot.opened_until is None:
-            continue
-        if snapshot.opened_until > now:
-            breaker.open((snapshot.opened_until - now).total_seconds())
-            breaker.last_error = snapshot.last_error
 
 
 def _version() -> str:
