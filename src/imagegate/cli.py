@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import ipaddress
 import os
-import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from imagegate.config import Settings, load_config
 from imagegate.console import Console
 from imagegate.errors import ConfigError, ImagegateError, InvalidRequest
 from imagegate.providers.base import Progress, provider_types
-from imagegate.request import ImageRequest, ImageResult
+from imagegate.request import ImageRequest, ImageResult, parse_size
 
 if TYPE_CHECKING:
     from imagegate.gateway import Gateway
@@ -171,19 +170,6 @@ def _error_json(exc: ImagegateError) -> dict[str, Any]:
     }
 
 
-def _parse_size(size: str | None) -> dict[str, int]:
-    if size is None:
-        return {}
-    match = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", size)
-    if not match:
-        raise InvalidRequest(
-            f"--size: must look like WIDTHxHEIGHT, e.g. 512x512; got {size!r}",
-            field="size",
-            limit="WIDTHxHEIGHT",
-        )
-    return {"width": int(match[1]), "height": int(match[2])}
-
-
 def _generate(args: argparse.Namespace, console: Console) -> int:
     fields: dict[str, Any] = {
         "prompt": args.prompt,
@@ -196,7 +182,7 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
         "provider": args.provider,
         "route": args.route,
         "model": args.model,
-        **_parse_size(args.size),
+        **(parse_size(args.size, field="--size") if args.size is not None else {}),
     }
     request = ImageRequest.parse({k: v for k, v in fields.items() if v is not None})
     settings = load_config(args.config)

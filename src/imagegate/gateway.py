@@ -24,7 +24,13 @@ from imagegate.errors import (
     ProviderError,
     Timeout,
 )
-from imagegate.providers.base import Deadline, ProgressCallback, Provider, provider_types
+from imagegate.providers.base import (
+    Deadline,
+    ProgressCallback,
+    Provider,
+    effective_params,
+    provider_types,
+)
 from imagegate.request import Attempt, AttemptError, ImageRequest, ImageResult
 from imagegate.router import Router
 
@@ -316,7 +322,7 @@ class Gateway:
                 job_id,
                 result,
                 cost=provider.config.cost_per_image * len(result.images),
-                effective=provider.effective_params(request),
+                effective=effective_params(provider, request),
             )
         return result
 

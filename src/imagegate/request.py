@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -33,6 +34,7 @@ __all__ = [
     "ImageResult",
     "Outcome",
     "invalid_request_from",
+    "parse_size",
 ]
 
 
@@ -70,6 +72,23 @@ class ImageRequest(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise invalid_request_from(exc) from None
+
+
+_SIZE = re.compile(r"\s*(\d{1,5})\s*[xX*]\s*(\d{1,5})\s*")
+
+
+def parse_size(size: str, *, field: str = "size") -> dict[str, int]:
+    """``"512x512"`` (or ``512X512``, ``512*512``) as ``{"width": 512, "height": 512}``;
+    InvalidRequest naming ``field`` otherwise. The limits are ImageRequest's to check."""
+    match = _SIZE.fullmatch(size)
+    if match is None:
+        raise InvalidRequest(
+            f"{field}: must look like WIDTHxHEIGHT, e.g. 512x512; got {_short(size)}",
+            field="size",
+            limit="WIDTHxHEIGHT",
+            fix=f"Change {field} and try again.",
+        )
+    return {"width": int(match[1]), "height": int(match[2])}
 
 
 def invalid_request_from(exc: ValidationError) -> InvalidRequest:

@@ -32,6 +32,7 @@ __all__ = [
     "ProviderConfig",
     "ProviderType",
     "RemoteConfig",
+    "effective_params",
     "provider_types",
     "read_secret",
 ]
@@ -163,3 +164,13 @@ class Provider(ABC):
     def describe(self) -> dict[str, Any]:
         """What ``imagegate providers`` shows; never a secret."""
         return {"name": self.name, "type": self.type, "model": self.model, "paid": self.paid}
+
+
+def effective_params(provider: Provider | None, request: ImageRequest) -> dict[str, Any]:
+    """The steps, sampler and guidance that really ran: the provider's figure where it knows
+    one, else the request's. A 0 is a value, not a gap (guidance 0 is real)."""
+    known = provider.effective_params(request) if provider is not None else {}
+    return {
+        key: known[key] if known.get(key) is not None else getattr(request, key)
+        for key in ("steps", "sampler", "guidance")
+    }

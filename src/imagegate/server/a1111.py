@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagegate.errors import InvalidRequest
+from imagegate.providers.base import effective_params
 from imagegate.request import MAX_N, ImageRequest, ImageResult
 from imagegate.server.deps import Ctx, ServerContext
 from imagegate.server.errors import A1111_RESPONSES
@@ -145,12 +146,8 @@ def _to_request(ctx: ServerContext, body: Txt2ImgBody) -> ImageRequest:
 
 def _info(ctx: ServerContext, body: Txt2ImgBody, result: ImageResult) -> dict[str, Any]:
     request = result.request
-    provider = ctx.gateway.providers.get(result.provider)
-    effective = provider.effective_params(request) if provider is not None else {}
-    steps = effective.get("steps") or request.steps
-    sampler = effective.get("sampler") or request.sampler
-    guidance = effective.get("guidance")
-    guidance = request.guidance if guidance is None else guidance
+    effective = effective_params(ctx.gateway.providers.get(result.provider), request)
+    steps, sampler, guidance = effective["steps"], effective["sampler"], effective["guidance"]
     images = result.images
     texts = [
         infotext(

@@ -10,7 +10,6 @@ like any other (history, progress, metrics) and the answer waits for it.
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Annotated, Any, Literal
 
@@ -19,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagegate.errors import InvalidRequest
-from imagegate.request import MAX_N, MAX_PROMPT_CHARS, ImageRequest
+from imagegate.request import MAX_N, MAX_PROMPT_CHARS, ImageRequest, parse_size
 from imagegate.server.deps import Ctx, ServerContext, base_url
 from imagegate.server.errors import error_responses
 from imagegate.server.jobs import run_to_end
@@ -27,8 +26,6 @@ from imagegate.server.jobs import run_to_end
 router = APIRouter(
     tags=["openai"], responses=error_responses(400, 401, 409, 413, 429, 502, 503, 504)
 )
-
-_SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
 
 
 class ImageGenerationBody(BaseModel):
@@ -108,14 +105,7 @@ def to_image_request(ctx: ServerContext, body: ImageGenerationBody) -> ImageRequ
         "provider": body.provider,
     }
     if body.size is not None and body.size != "auto":
-        match = _SIZE.fullmatch(body.size)
-        if match is None:
-            raise InvalidRequest(
-                f"size: must be 'WIDTHxHEIGHT' (e.g. 512x512) or 'auto'; got {body.size!r}",
-                field="size",
-                limit="WIDTHxHEIGHT",
-            )
-        fields["width"], fields["height"] = int(match[1]), int(match[2])
+        fields |= parse_size(body.size)
     if body.model is not None:
         picked = ctx.gateway.select(body.model, field="model")
         provider = picked.get("provider")
