@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from imagegate.allocator import reexec_tuned
 from imagegate.cli_config import add_config_parser, run_config
 from imagegate.cli_history import add_prune, prune_command
+from imagegate.cli_keys import add_keys_parser, keys_command
 from imagegate.config import Settings, load_config
 from imagegate.console import Console
 from imagegate.errors import ConfigError, ImagegateError, InvalidRequest
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true"
     )
     add_config_parser(sub, _Parser)
+    add_keys_parser(sub, _Parser)
     return parser
 
 
@@ -124,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": _doctor,
         "models": _models,
         "config": run_config,
+        "keys": keys_command,
     }[args.command]
     try:
         return handler(args, console)

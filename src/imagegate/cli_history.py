@@ -14,6 +14,7 @@ from imagegate.console import Console
 from imagegate.errors import InvalidRequest
 
 if TYPE_CHECKING:
+    from imagegate.store import Store
     from imagegate.store.retention import PruneReport
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([dhms])\s*")
@@ -66,15 +67,19 @@ def prune_command(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-async def _prune(settings: Settings, older_than: datetime, dry_run: bool) -> PruneReport:
+def settings_store(settings: Settings) -> Store:
+    """The Store the server uses: PostgreSQL's when scaled out, else the data dir's SQLite."""
     from imagegate.store import Store
-    from imagegate.store.retention import prune
 
     if settings.scale.backplane:
         from imagegate.backplane.postgres import shared_store
 
-        store = shared_store(settings)
-    else:
-        store = Store(settings.data_dir)
-    async with store:
+        return shared_store(settings)
+    return Store(settings.data_dir)
+
+
+async def _prune(settings: Settings, older_than: datetime, dry_run: bool) -> PruneReport:
+    from imagegate.store.retention import prune
+
+    async with settings_store(settings) as store:
         return await prune(store, older_than=older_than, dry_run=dry_run)

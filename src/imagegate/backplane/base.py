@@ -225,10 +225,12 @@ class JobQueue(ABC):
         source: str,
         queue: str,
         priority: int = 0,
+        owner: str | None = None,
     ) -> Submitted:
         """Persist a queued job and enqueue it; raises QueueFull when the queue is full.
 
-        A higher ``priority`` starts before lower ones waiting in the same queue."""
+        A higher ``priority`` starts before lower ones waiting in the same queue; ``owner``
+        (a managed key's name) is recorded on the job."""
 
     @abstractmethod
     async def cancel(self, job_id: str) -> JobRecord | None:
@@ -239,14 +241,20 @@ class JobQueue(ABC):
         """Wait until the job ends, and say how."""
 
     async def run(
-        self, request: ImageRequest, *, route: Sequence[str], source: str, queue: str
+        self,
+        request: ImageRequest,
+        *,
+        route: Sequence[str],
+        source: str,
+        queue: str,
+        owner: str | None = None,
     ) -> JobOutcome:
         """Submit a job and wait until it ends; raises QueueFull as ``submit`` does.
 
         An adapter may start the job at once when its queue has a free worker (it is still
         persisted first, with its ``queued`` and ``started`` events).
         """
-        submitted = await self.submit(request, route=route, source=source, queue=queue)
+        submitted = await self.submit(request, route=route, source=source, queue=queue, owner=owner)
         return await self.wait(submitted.job_id)
 
     @abstractmethod

@@ -229,6 +229,7 @@ class LocalJobQueue(JobQueue):
         source: str,
         queue: str,
         priority: int = 0,
+        owner: str | None = None,
     ) -> Submitted:
         depth = self.depth()
         if depth >= self._max_queue:
@@ -243,6 +244,7 @@ class LocalJobQueue(JobQueue):
             queue=queue,
             priority=priority,
             events=[("queued", {"position": position})],
+            owner=owner,
         )
         for event in events:
             self.events.fan_out(event)
@@ -255,10 +257,16 @@ class LocalJobQueue(JobQueue):
         return Submitted(job_id=job_id, position=self.position(job_id) or position)
 
     async def run(
-        self, request: ImageRequest, *, route: Sequence[str], source: str, queue: str
+        self,
+        request: ImageRequest,
+        *,
+        route: Sequence[str],
+        source: str,
+        queue: str,
+        owner: str | None = None,
     ) -> JobOutcome:
         if self._handler is None or self._waiting.get(queue) or not self._free(queue):
-            return await super().run(request, route=route, source=source, queue=queue)
+            return await super().run(request, route=route, source=source, queue=queue, owner=owner)
         self._busy[queue] = self._busy.get(queue, 0) + 1  # the slot is ours from here
         try:
             job_id, events = await self.store.open_job(
@@ -268,6 +276,7 @@ class LocalJobQueue(JobQueue):
                 status="running",
                 queue=queue,
                 events=[("queued", {"position": 1}), ("started", {})],
+                owner=owner,
             )
         except BaseException:
             self._release(queue)

@@ -154,6 +154,7 @@ class PostgresJobQueue(JobQueue):
         source: str,
         queue: str,
         priority: int = 0,
+        owner: str | None = None,
     ) -> Submitted:
         self._depth = await self._count_queued()
         if self._depth >= self._max_queue:
@@ -169,6 +170,7 @@ class PostgresJobQueue(JobQueue):
             priority=priority,
             events=[("queued", {"position": position})],
             within=lambda session, job_id: self._defer(session, job_id, name, priority),
+            owner=owner,
         )
         self._depth += 1
         return Submitted(job_id=job_id, position=position)

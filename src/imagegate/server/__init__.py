@@ -25,7 +25,8 @@ from imagegate.errors import ImagegateError
 from imagegate.gateway import Gateway
 from imagegate.providers.base import Provider
 from imagegate.request import ImageResult
-from imagegate.server import a1111, errors, health, images, jobs, openai, web
+from imagegate.server import a1111, errors, health, images, jobs, openai, tenants, web
+from imagegate.server import keys as keys_api
 from imagegate.server.auth import AuthMiddleware, keys_from_env
 from imagegate.server.deps import ServerContext
 from imagegate.server.limits import BodyLimitMiddleware
@@ -101,13 +102,15 @@ def create_app(
         generate_unique_id_function=lambda route: route.name,
     )
     errors.install(app)
+    tenants.install(app)
+    app.state.key_cache = tenants.KeyCache()
     errors.document_errors(app)
-    for surface in (openai, a1111, jobs, images, health, web):
+    for surface in (openai, a1111, jobs, images, keys_api, health, web):
         app.include_router(surface.router)
     web.mount_ui(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.server.max_body_bytes)
     if keys:  # added last, so it runs first: nothing is read before the key is checked
-        app.add_middleware(AuthMiddleware, keys=keys, signer=signer)
+        app.add_middleware(AuthMiddleware, keys=keys, signer=signer, cache=app.state.key_cache)
     return app
 
 

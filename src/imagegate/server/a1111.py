@@ -23,6 +23,7 @@ from imagegate.request import MAX_N, ImageRequest, ImageResult
 from imagegate.server.deps import Ctx, ServerContext
 from imagegate.server.errors import A1111_RESPONSES
 from imagegate.server.jobs import run_to_end
+from imagegate.server.tenants import CallerDep
 from imagegate.store.pngmeta import imagegate_version, infotext
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"], responses=A1111_RESPONSES)
@@ -203,9 +204,9 @@ def _info(ctx: ServerContext, body: Txt2ImgBody, result: ImageResult) -> dict[st
 
 
 @router.post("/txt2img", response_model=Txt2ImgResponse, summary="Text to image (A1111)")
-async def txt2img(body: Txt2ImgBody, ctx: Ctx) -> Txt2ImgResponse:
+async def txt2img(body: Txt2ImgBody, ctx: Ctx, caller: CallerDep) -> Txt2ImgResponse:
     request = _to_request(ctx, body)
-    result = await run_to_end(ctx, request, "a1111")
+    result = await run_to_end(ctx, request, "a1111", caller)
     return Txt2ImgResponse(
         images=[pybase64.b64encode_as_string(image.png) for image in result.images],
         parameters=body.model_dump(),

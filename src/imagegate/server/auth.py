@@ -1,6 +1,8 @@
 """API keys: ``Authorization: Bearer KEY`` or HTTP Basic with the key as password.
 
-Keys come from the environment variable that ``server.api_keys_env`` names (comma-separated).
+Keys come from the environment variable that ``server.api_keys_env`` names (comma-separated);
+they are admin keys. Managed keys (``imagegate keys create``) are looked up by their SHA-256
+in the store (cached a few seconds) and carry a name and limits (see ``tenants``).
 Each is compared in constant time; none is ever logged or echoed. /healthz stays open, and so
 does the web page (/ and its assets under /ui/), which holds no data and asks for the key. A
 presigned image URL (``/v1/images/{id}?expires=&signature=``, see ``presign``) needs no key:
@@ -18,6 +20,8 @@ import os
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagegate.server.presign import UrlSigner, is_signed
+from imagegate.server.tenants import ADMIN, Caller, KeyCache
+from imagegate.store.keys import key_hash
 
 OPEN_PATHS = frozenset({"/healthz", "/"})
 OPEN_PREFIXES = ("/ui/",)  # the web page's script and style sheet: no data, and it asks for a key
@@ -58,11 +62,16 @@ class AuthMiddleware:
     """Refuse any request without a valid key with 401 (nothing else is touched)."""
 
     def __init__(
-        self, app: ASGIApp, keys: tuple[bytes, ...], signer: UrlSigner | None = None
+        self,
+        app: ASGIApp,
+        keys: tuple[bytes, ...],
+        signer: UrlSigner | None = None,
+        cache: KeyCache | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
         self.signer = signer
+        self.cache = cache if cache is not None else KeyCache()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
@@ -85,11 +94,26 @@ class AuthMiddleware:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 given = presented_key(value)
-                if given is not None and key_matches(given, self.keys):
+                if given is None:
+                    break
+                caller = (
+                    ADMIN if key_matches(given, self.keys) else await self._managed(scope, given)
+                )
+                if caller is not None:
+                    scope.setdefault("state", {})["caller"] = caller
                     await self.app(scope, receive, send)
                     return
                 break
         await _refuse(scope, send)
+
+    async def _managed(self, scope: Scope, given: bytes) -> Caller | None:
+        """The managed key ``given`` is (by its hash), or None."""
+        app = scope.get("app")
+        ctx = getattr(getattr(app, "state", None), "ctx", None)
+        store = getattr(getattr(ctx, "gateway", None), "store", None)
+        if store is None:
+            return None
+        return await self.cache.caller(store, key_hash(given))
 
 
 async def _refuse(scope: Scope, send: Send) -> None:

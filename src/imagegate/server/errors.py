@@ -77,10 +77,12 @@ class ErrorBody(BaseModel):
 _MEANINGS = {
     400: "invalid input: `error.param` names the field and the message the limit",
     401: "no valid API key",
+    403: "the key may not do this: a route it may not use, or an admin-only call",
     404: "no such id",
     409: "the job already ended, or was cancelled",
     413: "the request body is too large",
-    429: "the queue is full: try again after Retry-After",
+    429: "the queue is full, or the key is over its rate (`rate_limit_exceeded`) or budget "
+    "(`insufficient_quota`): try again after Retry-After",
     502: "every provider on the route failed; `error.attempts` says how",
     503: "the providers are unavailable or rate limited, or the job was interrupted",
     504: "the providers timed out",

@@ -16,6 +16,7 @@ from imagegate.errors import ImagegateError, InvalidRequest
 from imagegate.request import ImageRequest, ImageResult
 from imagegate.server.deps import BaseUrl, Ctx, ServerContext
 from imagegate.server.errors import error_responses, http_error, openai_error
+from imagegate.server.tenants import Caller, CallerDep, admit
 from imagegate.store.records import JobRecord
 
 router = APIRouter(tags=["jobs"], responses=error_responses(400, 401))
@@ -57,6 +58,7 @@ class JobView(BaseModel):
     error: dict[str, Any] | None
     attempts: list[dict[str, Any]]
     cost: float
+    owner: str | None = None
     source: str
     retries: int
     created_at: datetime
@@ -96,6 +98,7 @@ def job_view(ctx: ServerContext, job: JobRecord, base: str) -> JobView:
         error=_error_view(job),
         attempts=job.attempts,
         cost=job.cost,
+        owner=job.owner,
         source=job.source,
         retries=job.retries,
         created_at=job.created_at,
@@ -124,17 +127,33 @@ def _error_view(job: JobRecord) -> dict[str, Any] | None:
     }
 
 
-async def run_to_end(ctx: ServerContext, request: ImageRequest, source: str) -> ImageResult:
-    """Queue ``request`` as a job, wait for it, and return its result or raise its error."""
-    outcome = await _submit_and_wait(ctx, request, source)
+async def run_to_end(
+    ctx: ServerContext, request: ImageRequest, source: str, caller: Caller | None = None
+) -> ImageResult:
+    """Queue ``request`` as a job, wait for it, and return its result or raise its error.
+
+    A managed key's routes, rate and budget are checked first (``tenants.admit``)."""
+    outcome = await _submit_and_wait(ctx, request, source, caller)
     if outcome.status == "succeeded" and outcome.result is not None:
         return outcome.result
     raise outcome.error or ImagegateError(f"the job ended {outcome.status}")
 
 
-async def _submit_and_wait(ctx: ServerContext, request: ImageRequest, source: str) -> JobOutcome:
+async def _submit_and_wait(
+    ctx: ServerContext, request: ImageRequest, source: str, caller: Caller | None
+) -> JobOutcome:
     route = _route(ctx, request)
-    return await ctx.backplane.jobs.run(request, route=route, source=source, queue=route[0])
+    owner = await _admit(ctx, caller, request)
+    return await ctx.backplane.jobs.run(
+        request, route=route, source=source, queue=route[0], owner=owner
+    )
+
+
+async def _admit(ctx: ServerContext, caller: Caller | None, request: ImageRequest) -> str | None:
+    store = ctx.gateway.store
+    if store is None or caller is None:
+        return None
+    return await admit(store, caller, request)
 
 
 def _route(ctx: ServerContext, request: ImageRequest) -> list[str]:
@@ -151,12 +170,17 @@ def _route(ctx: ServerContext, request: ImageRequest) -> list[str]:
     "/v1/jobs",
     status_code=202,
     response_model=JobAccepted,
-    responses=error_responses(413, 429),
+    responses=error_responses(403, 413, 429),
     summary="Queue a generation; answers once the job is on disk",
 )
-async def submit_job(body: ImageRequest, ctx: Ctx, base: BaseUrl) -> JSONResponse:
+async def submit_job(
+    body: ImageRequest, ctx: Ctx, base: BaseUrl, caller: CallerDep
+) -> JSONResponse:
     route = _route(ctx, body)
-    submitted = await ctx.backplane.jobs.submit(body, route=route, source="jobs", queue=route[0])
+    owner = await _admit(ctx, caller, body)
+    submitted = await ctx.backplane.jobs.submit(
+        body, route=route, source="jobs", queue=route[0], owner=owner
+    )
     accepted = JobAccepted(id=submitted.job_id, status="queued", position=submitted.position)
     return JSONResponse(
         accepted.model_dump(),

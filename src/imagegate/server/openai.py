@@ -22,9 +22,10 @@ from imagegate.request import MAX_N, MAX_PROMPT_CHARS, ImageRequest, parse_size
 from imagegate.server.deps import Ctx, ServerContext, base_url
 from imagegate.server.errors import error_responses
 from imagegate.server.jobs import run_to_end
+from imagegate.server.tenants import CallerDep
 
 router = APIRouter(
-    tags=["openai"], responses=error_responses(400, 401, 409, 413, 429, 502, 503, 504)
+    tags=["openai"], responses=error_responses(400, 401, 403, 409, 413, 429, 502, 503, 504)
 )
 
 
@@ -134,9 +135,11 @@ def to_image_request(ctx: ServerContext, body: ImageGenerationBody) -> ImageRequ
     response_model=ImagesResponse,
     summary="Generate images (OpenAI images API)",
 )
-async def create_images(body: ImageGenerationBody, ctx: Ctx, http: Request) -> Response:
+async def create_images(
+    body: ImageGenerationBody, ctx: Ctx, http: Request, caller: CallerDep
+) -> Response:
     request = to_image_request(ctx, body)
-    result = await run_to_end(ctx, request, "openai")
+    result = await run_to_end(ctx, request, "openai", caller)
     created = int(time.time())
     if body.response_format == "url":
         base = await base_url(http)  # only here: building it costs more than the rest

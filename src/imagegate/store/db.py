@@ -226,6 +226,7 @@ class Store:
         priority: int = 0,
         events: Sequence[tuple[str, Mapping[str, Any]]] = (),
         within: Callable[[AsyncSession, str], Awaitable[None]] | None = None,
+        owner: str | None = None,
     ) -> tuple[str, list[EventRecord]]:
         """Record a new job with its first ``events`` (kind, data) in one transaction.
 
@@ -260,6 +261,7 @@ class Store:
             "elapsed_s": None,
             "source": source,
             "retries": 0,
+            "owner": owner,
         }
         job_id: str = values["id"]
         stamped = [(kind, dict(data), self._now()) for kind, data in events]

@@ -38,7 +38,7 @@ __all__ = [
 JOB_COLUMNS = (
     "id", "status", "request", "route", "provider", "model", "seed", "progress", "step",
     "steps", "attempts", "error", "cost", "priority", "queue", "created_at", "started_at",
-    "finished_at", "elapsed_s", "source", "retries",
+    "finished_at", "elapsed_s", "source", "retries", "owner",
 )  # fmt: skip
 IMAGE_COLUMNS = (
     "id", "job_id", "sha256", "path", "width", "height", "seed", "provider", "model", "prompt",

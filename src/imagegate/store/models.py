@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Float,
@@ -97,10 +98,13 @@ class Job(Base):
     elapsed_s: Mapped[float | None] = mapped_column(Float)
     source: Mapped[str] = mapped_column(String(16))
     retries: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    """The managed key's name that submitted the job; None = an admin key or no auth."""
 
     __table_args__ = (
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_created_at", "created_at"),
+        Index("ix_jobs_owner_created_at", "owner", "created_at"),
     )
 
 
@@ -151,3 +155,18 @@ class Breaker(Base):
     opened_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     failures: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiKey(Base):
+    """A managed API key (a tenant): only the SHA-256 of the key is stored, never the key."""
+
+    __tablename__ = "api_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    routes: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    rate_per_min: Mapped[int | None] = mapped_column(Integer)
+    budget: Mapped[float | None] = mapped_column(Float)
+    period: Mapped[str | None] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -52,6 +52,7 @@ class JobRecord(BaseModel):
     elapsed_s: float | None
     source: str
     retries: int
+    owner: str | None = None
     images: list[ImageRecord] = []
 
 
