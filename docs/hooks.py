@@ -107,7 +107,7 @@ def cli_page() -> str:
             flags = ", ".join(action.option_strings) or action.metavar or action.dest
             default = (
                 ""
-                if action.default in (None, False, argparse.SUPPRESS) or action.required
+                if action.default in (None, False, "", argparse.SUPPRESS) or action.required
                 else f"`{action.default}`"
             )
             rows.append(f"| `{flags}` | {action.help or ''} | {default} |")

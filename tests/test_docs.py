@@ -3,6 +3,7 @@ HTTP API pages' examples run against a live server."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import re
@@ -78,6 +79,17 @@ def test_cli_page_has_every_command_and_option() -> None:
                     assert f"`{flag}" in page or f", {flag}" in page, (name, flag)
     assert "## `imagegate config show`" in page
     assert "## `imagegate config check`" in page
+
+
+def test_every_cli_argument_has_help() -> None:
+    """Every command and argument of the parser says what it does, for the CLI reference."""
+    missing = [
+        f"{name} {action.dest}"
+        for name, parser in load_hooks()._commands(build_parser())
+        for action in parser._actions
+        if not action.help and not isinstance(action, argparse._SubParsersAction)
+    ]
+    assert missing == []
 
 
 def test_openapi_page_lists_every_operation() -> None:

@@ -50,17 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     gen = sub.add_parser("generate", help="generate images from a prompt")
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", help="what to draw (1-4000 characters)")
     gen.add_argument("--negative", default="", help="negative prompt")
     gen.add_argument("--size", help="WIDTHxHEIGHT, e.g. 512x512 (multiples of 8)")
-    gen.add_argument("--steps", type=int)
-    gen.add_argument("--guidance", type=float)
-    gen.add_argument("--seed", type=int)
+    gen.add_argument("--steps", type=int, help="sampling steps (1-150); default: the provider's")
+    gen.add_argument("--guidance", type=float, help="CFG scale (0-30); default: the provider's")
+    gen.add_argument("--seed", type=int, help="seed (0 to 2^32-1); default: random")
     gen.add_argument("-n", type=int, default=1, help="number of images (1-8)")
     gen.add_argument("--sampler", help='AUTOMATIC1111 sampler name, e.g. "Euler a"')
     gen.add_argument("--route", help="a named route ([routes.NAME]); default: [gateway] route")
     gen.add_argument("--provider", help="use only this provider")
-    gen.add_argument("--model")
+    gen.add_argument("--model", help="a provider's model, or a provider or route name")
     gen.add_argument("--out", type=Path, help="output file (or folder when -n > 1)")
     _common(gen, json_flag=True)
 
@@ -84,16 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(doctor, json_flag=True)
 
     hist = sub.add_parser("history", help="list recent generations")
-    hist.add_argument("--limit", type=int, default=20)
+    hist.add_argument("--limit", type=int, default=20, help="how many generations to list")
     _common(hist, json_flag=True)
     add_prune(hist, _Parser)
 
     models = sub.add_parser("models", help="download and list local models")
     models_sub = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     pull = models_sub.add_parser("pull", help="download a model into the local cache")
-    pull.add_argument("model")
+    pull.add_argument("model", help="a Hugging Face hub id, e.g. stabilityai/sd-turbo")
     models_sub.add_parser("list", help="list the models in the local cache").add_argument(
-        "--json", action="store_true"
+        "--json", action="store_true", help="print one JSON document"
     )
     add_config_parser(sub, _Parser)
     add_keys_parser(sub, _Parser)
