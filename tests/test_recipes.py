@@ -29,6 +29,7 @@ from imagegate.config import load_config
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "docs" / "recipes"
 CONFIGS = sorted((RECIPES / "configs").glob("*.toml"))
+CONFIGS_BY_NAME = {path.stem: path for path in CONFIGS}
 SNIPPET = re.compile(r'--8<-- "(docs/recipes/configs/[\w.-]+\.toml)"')
 KEYS = ("HF_TOKEN", "NOVITA_API_KEY", "STABILITY_API_KEY", "OPENAI_API_KEY")
 
@@ -121,3 +122,32 @@ def test_doctor_passes_on_the_recipe_against_loopback_fakes(
     assert failed == {}
     assert run.returncode == 0, run.stderr
     assert {p["name"] for p in report["providers"]} == set(raw["providers"])
+
+
+def normalized(text: str) -> list[str]:
+    """The stage, cause and fix lines of a doctor report, with ports and times made N."""
+    keep = [line.strip() for line in text.splitlines() if re.match(r"\s+(ok|FAIL|cause|fix)", line)]
+    return [re.sub(r"\b\d+(?= ms)|(?<=127\.0\.0\.1:)\d+", "N", line) for line in keep]
+
+
+def test_tls_recipe_shows_what_the_doctor_prints_for_a_stalled_handshake(
+    fakes: dict[str, str], tiny_model: Path, isolated_env: Path, tls_stall: str
+) -> None:
+    """The recipe's config, its Space stalling in the handshake: the doctor's report is the
+    one the page shows (hosts, ports and times aside)."""
+    raw = at_fakes(tomllib.loads((CONFIGS_BY_NAME["gradio-tls"]).read_text()), fakes, tiny_model)
+    raw["providers"]["space"]["url"] = tls_stall
+    (isolated_env / "imagegate.toml").write_text(to_toml(raw), encoding="utf-8")
+    run = subprocess.run(
+        [IMAGEGATE, "doctor", "space"],
+        cwd=isolated_env,
+        env={**os.environ, **dict.fromkeys(KEYS, CANARY), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 3, run.stderr
+    page = (RECIPES / "gradio-tls.md").read_text(encoding="utf-8")
+    shown = page.split("space (gradio): FAIL at tls", 1)[1].split("```", 1)[0]
+    assert normalized(run.stdout) == normalized(shown)
