@@ -28,7 +28,7 @@ def add_keys_parser(
     keys = sub.add_parser("keys", help="create, list and revoke managed API keys (tenants)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, parser_class=parser_class)
     create = keys_sub.add_parser("create", help="create a key and print it once")
-    create.add_argument("name")
+    create.add_argument("name", help="the tenant's name, unique")
     create.add_argument("--routes", help="comma-separated routes or providers it may use")
     create.add_argument("--rate", help="requests it may submit, e.g. 60/min or 2/s")
     create.add_argument("--budget", help="spend allowed per --period, e.g. 5.00")
@@ -37,7 +37,7 @@ def add_keys_parser(
     listing = keys_sub.add_parser("list", help="list the keys (never the keys themselves)")
     listing.add_argument("--json", action="store_true", help="print one JSON document")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the name the key was created with")
     for parser in (create, listing, revoke):
         parser.add_argument("--config", type=Path, help="config file (default: imagegate.toml)")
 
