@@ -238,3 +238,38 @@ def test_cli_revoking_the_last_admin_key_is_refused(isolated_env: Path) -> None:
     unknown = cli("keys", "revoke", "carol", cwd=isolated_env)
     assert unknown.returncode == 2
     assert "root" in unknown.stderr
+
+
+def test_a_key_sees_only_its_own_jobs_and_images_and_admins_see_all(
+    servers: tuple[list[str], Fake],
+) -> None:
+    """bob cannot list, read, follow or fetch alice's job or image (404); the admin sees both;
+    alice's presigned image URL still works for anyone holding it."""
+    urls, _ = servers
+    alice, bob = _create(urls[0], name="alice"), _create(urls[0], name="bob")
+    with _client(urls[0], alice) as client:
+        raw = client.images.with_raw_response.generate(prompt="a fox", response_format="url")
+    job_id = raw.headers["x-imagegate-job"]
+    data = raw.parse().data
+    assert data is not None
+    presigned = data[0].url
+    assert presigned is not None
+    image_id = presigned.split("?")[0].rsplit("/", 1)[1]
+    with _client(urls[-1], bob) as client:
+        client.images.generate(prompt="a cat")
+    as_alice = {"authorization": f"Bearer {alice}"}
+    as_bob = {"authorization": f"Bearer {bob}"}
+    as_admin = {"authorization": f"Bearer {ADMIN}"}
+    url = urls[-1]
+    assert httpx.get(f"{url}/v1/jobs/{job_id}", headers=as_bob).status_code == 404
+    assert httpx.get(f"{url}/v1/jobs/{job_id}/events", headers=as_bob).status_code == 404
+    assert httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers=as_bob).status_code == 404
+    assert httpx.get(f"{url}/v1/images/{image_id}", headers=as_bob).status_code == 404
+    assert httpx.get(f"{url}/v1/images/{image_id}", headers=as_alice).status_code == 200
+    bobs = httpx.get(f"{url}/v1/jobs", headers=as_bob).json()["data"]
+    assert {job["owner"] for job in bobs} == {"bob"}
+    alices_images = httpx.get(f"{url}/v1/images", headers=as_alice).json()["data"]
+    assert [image["id"] for image in alices_images] == [image_id]
+    everyone = httpx.get(f"{url}/v1/jobs", headers=as_admin).json()["data"]
+    assert {job["owner"] for job in everyone} == {"alice", "bob"}
+    assert httpx.get(presigned).status_code == 200

@@ -278,8 +278,10 @@ class JobStore(ABC):
         """One job with its images, or None."""
 
     @abstractmethod
-    async def list_jobs(self, limit: int = 20, before: datetime | None = None) -> list[JobRecord]:
-        """The newest jobs first."""
+    async def list_jobs(
+        self, limit: int = 20, before: datetime | None = None, owner: str | None = None
+    ) -> list[JobRecord]:
+        """The newest jobs first; only ``owner``'s (a managed key's name) when given."""
 
     @abstractmethod
     async def image(self, image_id: str) -> ImageRecord | None:
@@ -287,9 +289,9 @@ class JobStore(ABC):
 
     @abstractmethod
     async def list_images(
-        self, limit: int = 20, before: datetime | None = None
+        self, limit: int = 20, before: datetime | None = None, owner: str | None = None
     ) -> list[ImageRecord]:
-        """The newest images first."""
+        """The newest images first; only those of ``owner``'s jobs when given."""
 
     @abstractmethod
     async def counts(self) -> Mapping[str, int]:

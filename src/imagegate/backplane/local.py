@@ -90,16 +90,18 @@ class LocalJobStore(JobStore):
     async def get(self, job_id: str) -> JobRecord | None:
         return await self._store.get_job(job_id)
 
-    async def list_jobs(self, limit: int = 20, before: datetime | None = None) -> list[JobRecord]:
-        return await self._store.list_jobs(limit=limit, before=before)
+    async def list_jobs(
+        self, limit: int = 20, before: datetime | None = None, owner: str | None = None
+    ) -> list[JobRecord]:
+        return await self._store.list_jobs(limit=limit, before=before, owner=owner)
 
     async def image(self, image_id: str) -> ImageRecord | None:
         return await self._store.get_image(image_id)
 
     async def list_images(
-        self, limit: int = 20, before: datetime | None = None
+        self, limit: int = 20, before: datetime | None = None, owner: str | None = None
     ) -> list[ImageRecord]:
-        return await self._store.list_images(limit=limit, before=before)
+        return await self._store.list_images(limit=limit, before=before, owner=owner)
 
     async def counts(self) -> dict[str, int]:
         query = select(_JOBS.c.status, func.count()).group_by(_JOBS.c.status)

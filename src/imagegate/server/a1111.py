@@ -23,7 +23,7 @@ from imagegate.request import MAX_N, ImageRequest, ImageResult
 from imagegate.server.deps import Ctx, ServerContext
 from imagegate.server.errors import A1111_RESPONSES
 from imagegate.server.jobs import run_to_end
-from imagegate.server.tenants import CallerDep
+from imagegate.server.tenants import CallerDep, only_owner
 from imagegate.store.pngmeta import imagegate_version, infotext
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"], responses=A1111_RESPONSES)
@@ -285,13 +285,13 @@ async def progress(ctx: Ctx) -> ProgressResponse:
 
 
 @router.post("/interrupt", summary="Stop the running A1111 jobs")
-async def interrupt(ctx: Ctx) -> dict[str, Any]:
-    for job in await ctx.backplane.store.list_jobs(limit=50):
+async def interrupt(ctx: Ctx, caller: CallerDep) -> dict[str, Any]:
+    for job in await ctx.backplane.store.list_jobs(limit=50, owner=only_owner(caller)):
         if job.source == "a1111" and job.status in ("running", "queued"):
             await ctx.backplane.jobs.cancel(job.id)
     return {}
 
 
 @router.post("/skip", summary="Same as interrupt")
-async def skip(ctx: Ctx) -> dict[str, Any]:
-    return await interrupt(ctx)
+async def skip(ctx: Ctx, caller: CallerDep) -> dict[str, Any]:
+    return await interrupt(ctx, caller)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from imagegate.server.deps import BaseUrl, Ctx
 from imagegate.server.errors import error_responses, openai_error
+from imagegate.server.tenants import CallerDep, only_owner, sees
 
 router = APIRouter(tags=["images"], responses=error_responses(400, 401))
 
@@ -49,9 +50,13 @@ class ImageList(BaseModel):
     },
     summary="A stored PNG, with its A1111 parameters and imagegate provenance chunks",
 )
-async def get_image(image_id: str, ctx: Ctx) -> Response:
+async def get_image(image_id: str, ctx: Ctx, caller: CallerDep) -> Response:
     record = await ctx.backplane.store.image(image_id)
     store = ctx.gateway.store
+    if record is not None and only_owner(caller) is not None:  # a tenant: its own only
+        job = await ctx.backplane.store.get(record.job_id)
+        if job is None or not sees(caller, job.owner):
+            record = None
     if record is None or store is None:
         return openai_error(404, "not_found_error", f"no image {image_id!r}", param="id")
     path = store.image_path(record)
@@ -72,9 +77,9 @@ async def get_image(image_id: str, ctx: Ctx) -> Response:
 
 @router.get("/v1/images", response_model=ImageList, summary="Recent images, newest first")
 async def list_images(
-    ctx: Ctx, base: BaseUrl, limit: Annotated[int, Query(ge=1, le=200)] = 20
+    ctx: Ctx, base: BaseUrl, caller: CallerDep, limit: Annotated[int, Query(ge=1, le=200)] = 20
 ) -> ImageList:
-    records = await ctx.backplane.store.list_images(limit=limit)
+    records = await ctx.backplane.store.list_images(limit=limit, owner=only_owner(caller))
     return ImageList(
         data=[
             ImageView(url=ctx.image_url(base, r.id), **r.model_dump(exclude={"path"}))

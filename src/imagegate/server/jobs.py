@@ -16,7 +16,7 @@ from imagegate.errors import ImagegateError, InvalidRequest
 from imagegate.request import ImageRequest, ImageResult
 from imagegate.server.deps import BaseUrl, Ctx, ServerContext
 from imagegate.server.errors import error_responses, http_error, openai_error
-from imagegate.server.tenants import Caller, CallerDep, admit
+from imagegate.server.tenants import Caller, CallerDep, admit, only_owner, sees
 from imagegate.store.records import JobRecord
 
 router = APIRouter(tags=["jobs"], responses=error_responses(400, 401))
@@ -193,13 +193,14 @@ async def submit_job(
 async def list_jobs(
     ctx: Ctx,
     base: BaseUrl,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 20,
     before: Annotated[
         str | None, Query(max_length=64, description="a job id or an ISO 8601 time")
     ] = None,
 ) -> JobList:
     cutoff = await _cutoff(ctx, before)
-    jobs = await ctx.backplane.store.list_jobs(limit=limit, before=cutoff)
+    jobs = await ctx.backplane.store.list_jobs(limit=limit, before=cutoff, owner=only_owner(caller))
     next_before = jobs[-1].id if len(jobs) == limit else None
     return JobList(data=[job_view(ctx, job, base) for job in jobs], next_before=next_before)
 
@@ -228,9 +229,9 @@ def _not_found(job_id: str) -> JSONResponse:
     responses=error_responses(404),
     summary="One job: status, progress, images, error, attempts",
 )
-async def get_job(job_id: str, ctx: Ctx, base: BaseUrl) -> Response:
+async def get_job(job_id: str, ctx: Ctx, base: BaseUrl, caller: CallerDep) -> Response:
     job = await ctx.backplane.store.get(job_id)
-    if job is None:
+    if job is None or not sees(caller, job.owner):
         return _not_found(job_id)
     return JSONResponse(job_view(ctx, job, base).model_dump(mode="json"))
 
@@ -241,9 +242,9 @@ async def get_job(job_id: str, ctx: Ctx, base: BaseUrl) -> Response:
     responses=error_responses(404, 409),
     summary="Cancel a queued job at once, or stop a running one",
 )
-async def cancel_job(job_id: str, ctx: Ctx, base: BaseUrl) -> Response:
+async def cancel_job(job_id: str, ctx: Ctx, base: BaseUrl, caller: CallerDep) -> Response:
     job = await ctx.backplane.store.get(job_id)
-    if job is None:
+    if job is None or not sees(caller, job.owner):
         return _not_found(job_id)
     if job.status in ("succeeded", "failed"):
         return openai_error(
@@ -265,10 +266,12 @@ async def cancel_job(job_id: str, ctx: Ctx, base: BaseUrl) -> Response:
 async def job_events(
     job_id: str,
     ctx: Ctx,
+    caller: CallerDep,
     last_event_id: Annotated[int | None, Header(ge=0)] = None,
     after: Annotated[int | None, Query(ge=0, description="resume after this event id")] = None,
 ) -> Response:
-    if await ctx.backplane.store.get(job_id) is None:
+    job = await ctx.backplane.store.get(job_id)
+    if job is None or not sees(caller, job.owner):
         return _not_found(job_id)
     start = max(last_event_id or 0, after or 0)
 

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from imagegate.request import ImageRequest
 from imagegate.server.errors import openai_error
 from imagegate.store import Store
-from imagegate.store.keys import KeyRecord, find_key, period_start, recent_jobs, spent
+from imagegate.store.keys import KeyRecord, find_key, standing
 
 CACHE_S = 5.0
 """How long a key lookup is reused: a revoked key stops working within this."""
@@ -99,6 +99,20 @@ async def get_caller(request: Request) -> Caller | None:
 CallerDep = Annotated[Caller | None, Depends(get_caller)]
 
 
+def only_owner(caller: Caller | None) -> str | None:
+    """Whose history a caller sees: a tenant's own name; None (everyone's) for admins and
+    with auth off."""
+    if caller is None or caller.admin or caller.key is None:
+        return None
+    return caller.name
+
+
+def sees(caller: Caller | None, owner: str | None) -> bool:
+    """Whether ``caller`` may see a job (or its images and events) owned by ``owner``."""
+    mine = only_owner(caller)
+    return mine is None or mine == owner
+
+
 def owner_of(caller: Caller | None) -> str | None:
     """The name a job is recorded under: a managed key's; None for environment keys."""
     return None if caller is None else caller.name
@@ -118,24 +132,23 @@ async def admit(store: Store, caller: Caller | None, request: ImageRequest) -> s
                 f"the key {key.name!r} may not use {wanted!r}; it may use: {', '.join(key.routes)}",
             )
     now = datetime.now(UTC)
-    if key.rate_per_min is not None:
-        count, oldest = await recent_jobs(store, key.name, now)
-        if count >= key.rate_per_min:
-            wait = 60.0 - (now - oldest).total_seconds() if oldest is not None else 60.0
-            raise Refused(
-                429,
-                "rate_limit_exceeded",
-                f"the key {key.name!r} may submit {key.rate_per_min} requests a minute; "
-                f"retry after {max(1, math.ceil(wait))} s",
-                retry_after=max(1.0, wait),
-            )
-    if key.budget is not None and key.period is not None:
-        used = await spent(store, key.name, period_start(key.period, now))
-        if used >= key.budget:
-            raise Refused(
-                429,
-                "insufficient_quota",
-                f"the key {key.name!r} has used its budget of {key.budget:.2f} this "
-                f"{key.period} ({used:.2f}); raise it or wait for the next {key.period}",
-            )
+    if key.rate_per_min is None and key.budget is None:
+        return key.name
+    count, oldest, used = await standing(store, key.name, now, key.period)
+    if key.rate_per_min is not None and count >= key.rate_per_min:
+        wait = 60.0 - (now - oldest).total_seconds() if oldest is not None else 60.0
+        raise Refused(
+            429,
+            "rate_limit_exceeded",
+            f"the key {key.name!r} may submit {key.rate_per_min} requests a minute; "
+            f"retry after {max(1, math.ceil(wait))} s",
+            retry_after=max(1.0, wait),
+        )
+    if key.budget is not None and key.period is not None and used >= key.budget:
+        raise Refused(
+            429,
+            "insufficient_quota",
+            f"the key {key.name!r} has used its budget of {key.budget:.2f} this "
+            f"{key.period} ({used:.2f}); raise it or wait for the next {key.period}",
+        )
     return key.name

@@ -547,11 +547,16 @@ class Store:
             images = await self._images_of(session, [job_id])
         return JobRecord.model_validate(job).model_copy(update={"images": images.get(job_id, [])})
 
-    async def list_jobs(self, limit: int = 20, before: datetime | None = None) -> list[JobRecord]:
-        """The newest jobs first, at most ``limit``, created strictly before ``before``."""
+    async def list_jobs(
+        self, limit: int = 20, before: datetime | None = None, owner: str | None = None
+    ) -> list[JobRecord]:
+        """The newest jobs first, at most ``limit``, created strictly before ``before``;
+        only ``owner``'s when given (a managed key's name)."""
         query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(_limit(limit))
         if before is not None:
             query = query.where(Job.created_at < before)
+        if owner is not None:
+            query = query.where(Job.owner == owner)
         async with self._session() as session:
             jobs = list((await session.scalars(query)).all())
             images = await self._images_of(session, [job.id for job in jobs])
@@ -588,14 +593,17 @@ class Store:
             return None if row is None else _image_record(row)
 
     async def list_images(
-        self, limit: int = 20, before: datetime | None = None
+        self, limit: int = 20, before: datetime | None = None, owner: str | None = None
     ) -> list[ImageRecord]:
-        """The newest images first, at most ``limit``, created strictly before ``before``."""
+        """The newest images first, at most ``limit``, created strictly before ``before``;
+        only those of ``owner``'s jobs when given."""
         query = (
             select(Image).order_by(Image.created_at.desc(), Image.id.desc()).limit(_limit(limit))
         )
         if before is not None:
             query = query.where(Image.created_at < before)
+        if owner is not None:
+            query = query.join(Job, Job.id == Image.job_id).where(Job.owner == owner)
         async with self._session() as session:
             return [_image_record(row) for row in (await session.scalars(query)).all()]
 

@@ -12,10 +12,10 @@ import re
 import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, case, delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from imagegate.errors import InvalidRequest
@@ -161,18 +161,30 @@ async def spent(store: Store, owner: str, since: datetime) -> float:
     return float(total or 0.0)
 
 
-async def recent_jobs(store: Store, owner: str, now: datetime) -> tuple[int, datetime | None]:
-    """How many jobs ``owner`` submitted in the minute before ``now``, and the oldest's time."""
-    since = now - timedelta(minutes=1)
-    async with store.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(func.count(), func.min(Job.created_at)).where(
-                    Job.owner == owner, Job.created_at > since
-                )
-            )
-        ).one()
+async def standing(
+    store: Store, owner: str, now: datetime, period: str | None
+) -> tuple[int, datetime | None, float]:
+    """In one query: ``owner``'s jobs in the minute before ``now``, the oldest of them, and
+    what its jobs since the start of ``period`` cost (0 without a period)."""
+    minute = now - timedelta(minutes=1)
+    since = period_start(period, now) if period is not None else minute
+    recent = Job.created_at > minute
+    row = await _one(
+        store,
+        select(
+            func.count(case((recent, 1))),
+            func.min(case((recent, Job.created_at))),
+            func.coalesce(func.sum(case((Job.created_at >= since, Job.cost))), 0.0),
+        ).where(Job.owner == owner, Job.created_at >= min(since, minute)),
+    )
     oldest = row[1]
+    if isinstance(oldest, str):  # SQLite hands back text through an untyped CASE
+        oldest = datetime.fromisoformat(oldest)
     if isinstance(oldest, datetime) and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
-    return int(row[0]), oldest
+    return int(row[0]), oldest if isinstance(oldest, datetime) else None, float(row[2] or 0.0)
+
+
+async def _one(store: Store, query: Select[Any]) -> tuple[Any, ...]:
+    async with store.engine.connect() as conn:
+        return tuple((await conn.execute(query)).one())
