@@ -45,6 +45,18 @@ class ProviderConfig(BaseModel):
         description="What one image costs, in your currency (>= 0); summed into each job's "
         "cost and the cost metric.",
     )
+    cost_per_megapixel: float = Field(
+        default=0.0,
+        ge=0,
+        description="What one megapixel of output costs (>= 0), for providers that price by "
+        "size; added to cost_per_image per image.",
+    )
+
+    def cost_of(self, sizes: list[tuple[int, int]]) -> float:
+        """What images of these (width, height) cost at this provider's prices."""
+        pixels = sum(width * height for width, height in sizes)
+        return self.cost_per_image * len(sizes) + self.cost_per_megapixel * pixels / 1e6
+
     timeout_s: PositiveFloat | None = Field(
         default=None,
         description="Seconds one attempt at this provider may take (> 0); none = what is left "

@@ -321,7 +321,7 @@ class Gateway:
             result = await recorder.finish_job(
                 job_id,
                 result,
-                cost=provider.config.cost_per_image * len(result.images),
+                cost=provider.config.cost_of([(i.width, i.height) for i in result.images]),
                 effective=effective_params(provider, request),
             )
         return result

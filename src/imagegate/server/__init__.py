@@ -25,7 +25,7 @@ from imagegate.errors import ImagegateError
 from imagegate.gateway import Gateway
 from imagegate.providers.base import Provider
 from imagegate.request import ImageResult
-from imagegate.server import a1111, errors, health, images, jobs, openai, tenants, web
+from imagegate.server import a1111, errors, health, images, jobs, openai, tenants, usage, web
 from imagegate.server import keys as keys_api
 from imagegate.server.auth import AuthMiddleware, keys_from_env
 from imagegate.server.deps import ServerContext
@@ -105,7 +105,7 @@ def create_app(
     tenants.install(app)
     app.state.key_cache = tenants.KeyCache()
     errors.document_errors(app)
-    for surface in (openai, a1111, jobs, images, keys_api, health, web):
+    for surface in (openai, a1111, jobs, images, keys_api, usage, health, web):
         app.include_router(surface.router)
     web.mount_ui(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.server.max_body_bytes)
@@ -178,7 +178,8 @@ def _finished(
         ctx.metrics.finished(None, outcome, attempts, elapsed_s)
         return
     provider = ctx.gateway.providers.get(result.provider)
-    cost = provider.config.cost_per_image * len(result.images) if provider else 0.0
+    sizes = [(image.width, image.height) for image in result.images]
+    cost = provider.config.cost_of(sizes) if provider else 0.0
     ctx.metrics.finished(
         result.provider, outcome, attempts, elapsed_s, images=len(result.images), cost=cost
     )

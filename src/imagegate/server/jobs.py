@@ -16,7 +16,7 @@ from imagegate.errors import ImagegateError, InvalidRequest
 from imagegate.request import ImageRequest, ImageResult
 from imagegate.server.deps import BaseUrl, Ctx, ServerContext
 from imagegate.server.errors import error_responses, http_error, openai_error
-from imagegate.server.tenants import Caller, CallerDep, admit, only_owner, sees
+from imagegate.server.tenants import Caller, CallerDep, Refused, admit, only_owner, sees
 from imagegate.store.records import JobRecord
 
 router = APIRouter(tags=["jobs"], responses=error_responses(400, 401))
@@ -135,7 +135,15 @@ async def run_to_end(
     A managed key's routes, rate and budget are checked first (``tenants.admit``)."""
     outcome = await _submit_and_wait(ctx, request, source, caller)
     if outcome.status == "succeeded" and outcome.result is not None:
-        return outcome.result
+        result = outcome.result
+        if caller is not None:
+            key = caller.name or "-"
+            ctx.metrics.key_images.labels(key).inc(len(result.images))
+            provider = ctx.gateway.providers.get(result.provider)
+            if provider is not None:
+                sizes = [(image.width, image.height) for image in result.images]
+                ctx.metrics.key_cost.labels(key).inc(provider.config.cost_of(sizes))
+        return result
     raise outcome.error or ImagegateError(f"the job ended {outcome.status}")
 
 
@@ -153,7 +161,14 @@ async def _admit(ctx: ServerContext, caller: Caller | None, request: ImageReques
     store = ctx.gateway.store
     if store is None or caller is None:
         return None
-    return await admit(store, caller, request)
+    key = caller.name or "-"
+    try:
+        owner = await admit(store, caller, request)
+    except Refused as refused:
+        ctx.metrics.key_requests.labels(key, refused.code).inc()
+        raise
+    ctx.metrics.key_requests.labels(key, "admitted").inc()
+    return owner
 
 
 def _route(ctx: ServerContext, request: ImageRequest) -> list[str]:

@@ -61,6 +61,25 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.key_requests = Counter(
+            "imagegate_key_requests",
+            "Requests by managed key name ('-' for admin keys), by outcome: admitted, "
+            "rate_limit_exceeded, insufficient_quota, route_not_allowed",
+            ["key", "outcome"],
+            registry=r,
+        )
+        self.key_images = Counter(
+            "imagegate_key_images",
+            "Images answered to synchronous requests (OpenAI, A1111), by key name",
+            ["key"],
+            registry=r,
+        )
+        self.key_cost = Counter(
+            "imagegate_key_cost",
+            "Cost of the images answered to synchronous requests, by key name",
+            ["key"],
+            registry=r,
+        )
 
     def finished(
         self,

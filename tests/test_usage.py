@@ -1,0 +1,163 @@
+"""Usage and cost: per job (key, route, provider, images, seconds, cost), summed by
+GET /v1/usage and `imagegate usage`, counted in Prometheus by key name."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from serverkit import Fake, tiny_png
+from test_cli import cli
+from test_keys import ADMIN, PRICE, _client, _create, servers
+
+from imagegate.config import ProviderConfig
+from imagegate.request import GeneratedImage, ImageRequest, ImageResult
+from imagegate.store import Store
+
+__all__ = ["servers"]  # the fixture, shared with test_keys
+
+ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN}"}
+
+
+def _generate(url: str, key: str, n: int, model: str | None = None) -> None:
+    with _client(url, key) as client:
+        if model is None:
+            client.images.generate(prompt="a fox", n=n)
+        else:
+            client.images.generate(prompt="a fox", n=n, model=model)
+
+
+def test_usage_by_key_sums_each_keys_images_and_cost(servers: tuple[list[str], Fake]) -> None:
+    """alice makes 3 images, bob 1: GET /v1/usage?group_by=key says so, costs included."""
+    urls, _ = servers
+    alice, bob = _create(urls[0], name="alice"), _create(urls[0], name="bob")
+    _generate(urls[0], alice, 2)
+    _generate(urls[-1], alice, 1)
+    _generate(urls[-1], bob, 1)
+    answer = httpx.get(f"{urls[0]}/v1/usage", params={"group_by": "key"}, headers=ADMIN_HEADERS)
+    assert answer.status_code == 200, answer.text
+    rows = {row["key"]: row for row in answer.json()["data"]}
+    assert (rows["alice"]["jobs"], rows["alice"]["images"]) == (2, 3)
+    assert rows["alice"]["cost"] == pytest.approx(3 * PRICE)
+    assert (rows["bob"]["images"], rows["bob"]["cost"]) == (1, pytest.approx(PRICE))
+    assert rows["alice"]["seconds"] >= 0
+
+
+def test_a_key_sees_only_its_own_usage(servers: tuple[list[str], Fake]) -> None:
+    """bob's GET /v1/usage holds bob's row only."""
+    urls, _ = servers
+    alice, bob = _create(urls[0], name="alice"), _create(urls[0], name="bob")
+    _generate(urls[0], alice, 1)
+    _generate(urls[0], bob, 1)
+    mine = httpx.get(f"{urls[0]}/v1/usage", headers={"authorization": f"Bearer {bob}"})
+    assert [row["key"] for row in mine.json()["data"]] == ["bob"]
+
+
+def test_usage_by_route_provider_and_day(servers: tuple[list[str], Fake]) -> None:
+    """group_by=route separates 'fast' from 'default'; provider and day group too."""
+    urls, _ = servers
+    key = _create(urls[0], name="carol")
+    _generate(urls[0], key, 1, model="fast")
+    _generate(urls[0], key, 1)
+    by = {}
+    for group in ("route", "provider", "day"):
+        answer = httpx.get(f"{urls[0]}/v1/usage", params={"group_by": group}, headers=ADMIN_HEADERS)
+        by[group] = {row[group]: row["images"] for row in answer.json()["data"]}
+    assert by["route"] == {"fast": 1, "default": 1}
+    assert by["provider"] == {"cheap": 2}
+    assert sum(by["day"].values()) == 2
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"group_by": "week"}, "group_by"), ({"from": "yesterday"}, "from"),
+     ({"from": "2026-12-02", "to": "2026-12-01"}, "to")],
+)  # fmt: skip
+def test_bad_usage_queries_are_400s_naming_the_field(
+    servers: tuple[list[str], Fake], params: dict[str, str], field: str
+) -> None:
+    """An unknown group_by, a date that is no date, to before from: 400 naming the field."""
+    urls, _ = servers
+    answer = httpx.get(f"{urls[0]}/v1/usage", params=params, headers=ADMIN_HEADERS)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == field
+
+
+def test_prometheus_counts_requests_images_and_cost_by_key(
+    servers: tuple[list[str], Fake],
+) -> None:
+    """/metrics: imagegate_key_requests_total{key="dora",outcome="admitted"} and images."""
+    urls, _ = servers
+    key = _create(urls[0], name="dora")
+    _generate(urls[0], key, 2)
+    text = httpx.get(f"{urls[0]}/metrics", headers=ADMIN_HEADERS).text
+    assert 'imagegate_key_requests_total{key="dora",outcome="admitted"} 1.0' in text
+    assert 'imagegate_key_images_total{key="dora"} 2.0' in text
+
+
+def test_cost_per_megapixel_adds_to_cost_per_image() -> None:
+    """Two 512x512 images at 0.01 each plus 1.00 per megapixel cost 0.02 + 0.524288."""
+    config = ProviderConfig(type="fake", cost_per_image=0.01, cost_per_megapixel=1.0)
+    assert config.cost_of([(512, 512), (512, 512)]) == pytest.approx(0.02 + 0.524288)
+
+
+def test_a_negative_price_is_a_config_error() -> None:
+    """cost_per_megapixel = -1 is refused naming the key."""
+    from imagegate.config import parse_settings
+    from imagegate.errors import ConfigError
+
+    table = {"type": "a1111", "url": "http://127.0.0.1:9", "cost_per_megapixel": -1}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"gateway": {"route": ["a"]}, "providers": {"a": table}})
+    assert caught.value.key == "providers.a.cost_per_megapixel"
+
+
+def _seed(data: Path) -> None:
+    async def main() -> None:
+        async with Store(data) as store:
+            for owner, n in (("alice", 2), ("bob", 1)):
+                request = ImageRequest(prompt="a fox", n=n)
+                job_id, _ = await store.open_job(request, route=["p"], source="jobs", owner=owner)
+                result = ImageResult(
+                    images=[
+                        GeneratedImage(png=tiny_png(color=(i, n, 1)), width=64, height=64, seed=i)
+                        for i in range(n)
+                    ],
+                    provider="p",
+                    model="m",
+                    attempts=[],
+                    elapsed_s=0.5,
+                    request=request,
+                )
+                await store.finish_job(job_id, result, cost=0.01 * n)
+
+    asyncio.run(main())
+
+
+def test_cli_usage_prints_json_and_csv(isolated_env: Path) -> None:
+    """`imagegate usage --json` and `--csv` give each key's images and cost."""
+    _seed(isolated_env / "data")
+    run = cli("usage", "--json", cwd=isolated_env)
+    assert run.returncode == 0, run.stderr
+    rows = {row["key"]: row for row in json.loads(run.stdout)["data"]}
+    assert (rows["alice"]["images"], rows["bob"]["images"]) == (2, 1)
+    as_csv = cli("usage", "--csv", "--group-by", "provider", cwd=isolated_env)
+    assert as_csv.returncode == 0, as_csv.stderr
+    table = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert table == [
+        {"provider": "p", "jobs": "2", "succeeded": "2", "images": "3", "seconds": "1.0",
+         "cost": "0.03"}
+    ]  # fmt: skip
+
+
+def test_cli_usage_bad_group_exits_2(isolated_env: Path) -> None:
+    """`usage --group-by week`: exit 2 naming group_by and the allowed values."""
+    run = cli("usage", "--group-by", "week", cwd=isolated_env)
+    assert run.returncode == 2
+    assert "group_by" in run.stderr
+    assert "provider" in run.stderr
