@@ -512,6 +512,47 @@ def test_contract_higher_priority_starts_first(make: Make) -> None:
     asyncio.run(main())
 
 
+def test_contract_keys_take_turns_within_a_priority(make: Make) -> None:
+    """Key a queues six jobs, then key b two: with one slot they start a, b, a, b, a, a, ..."""
+
+    async def main() -> None:
+        store, bp = await make()
+        order: list[str] = []
+        gate = asyncio.Event()
+        running = asyncio.Event()
+
+        class Ordered(RecordingHandler):
+            async def __call__(self, job: JobContext) -> ImageResult:
+                order.append(job.request.prompt)
+                running.set()
+                await gate.wait()
+                return await super().__call__(job)
+
+        await bp.start(Ordered(store))
+        first = await bp.jobs.submit(
+            ImageRequest(prompt="busy"), route=["p"], source="jobs", queue="p", owner="a"
+        )
+        await asyncio.wait_for(running.wait(), 10)
+        ids = [first.job_id]
+        for owner, count in (("a", 6), ("b", 2)):
+            for i in range(1, count + 1):
+                submitted = await bp.jobs.submit(
+                    ImageRequest(prompt=f"{owner}{i}"),
+                    route=["p"],
+                    source="jobs",
+                    queue="p",
+                    owner=owner,
+                )
+                ids.append(submitted.job_id)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*(bp.jobs.wait(i) for i in ids)), 20)
+        assert order == ["busy", "a1", "b1", "a2", "b2", "a3", "a4", "a5", "a6"]
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())
+
+
 def test_contract_a_rolled_back_submit_leaves_no_job(pg_url: str, tmp_path: Path) -> None:
     """When the transaction that enqueues fails, neither the history row nor the job exists."""
     from sqlalchemy import text

@@ -59,6 +59,7 @@ __all__ = [
     "QueueFull",
     "Recorder",
     "Submitted",
+    "fair_priority",
     "instead_of_requeue",
     "paid_providers",
     "paid_route",
@@ -74,6 +75,18 @@ def paid_providers(providers: Mapping[str, Provider]) -> list[str]:
     """The providers that may bill a request (``paid = true``): the one list both backplanes
     keep, so a job on a route with one of them never runs twice."""
     return [name for name, provider in providers.items() if provider.paid]
+
+
+TURN_SPAN = 1_000_000
+"""Turns a priority level holds: a key's N-th waiting job of one priority is turn N - 1."""
+
+
+def fair_priority(priority: int, turn: int) -> int:
+    """The order a queue starts jobs in: higher ``priority`` first; within a priority, a lower
+    ``turn`` (how many jobs of the same key already wait there) first, then arrival. So jobs of
+    different keys start round-robin: a key that queued 200 jobs delays another key's first
+    job by at most about one job per active key."""
+    return priority * TURN_SPAN - min(turn, TURN_SPAN - 1)
 
 
 def paid_route(route: Sequence[str], paid: Collection[str]) -> bool:

@@ -49,6 +49,7 @@ from imagegate.backplane.base import (
     QueueFull,
     Recorder,
     Submitted,
+    fair_priority,
     instead_of_requeue,
 )
 from imagegate.errors import Cancelled, ImagegateError
@@ -179,13 +180,23 @@ class LocalBreakerStore(BreakerStore):
 class _Pending:
     """A queued job kept in memory, so the worker need not read it back."""
 
-    __slots__ = ("priority", "queue", "request", "source", "submitted")
+    __slots__ = ("order", "owner", "priority", "queue", "request", "source", "submitted")
 
-    def __init__(self, request: ImageRequest, source: str, queue: str, priority: int = 0) -> None:
+    def __init__(
+        self,
+        request: ImageRequest,
+        source: str,
+        queue: str,
+        priority: int = 0,
+        owner: str | None = None,
+        turn: int = 0,
+    ) -> None:
         self.request = request
         self.source = source
         self.queue = queue
         self.priority = priority
+        self.owner = owner
+        self.order = fair_priority(priority, turn)
         self.submitted = time.monotonic()  # or recovered: a restart starts the wait again
 
 
@@ -250,9 +261,10 @@ class LocalJobQueue(JobQueue):
         )
         for event in events:
             self.events.fan_out(event)
-        waiting[job_id] = _Pending(request, source, queue, priority)
-        if priority:  # higher first; a stable sort keeps arrival order within a priority
-            ordered = sorted(waiting.items(), key=lambda item: -item[1].priority)
+        turn = sum(1 for p in waiting.values() if p.owner == owner and p.priority == priority)
+        waiting[job_id] = _Pending(request, source, queue, priority, owner, turn)
+        if len(waiting) > 1:  # fair_priority order; a stable sort keeps arrival order in a turn
+            ordered = sorted(waiting.items(), key=lambda item: -item[1].order)
             waiting.clear()
             waiting.update(ordered)
         self._dispatch(queue)

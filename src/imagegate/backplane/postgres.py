@@ -54,6 +54,7 @@ from imagegate.backplane.base import (
     QueueFull,
     Recorder,
     Submitted,
+    fair_priority,
     instead_of_requeue,
     paid_providers,
 )
@@ -161,6 +162,7 @@ class PostgresJobQueue(JobQueue):
             raise QueueFull(self._depth, self.retry_after())
         name = self.queue_for(queue)
         position = self._depth + 1
+        order = fair_priority(priority, await self._turn(name, priority, owner))
         job_id, _ = await self.store.open_job(
             request,
             route=route,
@@ -169,7 +171,7 @@ class PostgresJobQueue(JobQueue):
             queue=name,
             priority=priority,
             events=[("queued", {"position": position})],
-            within=lambda session, job_id: self._defer(session, job_id, name, priority),
+            within=lambda session, job_id: self._defer(session, job_id, name, order),
             owner=owner,
         )
         self._depth += 1
@@ -185,6 +187,21 @@ class PostgresJobQueue(JobQueue):
             queueing_lock=job_id,
             connection=raw.driver_connection,
         ).defer_async(job_id=job_id)
+
+    async def _turn(self, queue: str, priority: int, owner: str | None) -> int:
+        """How many of ``owner``'s jobs of this priority wait in ``queue`` (its turn)."""
+        async with self.store.engine.connect() as conn:
+            count = await conn.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(
+                    Job.status == "queued",
+                    Job.queue == queue,
+                    Job.priority == priority,
+                    Job.owner.is_(None) if owner is None else Job.owner == owner,
+                )
+            )
+        return int(count or 0)
 
     async def _count_queued(self) -> int:
         async with self.store.engine.connect() as conn:
@@ -325,7 +342,10 @@ class PostgresJobQueue(JobQueue):
             job = await self.store.get_job(job_id)
             if job is not None and job.status == "queued":
                 await self.app.configure_task(
-                    TASK_NAME, queue=job.queue, priority=job.priority, queueing_lock=job_id
+                    TASK_NAME,
+                    queue=job.queue,
+                    priority=fair_priority(job.priority, 0),
+                    queueing_lock=job_id,
                 ).defer_async(job_id=job_id)
             return
         if not recorder.ended:
