@@ -18,6 +18,7 @@ import pytest
 from serverkit import NUMPY_COPY_WARNING, Fake, Live, fake_settings, live, tiny_settings
 
 from imagegate import request as limits
+from imagegate.config import RouteSettings
 from imagegate.errors import ConnectError
 from imagegate.server import web
 
@@ -291,3 +292,26 @@ def test_no_request_leaves_the_servers_host(tiny: Live, page: Page) -> None:
 def test_the_page_ships_in_the_package() -> None:
     """index.html, app.js and style.css are package files, next to web.py."""
     assert {path.name for path in web.UI_DIR.iterdir()} >= {"index.html", "app.js", "style.css"}
+
+
+@pytest.fixture
+def routed() -> Iterator[Live]:
+    """A server whose default route is 'one' and whose named route 'other' is 'two'."""
+    settings = fake_settings(["one", "two"]).model_copy(
+        update={
+            "gateway": fake_settings(["one"]).gateway,
+            "routes": {"other": RouteSettings(route=["two"])},
+        }
+    )
+    with live(settings, {"one": Fake("one"), "two": Fake("two")}) as server:
+        yield server
+
+
+def test_the_route_picker_runs_a_named_route(routed: Live, page: Page) -> None:
+    """The Route picker lists the named routes; picking 'other' runs on its provider."""
+    page.goto(routed.url)
+    page.locator("#settings").evaluate("details => { details.open = true; }")
+    expect(page.locator("#route option[value='other']")).to_have_count(1)
+    page.locator("#route").select_option("other")
+    generate_on_page(page, "a fox")
+    expect(page.locator("#job-status")).to_have_text(re.compile(r"^Done in .* on two"))
