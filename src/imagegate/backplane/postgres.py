@@ -34,7 +34,7 @@ import contextlib
 import logging
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import procrastinate
 import psycopg
@@ -579,7 +579,7 @@ class PostgresBackplane(Backplane):
         wait = 0.1
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                async with await _connect_or_close(self.url) as conn:
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     await conn.execute(f"LISTEN {BREAKERS_CHANNEL}")
                     wait = 0.1
@@ -592,6 +592,19 @@ class PostgresBackplane(Backplane):
                 log.warning("LISTEN connection lost: %s; reconnecting", type(exc).__name__)
                 await asyncio.sleep(wait)
                 wait = min(5.0, wait * 2)
+
+
+async def _connect_or_close(url: str) -> psycopg.AsyncConnection[Any]:
+    """Connect; if cancelled while connecting (a stop right after a start), the connection
+    still being made is closed rather than left for the garbage collector."""
+    connecting = asyncio.ensure_future(psycopg.AsyncConnection.connect(url, autocommit=True))
+    try:
+        return await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            conn = await connecting
+            await conn.close()
+        raise
 
 
 def shared_store(settings: Settings) -> Store:
