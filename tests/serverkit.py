@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,3 +178,17 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], late: str, every_s: f
         assert proc.poll() is None, "the server exited while starting"
         assert time.monotonic() < deadline, late
         time.sleep(every_s)
+
+
+def close_gateway_at_shutdown(app: FastAPI, gateway: Gateway) -> None:
+    """Have ``app`` close ``gateway`` when it stops (create_app leaves a gateway passed in
+    open), so its database connections are not left for the garbage collector."""
+    lifespan = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def closing(running: FastAPI) -> AsyncIterator[None]:
+        async with lifespan(running):
+            yield
+        await gateway.aclose()
+
+    app.router.lifespan_context = closing

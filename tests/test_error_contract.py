@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from faults import serve_app
-from serverkit import Fake
+from serverkit import Fake, close_gateway_at_shutdown
 from test_backplane import _database
 
 from imagegate.backplane.postgres import PostgresBackplane, shared_store
@@ -130,6 +130,7 @@ def server(
                 gateway.store, pg_url, worker_queues=NAMES
             )
             app = create_app(settings, gateway=gateway, backplane=backplane)
+            close_gateway_at_shutdown(app, gateway)
             with serve_app(app) as url:
                 yield url
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import webuiapi
-from fastapi import FastAPI
 from faults import serve_app
-from serverkit import Fake
+from serverkit import Fake, close_gateway_at_shutdown
 from test_backplane import _database
 from test_cli import cli
 
@@ -48,15 +47,7 @@ def _replica(pg_url: str | None, provider: Fake) -> Iterator[str]:
     assert gateway.store is not None
     backplane = PostgresBackplane(gateway.store, pg_url, worker_queues=["cheap"])
     app = create_app(settings, gateway=gateway, backplane=backplane)
-    lifespan = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def closing(running: FastAPI) -> AsyncIterator[None]:
-        async with lifespan(running):
-            yield
-        await gateway.aclose()  # a gateway passed in is left open by the app
-
-    app.router.lifespan_context = closing
+    close_gateway_at_shutdown(app, gateway)
     with serve_app(app) as url:
         yield url
 
