@@ -33,7 +33,7 @@ same time as imagegate's, each against its own fault server):
   imagegate runs with its defaults (``first_byte_timeout_s`` = 120, no ``timeout_s``; the
   primary unpaid); reported: the time to the first good image after the hang starts, with an
   unpaid backup (learned hedging at the p95) and with a paid one (no hedging: learned hang
-  detection at 3x the first-byte p99). LiteLLM keeps its 3 s primary timeout.
+  detection at 2x the first-byte p99). LiteLLM keeps its 3 s primary timeout.
 
     python benchmarks/failover.py [--litellm-python /tmp/litellm-venv/bin/python] [-n 20]
 """

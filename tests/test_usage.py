@@ -7,15 +7,19 @@ import asyncio
 import csv
 import io
 import json
+import time
 from pathlib import Path
 
 import httpx
 import pytest
-from serverkit import Fake, tiny_png
+from faults import serve_app
+from serverkit import Fake, live, tiny_png
 from test_cli import cli
 from test_keys import ADMIN, PRICE, _client, _create, servers
+from test_server_openai import client as openai_client
+from vendor_openai import OpenAIFake, gpt_image_usage
 
-from imagegate.config import ProviderConfig
+from imagegate.config import ProviderConfig, parse_settings
 from imagegate.request import GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
 
@@ -91,13 +95,40 @@ def test_bad_usage_queries_are_400s_naming_the_field(
 def test_prometheus_counts_requests_images_and_cost_by_key(
     servers: tuple[list[str], Fake],
 ) -> None:
-    """/metrics: imagegate_key_requests_total{key="dora",outcome="admitted"} and images."""
+    """/metrics: imagegate_key_requests_total{key="dora",outcome="admitted"} and images
+    (counted by the replica that ran the job)."""
     urls, _ = servers
     key = _create(urls[0], name="dora")
     _generate(urls[0], key, 2)
     text = httpx.get(f"{urls[0]}/metrics", headers=ADMIN_HEADERS).text
     assert 'imagegate_key_requests_total{key="dora",outcome="admitted"} 1.0' in text
-    assert 'imagegate_key_images_total{key="dora"} 2.0' in text
+    assert _summed(urls, 'imagegate_key_images_total{key="dora"}') == 2.0
+
+
+def test_prometheus_counts_a_native_jobs_images_by_key(servers: tuple[list[str], Fake]) -> None:
+    """A job submitted to POST /v1/jobs counts its images under its key's name too."""
+    urls, _ = servers
+    key = _create(urls[0], name="erin")
+    auth = {"authorization": f"Bearer {key}"}
+    job = httpx.post(f"{urls[0]}/v1/jobs", json={"prompt": "a fox", "n": 3}, headers=auth)
+    assert job.status_code in (200, 201, 202), job.text
+    for _ in range(200):  # bounded: 10 s
+        done = httpx.get(f"{urls[0]}/v1/jobs/{job.json()['id']}", headers=auth).json()
+        if done["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    assert done["status"] == "succeeded", done
+    assert _summed(urls, 'imagegate_key_images_total{key="erin"}') == 3.0
+
+
+def _summed(urls: list[str], series: str) -> float:
+    """A counter's value summed over every replica's /metrics (0 where absent)."""
+    total = 0.0
+    for url in urls:
+        for line in httpx.get(f"{url}/metrics", headers=ADMIN_HEADERS).text.splitlines():
+            if line.startswith(series + " "):
+                total += float(line.split()[-1])
+    return total
 
 
 def test_cost_per_megapixel_adds_to_cost_per_image() -> None:
@@ -151,7 +182,7 @@ def test_cli_usage_prints_json_and_csv(isolated_env: Path) -> None:
     table = list(csv.DictReader(io.StringIO(as_csv.stdout)))
     assert table == [
         {"provider": "p", "jobs": "2", "succeeded": "2", "images": "3", "seconds": "1.0",
-         "cost": "0.03"}
+         "cost": "0.03", "tokens": "0"}
     ]  # fmt: skip
 
 
@@ -161,3 +192,30 @@ def test_cli_usage_bad_group_exits_2(isolated_env: Path) -> None:
     assert run.returncode == 2
     assert "group_by" in run.stderr
     assert "provider" in run.stderr
+
+
+def test_openai_usage_object_is_recorded_on_the_job_and_summed() -> None:
+    """A GPT image upstream's `usage` tokens land on the job's attempt and in /v1/usage."""
+    fake = OpenAIFake()
+    with serve_app(fake.app()) as upstream:
+        settings = parse_settings(
+            {
+                "gateway": {"route": ["oai"]},
+                "providers": {
+                    "oai": {
+                        "type": "openai",
+                        "url": f"{upstream}/v1",
+                        "api_key_env": None,
+                        "model": "gpt-image-1",
+                    }
+                },
+            }
+        )
+        with live(settings) as server, openai_client(server) as c:
+            raw = c.images.with_raw_response.generate(prompt="a fox at dawn", n=2)
+            job = httpx.get(f"{server.url}/v1/jobs/{raw.headers['x-imagegate-job']}").json()
+            rows = httpx.get(f"{server.url}/v1/usage", params={"group_by": "provider"}).json()
+    expected = gpt_image_usage("a fox at dawn", 2)
+    assert job["attempts"][0]["usage"]["total_tokens"] == expected["total_tokens"]
+    assert job["attempts"][0]["usage"]["input_tokens_details.text_tokens"] == 3
+    assert rows["data"][0]["tokens"] == expected["total_tokens"]

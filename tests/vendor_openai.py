@@ -100,6 +100,18 @@ MAPPED = {
 }
 
 
+def gpt_image_usage(prompt: str, n: int) -> dict[str, Any]:
+    """The ``usage`` object GPT image models add (complete, as the client's strict mode wants):
+    a token per four prompt characters in, 272 tokens per low-quality square image out."""
+    text = max(1, len(prompt) // 4)
+    return {
+        "input_tokens": text,
+        "input_tokens_details": {"image_tokens": 0, "text_tokens": text},
+        "output_tokens": 272 * n,
+        "total_tokens": text + 272 * n,
+    }
+
+
 def tiny_png(width: int = 64, height: int = 64, shade: int = 0, fmt: str = "PNG") -> bytes:
     """A small solid-colour image made with Pillow (PNG unless ``fmt`` says otherwise)."""
     return solid_png(width, height, (shade % 256, 90, 160), fmt)
@@ -173,7 +185,10 @@ class OpenAIFake:
                     data.append({"url": f"{base}/files/{name}"})
                 else:
                     data.append({"b64_json": base64.b64encode(image).decode()})
-            return JSONResponse({"created": int(time.time()), "data": data})
+            answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+            if str(body.get("model") or "").startswith("gpt-image"):
+                answer["usage"] = gpt_image_usage(str(body["prompt"]), len(data))
+            return JSONResponse(answer)
 
         @api.get("/files/{name}")
         async def files(name: str, request: Request) -> Response:

@@ -31,3 +31,6 @@ class Attempt(BaseModel):
     note: str | None = Field(default=None, exclude_if=lambda note: note is None)
     """Why the router did something unusual with this attempt: a hedge, a learned limit;
     left out of the JSON when there is nothing to say."""
+    usage: dict[str, int] | None = Field(default=None, exclude_if=lambda usage: usage is None)
+    """What the upstream reported the attempt used (OpenAI's ``usage`` token counts), when it
+    reports it; left out of the JSON otherwise."""

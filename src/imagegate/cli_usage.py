@@ -14,7 +14,7 @@ from imagegate.cli_history import settings_store
 from imagegate.config import Settings, load_config
 from imagegate.console import Console
 
-COLUMNS = ("jobs", "succeeded", "images", "seconds", "cost")
+COLUMNS = ("jobs", "succeeded", "images", "seconds", "cost", "tokens")
 
 
 def add_usage_parser(

@@ -157,7 +157,7 @@ class GatewaySettings(BaseModel):
         "and hang detection use them (1-10000).",
     )
     hang_p99_multiple: float = Field(
-        default=3.0,
+        default=2.0,
         ge=0.0,
         le=1000.0,
         description="A first byte later than this multiple of the learned first-byte p99 is a "

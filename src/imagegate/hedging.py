@@ -96,6 +96,9 @@ class AttemptControl:
     first_byte_s: float | None = None
     hung: bool = False
     """Set by the transport when ``hang`` ended the attempt."""
+    usage: dict[str, int] | None = None
+    """What the upstream said the attempt used, set by a provider whose API reports it (the
+    token counts of OpenAI's ``usage`` object); recorded on the attempt."""
 
     def saw_first_byte(self, seconds: float) -> None:
         self.first_byte_s = max(self.first_byte_s or 0.0, seconds)

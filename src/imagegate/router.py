@@ -532,6 +532,7 @@ def _attempt_record(outcome: Outcome, kind: AttemptOutcome) -> Attempt:
         error=_attempt_error(outcome.error) if outcome.error is not None else None,
         elapsed_s=outcome.elapsed_s,
         note=note,
+        usage=outcome.control.usage,
     )
 
 

@@ -299,7 +299,7 @@ class LocalJobQueue(JobQueue):
             self.events.fan_out(event)
         self._active.add(job_id)
         try:
-            return await self._execute(job_id, _Pending(request, source, queue))
+            return await self._execute(job_id, _Pending(request, source, queue, owner=owner))
         finally:
             self._active.discard(job_id)
             self._release(queue)
@@ -427,6 +427,7 @@ class LocalJobQueue(JobQueue):
             pump.report,
             recorder=recorder,
             queued_s=time.monotonic() - pending.submitted,
+            owner=pending.owner,
         )
         started = time.monotonic()
         task = asyncio.get_running_loop().create_task(handler(context))

@@ -304,7 +304,13 @@ class PostgresJobQueue(JobQueue):
         recorder = Recorder(self.store, pump, stopping=lambda: self.stopping)
         queued_s = max(0.0, (datetime.now(UTC) - job.created_at).total_seconds())
         ctx = JobContext(
-            job_id, request, job.source, pump.report, recorder=recorder, queued_s=queued_s
+            job_id,
+            request,
+            job.source,
+            pump.report,
+            recorder=recorder,
+            queued_s=queued_s,
+            owner=job.owner,
         )
         task = asyncio.get_running_loop().create_task(handler(ctx))
         try:

@@ -34,9 +34,9 @@ __all__ = ["JobEnded", "JobRunner", "build_backplane"]
 
 log = logging.getLogger("imagegate.jobs")
 
-JobEnded = Callable[[ImageResult | None, str, ImagegateError | None, float], None]
-"""Told of each job's end: its result, "succeeded" / "failed" / "cancelled", its error, and
-the seconds it ran (the server counts these in its metrics)."""
+JobEnded = Callable[[JobContext, ImageResult | None, str, ImagegateError | None, float], None]
+"""Told of each job's end: the job, its result, "succeeded" / "failed" / "cancelled", its
+error, and the seconds it ran (the server counts these in its metrics)."""
 
 
 def build_backplane(
@@ -101,23 +101,24 @@ class JobRunner:
                 caller_waits=job.caller_waits,
             )
         except ImagegateError as exc:
-            self._ended(None, "failed", exc, started)
+            self._ended(job, None, "failed", exc, started)
             raise
         except asyncio.CancelledError:
-            self._ended(None, "cancelled", None, started)
+            self._ended(job, None, "cancelled", None, started)
             raise
-        self._ended(result, "succeeded", None, started)
+        self._ended(job, result, "succeeded", None, started)
         return result
 
     def _ended(
         self,
+        job: JobContext,
         result: ImageResult | None,
         outcome: str,
         error: ImagegateError | None,
         started: float,
     ) -> None:
         if self.on_end is not None:
-            self.on_end(result, outcome, error, time.monotonic() - started)
+            self.on_end(job, result, outcome, error, time.monotonic() - started)
 
     # -- breakers ------------------------------------------------------------------------------
 

@@ -131,6 +131,8 @@ class OpenAIProvider(RemoteProvider):
             "POST", "images/generations", deadline=deadline, json=body, headers=headers
         )
         payload = self._json(resp)
+        if deadline.control is not None and isinstance(payload, dict):
+            deadline.control.usage = token_usage(payload.get("usage"))
         items = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(items, list) or len(items) < request.n:
             count = len(items) if isinstance(items, list) else "no"
@@ -217,6 +219,24 @@ class OpenAIProvider(RemoteProvider):
         if not download.ok:
             raise _map_error(download, self.name)
         return download.content
+
+
+def token_usage(usage: Any) -> dict[str, int] | None:
+    """The token counts of an Images API ``usage`` object (``input_tokens``, ``output_tokens``,
+    ``total_tokens`` and the ``*_details`` breakdowns, flattened as ``input_tokens_details.
+    image_tokens``); None when the upstream sent none (DALL-E models and most compatible
+    servers do not)."""
+    if not isinstance(usage, dict):
+        return None
+    counts: dict[str, int] = {}
+    for key, value in usage.items():
+        if isinstance(value, dict):
+            for sub, count in value.items():
+                if isinstance(count, int) and not isinstance(count, bool):
+                    counts[f"{key}.{sub}"] = count
+        elif isinstance(value, int) and not isinstance(value, bool):
+            counts[str(key)] = value
+    return counts or None
 
 
 def _size(request: ImageRequest, provider: str) -> str | None:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
-from imagegate.backplane import Backplane
+from imagegate.backplane import Backplane, JobContext
 from imagegate.backplane.runner import JobRunner
 from imagegate.config import Settings, load_config
 from imagegate.errors import ImagegateError
@@ -166,12 +166,14 @@ def _start_retention(gateway: Gateway) -> asyncio.Task[None] | None:
 
 def _finished(
     ctx: ServerContext,
+    job: JobContext,
     result: ImageResult | None,
     outcome: str,
     error: ImagegateError | None,
     elapsed_s: float,
 ) -> None:
-    """Count a job's end in the metrics and the providers' recent stats."""
+    """Count a job's end in the metrics (by key: a managed key's name, ``-`` for admin keys
+    when auth is on) and the providers' recent stats."""
     attempts = result.attempts if result is not None else (error.attempts if error else [])
     ctx.record_attempts(attempts, datetime.now(UTC))
     if result is None:
@@ -183,6 +185,10 @@ def _finished(
     ctx.metrics.finished(
         result.provider, outcome, attempts, elapsed_s, images=len(result.images), cost=cost
     )
+    if job.owner is not None or ctx.signer is not None:
+        key = job.owner or "-"
+        ctx.metrics.key_images.labels(key).inc(len(result.images))
+        ctx.metrics.key_cost.labels(key).inc(cost)
 
 
 def _version() -> str:

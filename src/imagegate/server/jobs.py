@@ -135,15 +135,7 @@ async def run_to_end(
     A managed key's routes, rate and budget are checked first (``tenants.admit``)."""
     outcome = await _submit_and_wait(ctx, request, source, caller)
     if outcome.status == "succeeded" and outcome.result is not None:
-        result = outcome.result
-        if caller is not None:
-            key = caller.name or "-"
-            ctx.metrics.key_images.labels(key).inc(len(result.images))
-            provider = ctx.gateway.providers.get(result.provider)
-            if provider is not None:
-                sizes = [(image.width, image.height) for image in result.images]
-                ctx.metrics.key_cost.labels(key).inc(provider.config.cost_of(sizes))
-        return result
+        return outcome.result
     raise outcome.error or ImagegateError(f"the job ended {outcome.status}")
 
 

@@ -3,7 +3,8 @@
 Every job records who submitted it (``owner``, a managed key's name; shown as ``-`` for the
 environment's admin keys and with auth off), the route it asked for (``default`` unless it
 named one), the provider that answered, its images, seconds and cost (``cost_per_image`` plus
-``cost_per_megapixel`` at the time it ran).
+``cost_per_megapixel`` at the time it ran), and the tokens an upstream reported for the attempt
+that answered (OpenAI's ``usage`` object, kept on the job's attempts).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class UsageRow:
     images: int = 0
     seconds: float = 0.0
     cost: float = 0.0
+    tokens: int = 0
+    """Upstream-reported tokens (``total_tokens`` of OpenAI's ``usage``), 0 where none."""
 
     def to_json(self, group_by: str) -> dict[str, Any]:
         data = asdict(self)
@@ -38,6 +41,16 @@ class UsageRow:
         data["seconds"] = round(self.seconds, 3)
         data["cost"] = round(self.cost, 6)
         return data
+
+
+def _tokens(attempts: Any) -> int:
+    """The tokens the upstreams reported over a job's attempts (``total_tokens``)."""
+    total = 0
+    for attempt in attempts if isinstance(attempts, list) else ():
+        usage = attempt.get("usage") if isinstance(attempt, dict) else None
+        if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+            total += usage["total_tokens"]
+    return total
 
 
 def check_group(group_by: str) -> str:
@@ -74,7 +87,7 @@ async def usage(
             Job.elapsed_s,
             Job.cost,
             Job.created_at,
-            Job.source,
+            Job.attempts,
             func.coalesce(images.c.n, 0),
         )
         .outerjoin(images, images.c.job_id == Job.id)
@@ -85,7 +98,7 @@ async def usage(
     rows: dict[str, UsageRow] = {}
     async with store.engine.connect() as conn:
         result = await conn.stream(query)
-        async for job_owner, request, provider, status, elapsed, cost, created, _src, n in result:
+        async for job_owner, request, provider, status, elapsed, cost, created, tried, n in result:
             key = {
                 "key": job_owner or "-",
                 "route": (request or {}).get("route") or "default",
@@ -98,6 +111,7 @@ async def usage(
             row.images += int(n)
             row.seconds += float(elapsed or 0.0)
             row.cost += float(cost or 0.0)
+            row.tokens += _tokens(tried)
     return sorted(rows.values(), key=lambda r: (-r.cost, r.group))
 
 
