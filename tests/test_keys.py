@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -264,3 +265,23 @@ def test_a_key_sees_only_its_own_jobs_and_images_and_admins_see_all(
     everyone = httpx.get(f"{url}/v1/jobs", headers=as_admin).json()["data"]
     assert {job["owner"] for job in everyone} == {"alice", "bob"}
     assert httpx.get(presigned).status_code == 200
+
+
+def test_a1111_progress_shows_only_the_callers_own_running_job(
+    servers: tuple[list[str], Fake],
+) -> None:
+    """While alice's job runs, bob's /sdapi/v1/progress names no job; alice's names hers."""
+    urls, provider = servers
+    provider.delay_s = 1.5
+    alice, bob = _create(urls[0], name="alice"), _create(urls[0], name="bob")
+    as_alice = {"authorization": f"Bearer {alice}"}
+    submitted = httpx.post(f"{urls[0]}/v1/jobs", json={"prompt": "a fox"}, headers=as_alice)
+    job_id = submitted.json()["id"]
+    for _ in range(100):  # bounded: 5 s until it runs
+        mine = httpx.get(f"{urls[0]}/sdapi/v1/progress", headers=as_alice).json()
+        if mine["state"]["job"]:
+            break
+        time.sleep(0.05)
+    theirs = httpx.get(f"{urls[0]}/sdapi/v1/progress", headers={"authorization": f"Bearer {bob}"})
+    assert mine["state"]["job"] == job_id
+    assert job_id not in theirs.text

@@ -258,9 +258,10 @@ async def set_options(options: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
 
 
 @router.get("/progress", response_model=ProgressResponse, summary="Progress of the current job")
-async def progress(ctx: Ctx) -> ProgressResponse:
+async def progress(ctx: Ctx, caller: CallerDep) -> ProgressResponse:
+    """The caller's own running job (a managed key sees only its own; admins see all)."""
     counts = await ctx.backplane.store.counts()
-    recent = await ctx.backplane.store.list_jobs(limit=20)
+    recent = await ctx.backplane.store.list_jobs(limit=20, owner=only_owner(caller))
     running = [job for job in recent if job.status == "running"]
     current = running[0] if running else None
     fraction = current.progress if current else 0.0
