@@ -6,6 +6,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import faults
@@ -40,6 +41,7 @@ from imagegate.transport import (
     redact,
 )
 from imagegate.transport.client import _map_exception, _Tracker
+from imagegate.transport.trust import trust_context
 
 # The fault kit's fixtures, made visible here. (Declaring pytest_plugins = ["faults"] in a
 # test module fails once another module imported the kit first; tests/conftest.py may.)
@@ -493,3 +495,22 @@ async def test_a_proxy_that_refuses_the_tunnel_is_named_with_the_fix(
     assert error.stage == "connect"
     assert refusing.url in str(error)
     assert "HTTPS_PROXY" in str(error)
+
+
+def test_one_trust_context_per_ca_file_for_every_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ca_file gives the transport, the doctor and the ComfyUI WebSocket the same context;
+    SSL_CERT_FILE is honoured when no ca_file is set."""
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    transport = Transport("p", BUDGETS, verify=str(bundle))
+    assert transport._ssl is trust_context(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    from_env = trust_context(None)
+    assert from_env is not trust_context(None, trust_env=False)
+    assert (
+        from_env.get_ca_certs()[0]["subject"]
+        == trust_context(str(bundle)).get_ca_certs()[0]["subject"]
+    )

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import importlib.util
-import os
 import socket
 import ssl
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ from imagegate.doctor.report import StageFailed, StageResult
 from imagegate.errors import ConnectError, ProviderError, Timeout
 from imagegate.providers.base import Deadline
 from imagegate.transport import StageBudgets, StageTimings, Transport, cause_of
+from imagegate.transport.trust import trust_context
 
 # OpenSSL's X509_V_ERR_* codes, as ssl.SSLCertVerificationError.verify_code carries them.
 _EXPIRED = frozenset({9, 10})  # not yet valid, expired
@@ -56,17 +55,9 @@ class Target:
         return self.scheme == "https"
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The trust the provider's transport uses: ``ca_file``, else the system's."""
-        return _trust(self.ca_file, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-
-
-@functools.lru_cache(maxsize=16)
-def _trust(ca_file: str | None, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
-    """One context per trust setting: loading a CA bundle takes ~20 ms of the event loop,
-    which would otherwise be charged to the other providers' stages running meanwhile."""
-    if ca_file:
-        return ssl.create_default_context(cafile=ca_file)
-    return httpx.create_ssl_context(verify=True, trust_env=True)
+        """The trust the provider's transport uses (``ca_file``, else the environment's or
+        certifi's)."""
+        return trust_context(self.ca_file)
 
 
 def _unverified() -> ssl.SSLContext:

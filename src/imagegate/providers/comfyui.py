@@ -42,7 +42,6 @@ import json
 import logging
 import random
 import re
-import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -72,6 +71,7 @@ from imagegate.providers.base import (
 from imagegate.providers.remote import RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
 from imagegate.transport import Response, raise_for_status, redact
+from imagegate.transport.trust import trust_context
 
 __all__ = ["PLACEHOLDERS", "SAMPLERS", "SCHEDULES", "ComfyUIConfig", "ComfyUIProvider"]
 
@@ -532,7 +532,7 @@ class ComfyUIProvider(RemoteProvider):
         uri = urlunsplit((scheme, parts.netloc, path, f"clientId={client_id}", ""))
         tls: dict[str, Any] = {}
         if scheme == "wss":
-            tls["ssl"] = ssl.create_default_context(cafile=self.config.ca_file)
+            tls["ssl"] = trust_context(self.config.ca_file)
         try:
             async with connect(
                 uri,

@@ -4,6 +4,7 @@
   ``StageBudgets`` (what one attempt may spend on dns, connect, tls, first byte and read);
 - ``client``: ``Transport``, which watches each stage, names the one that ran over and maps
   every lower exception into the error tree;
+- ``trust``: which certificates a provider trusts (one SSL context per setting, for every path);
 - ``response``: what comes back (``Response`` with its ``StageTimings``), how an HTTP status
   maps into the error tree, JSON checks, and ``redact``.
 """

@@ -65,6 +65,7 @@ from imagegate.transport.response import (
     check_content_type,
     redact,
 )
+from imagegate.transport.trust import trust_context
 
 __all__ = ["StreamResponse", "Transport", "cause_of", "env_proxy", "safe_url"]
 
@@ -295,12 +296,14 @@ class Transport:
         self.budgets = budgets
         self.secrets = tuple(s for s in secrets if s)
         self._trust_env = trust_env
-        if isinstance(verify, str):
-            self._ssl = ssl.create_default_context(cafile=verify)
-        elif isinstance(verify, ssl.SSLContext):
+        if isinstance(verify, ssl.SSLContext):
             self._ssl = verify
+        elif verify is False:
+            self._ssl = httpx.create_ssl_context(verify=False)
         else:
-            self._ssl = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+            self._ssl = trust_context(
+                verify if isinstance(verify, str) else None, trust_env=trust_env
+            )
         backstop = httpx.Timeout(
             connect=max(budgets.connect_s, budgets.tls_s) + _BACKSTOP_S,
             read=max(budgets.first_byte_s, budgets.read_s) + _BACKSTOP_S,
