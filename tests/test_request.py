@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from imagegate.errors import InvalidRequest
-from imagegate.request import GeneratedImage, ImageRequest
+from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,17 @@ def test_generated_image_hashes_its_bytes() -> None:
     """sha256 is filled from the PNG bytes when not given."""
     img = GeneratedImage(png=b"abc", width=1, height=1, seed=0)
     assert img.sha256 == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_seeds_of_a_batch_count_up_from_the_requests_seed_and_wrap_in_range() -> None:
+    """seed 7, n 3 gives 7, 8, 9; the series wraps within the provider's range."""
+    assert ImageRequest(prompt="x", seed=7, n=3).seeds() == [7, 8, 9]
+    assert ImageRequest(prompt="x", seed=MAX_SEED, n=2).seeds() == [MAX_SEED, 0]
+    assert ImageRequest(prompt="x", seed=10, n=2).seeds(low=1, high=10) == [10, 1]
+
+
+def test_a_drawn_seed_lies_in_the_providers_range_and_a_named_one_is_kept() -> None:
+    """No seed: drawn within [low, high]; a named seed outside it is passed on unchanged."""
+    drawn = ImageRequest(prompt="x", n=2).seeds(low=1, high=5)
+    assert all(1 <= seed <= 5 for seed in drawn)
+    assert ImageRequest(prompt="x", seed=99).seeds(high=5) == [99]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 from typing import Annotated, Any, Literal
 
@@ -35,6 +36,7 @@ __all__ = [
     "Outcome",
     "invalid_request_from",
     "parse_size",
+    "seed_series",
 ]
 
 
@@ -65,6 +67,17 @@ class ImageRequest(BaseModel):
             raise ValueError("must not be blank")
         return value
 
+    def seeds(self, *, low: int = 0, high: int = MAX_SEED) -> list[int]:
+        """The seed of each of the ``n`` images: the request's seed (else one drawn at random
+        in ``[low, high]``, the range the provider takes) and the next ones (see
+        :func:`seed_series`). A seed the request names is never changed: outside the range,
+        its series runs over every seed imagegate takes and the provider has the last word."""
+        if self.seed is None:
+            return seed_series(random.randint(low, high), self.n, low=low, high=high)
+        if not low <= self.seed <= high:
+            low, high = 0, MAX_SEED
+        return seed_series(self.seed, self.n, low=low, high=high)
+
     @classmethod
     def parse(cls, data: dict[str, Any]) -> ImageRequest:
         """Validate ``data``, raising InvalidRequest that names the field and the limit."""
@@ -72,6 +85,13 @@ class ImageRequest(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise invalid_request_from(exc) from None
+
+
+def seed_series(seed: int, n: int, *, low: int = 0, high: int = MAX_SEED) -> list[int]:
+    """The seeds of ``n`` images made from ``seed``: ``seed``, ``seed + 1``, ..., wrapping
+    around within ``[low, high]`` (as A1111 numbers a batch)."""
+    span = high - low + 1
+    return [low + (seed - low + i) % span for i in range(n)]
 
 
 _SIZE = re.compile(r"\s*(\d{1,5})\s*[xX*]\s*(\d{1,5})\s*")

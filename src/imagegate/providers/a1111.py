@@ -28,7 +28,6 @@ import asyncio
 import binascii
 import contextlib
 import json
-import random
 from collections.abc import Awaitable
 from typing import Any, Literal
 
@@ -55,7 +54,7 @@ from imagegate.providers.base import (
     RemoteConfig,
 )
 from imagegate.providers.remote import RemoteProvider
-from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
+from imagegate.request import GeneratedImage, ImageRequest, seed_series
 from imagegate.transport import Response, Transport, raise_for_status, redact
 
 __all__ = ["A1111Config", "A1111Provider"]
@@ -136,7 +135,7 @@ class A1111Provider(RemoteProvider):
     ) -> list[GeneratedImage]:
         """txt2img under the provider's lock, polling progress, interrupting on cancel."""
         transport, auth = self._connect()
-        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        seed = request.seeds()[0]
         params = self.effective_params(request)
         body: dict[str, Any] = {
             "prompt": request.prompt,
@@ -331,7 +330,7 @@ class A1111Provider(RemoteProvider):
 
 def _seeds(info: Any, n: int, seed: int) -> list[int]:
     """Each image's seed from ``info.all_seeds`` (a JSON string); else seed + i."""
-    fallback = [(seed + i) % (MAX_SEED + 1) for i in range(n)]
+    fallback = seed_series(seed, n)
     try:
         parsed = json.loads(info) if isinstance(info, str) else info
     except ValueError:

@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import re
 import time
 import uuid
@@ -69,7 +68,7 @@ from imagegate.providers.base import (
     RemoteConfig,
 )
 from imagegate.providers.remote import RemoteProvider
-from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
+from imagegate.request import GeneratedImage, ImageRequest
 from imagegate.transport import Response, raise_for_status, redact
 from imagegate.transport.trust import trust_context
 
@@ -291,8 +290,7 @@ class ComfyUIProvider(RemoteProvider):
         """Queue one prompt per image, then await each; clean up the queue on any exit."""
         sampler_name, scheduler = self._sampler(request)
         headers = self._headers()
-        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
-        runs = [_Run(i, (seed + i) % (MAX_SEED + 1), str(uuid.uuid4())) for i in range(request.n)]
+        runs = [_Run(i, seed, str(uuid.uuid4())) for i, seed in enumerate(request.seeds())]
         events = _Events(runs, progress)
         client_id = uuid.uuid4().hex
         listener = None

@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import re
 import time
 import uuid
@@ -71,7 +70,7 @@ from imagegate.providers.base import (
     read_secret,
 )
 from imagegate.providers.gradio_protocol import Endpoint
-from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
+from imagegate.request import GeneratedImage, ImageRequest
 from imagegate.transport import (
     Response,
     StageBudgets,
@@ -240,17 +239,14 @@ class GradioProvider(Provider):
         """Make ``request.n`` images, one call each, on a Space known to be running."""
         self._check_request(request)
         token = self._token()
-        seed = request.seed if request.seed is not None else random.randint(0, SEED_LIMIT)
+        seeds = request.seeds(high=SEED_LIMIT)
         with self._forget_on_failure():
             host = await self._ready_host(deadline, token)
             app = await self._schema(host, deadline, token)
         self._check_fields(app.endpoint, request)
         with self._forget_on_failure():
             return [
-                await self._one(
-                    app, request, (seed + i) % (MAX_SEED + 1), deadline, token, progress
-                )
-                for i in range(request.n)
+                await self._one(app, request, seed, deadline, token, progress) for seed in seeds
             ]
 
     async def probe(self, deadline: Deadline) -> str | None:

@@ -30,7 +30,6 @@ task closes the connection.
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import Any, Literal
 
 from pydantic import Field
@@ -52,7 +51,7 @@ from imagegate.providers.base import (
 )
 from imagegate.providers.local import SAMPLERS
 from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
-from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
+from imagegate.request import GeneratedImage, ImageRequest
 from imagegate.transport import Response, raise_for_status
 
 __all__ = ["DEFAULT_URL", "SCHEDULERS", "HFInferenceConfig", "HFInferenceProvider"]
@@ -117,10 +116,8 @@ class HFInferenceProvider(RemoteProvider):
         headers = {"authorization": f"Bearer {token}", "accept": "image/png"}
         if self.config.wait_for_model:
             headers["x-wait-for-model"] = "true"
-        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
         images: list[GeneratedImage] = []
-        for i in range(request.n):
-            this_seed = (seed + i) % (MAX_SEED + 1)
+        for i, this_seed in enumerate(request.seeds()):
             body = {"inputs": request.prompt, "parameters": {**parameters, "seed": this_seed}}
             resp = await self._http(token).request(
                 "POST", url, deadline=deadline, json=body, headers=headers

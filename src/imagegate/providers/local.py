@@ -21,7 +21,6 @@ import contextlib
 import io
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -53,7 +52,7 @@ from imagegate.providers.base import (
     Provider,
     ProviderConfig,
 )
-from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
+from imagegate.request import GeneratedImage, ImageRequest, seed_series
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -317,7 +316,7 @@ class DiffusersProvider(Provider):
         self._check_request(request)
         loaded = await self._await_loaded(deadline, started)
         run = _Run(deadline, _threadsafe(progress, asyncio.get_running_loop()))
-        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        seed = request.seeds()[0]
         return await self._in_worker(
             lambda: self._generate_sync(loaded, request, seed, run), run, deadline, started
         )
@@ -560,7 +559,7 @@ class DiffusersProvider(Provider):
         height = request.height or cfg.height or defaults.height
         steps, guidance = self._steps_guidance(request, defaults)
         pipe.scheduler = self._scheduler(loaded, request.sampler)
-        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(request.n)]
+        seeds = seed_series(seed, request.n)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         with torch.inference_mode():
             out = pipe(

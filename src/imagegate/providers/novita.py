@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import random
 import re
 import time
 from collections.abc import Coroutine, Iterable, Mapping
@@ -146,13 +145,13 @@ class NovitaProvider(RemoteProvider):
         """One task per image, polled until done; images downloaded before ``deadline``."""
         self._check_request(request)
         headers = self._headers()
-        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        seeds = request.seeds()
         tracker = _ProgressTracker(request.n, progress)
         gate = asyncio.Semaphore(_PARALLEL)
 
         async def one(index: int) -> GeneratedImage:
             async with gate:
-                body = self._body(request, (seed + index) % (MAX_SEED + 1))
+                body = self._body(request, seeds[index])
                 return await self._run_task(body, headers, deadline, tracker.part(index))
 
         images = await _all(one(i) for i in range(request.n))

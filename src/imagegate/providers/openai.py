@@ -25,7 +25,6 @@ connection.
 from __future__ import annotations
 
 import binascii
-import random
 from typing import Any, Literal
 
 import httpx
@@ -48,7 +47,7 @@ from imagegate.providers.base import (
     ProgressCallback,
 )
 from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
-from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
+from imagegate.request import GeneratedImage, ImageRequest, seed_series
 from imagegate.transport import Response, Transport, parse_retry_after, raise_for_status, redact
 
 __all__ = ["OpenAIConfig", "OpenAIProvider"]
@@ -121,7 +120,7 @@ class OpenAIProvider(RemoteProvider):
         if not str(model or "").startswith(_ALWAYS_B64_MODELS):
             body.setdefault("response_format", self.config.response_format)
         if self.config.extensions:
-            seed = seed if seed is not None else random.randint(0, MAX_SEED)
+            seed = request.seeds()[0]
             body["seed"] = seed
             for key in _EXTENSION_FIELDS:
                 value = getattr(request, key)
@@ -144,7 +143,7 @@ class OpenAIProvider(RemoteProvider):
             if isinstance(reported, int) and not isinstance(reported, bool):
                 image_seed = reported
             elif self.config.extensions and seed is not None:
-                image_seed = (seed + i) % (MAX_SEED + 1)
+                image_seed = seed_series(seed, request.n)[i]
             else:
                 image_seed = seed if seed is not None else 0
             images.append(_to_png(data, image_seed, resp, self.name))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
-import random
 import re
 from collections.abc import Coroutine, Iterable
 from fractions import Fraction
@@ -137,14 +136,14 @@ class StabilityProvider(RemoteProvider):
         model = self._model(request)
         form = self._form(request, model)
         headers = self._headers()
-        seed = request.seed if request.seed is not None else random.randint(1, MAX_STABILITY_SEED)
+        seeds = request.seeds(low=1, high=MAX_STABILITY_SEED)  # 0 asks Stability for a random one
         gate = asyncio.Semaphore(_PARALLEL)
         done = 0
 
         async def one(index: int) -> GeneratedImage:
             nonlocal done
             async with gate:
-                fields = {**form, "seed": str((seed + index) % (MAX_STABILITY_SEED + 1))}
+                fields = {**form, "seed": str(seeds[index])}
                 image = await self._call(model, fields, headers, deadline)
             done += 1
             if progress is not None:
