@@ -99,7 +99,7 @@ def _use_generated_client(client: Any, models: Any, load: Callable[[str], Any]) 
     assert isinstance(images, models.ImagesResponse)
     assert len(images.data) == 2
     accepted = load("api.jobs.submit_job").sync(
-        client=client, body=models.ImageRequest(prompt="a fox", seed=3)
+        client=client, body=models.JobSubmit(prompt="a fox", seed=3)
     )
     assert isinstance(accepted, models.JobAccepted)
     job = load("api.jobs.get_job").sync(client=client, job_id=accepted.id)

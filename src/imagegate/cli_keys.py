@@ -34,6 +34,10 @@ def add_keys_parser(
     create.add_argument("--budget", help="spend allowed per --period, e.g. 5.00")
     create.add_argument("--period", help="day or month (with --budget)")
     create.add_argument("--admin", action="store_true", help="an admin key")
+    create.add_argument(
+        "--webhook-url",
+        help="where the end of its jobs is posted when a job names no webhook_url",
+    )
     listing = keys_sub.add_parser("list", help="list the keys (never the keys themselves)")
     listing.add_argument("--json", action="store_true", help="print one JSON document")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
@@ -89,7 +93,17 @@ def keys_command(args: argparse.Namespace, console: Console) -> int:
         budget, period = parse_budget(args.budget, args.period)
         routes = [r.strip() for r in args.routes.split(",") if r.strip()] if args.routes else None
         _check_routes(settings, routes)
-        key = asyncio.run(_create(settings, args.name, args.admin, routes, rate, budget, period))
+        if args.webhook_url is not None:
+            from imagegate.transport.guard import check_url
+
+            check_url(
+                args.webhook_url,
+                allow_private=settings.webhooks.allow_private,
+                field="webhook_url",
+            )
+        key = asyncio.run(
+            _create(settings, args.name, args.admin, routes, rate, budget, period, args.webhook_url)
+        )
         console.line(key)
         console.info(f"created key {args.name!r}; this is the only time it is shown")
         return 0
@@ -137,6 +151,7 @@ async def _create(
     rate: int | None,
     budget: float | None,
     period: str | None,
+    webhook_url: str | None = None,
 ) -> str:
     from imagegate.store.keys import create_key
 
@@ -149,6 +164,7 @@ async def _create(
             rate_per_min=rate,
             budget=budget,
             period=period,
+            webhook_url=webhook_url,
         )
     return key
 

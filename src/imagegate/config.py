@@ -277,6 +277,54 @@ class ServerSettings(BaseModel):
     )
 
 
+class WebhookSettings(BaseModel):
+    """The ``[webhooks]`` table: how the end of a job is posted to its ``webhook_url``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secret_env: str = Field(
+        default="IMAGEGATE_WEBHOOK_SECRET",
+        description="Environment variable holding the Standard Webhooks signing secret "
+        "(`whsec_` + base64, at least 24 bytes); unset = `webhook_url` is refused with a 400.",
+    )
+    allow_private: bool = Field(
+        default=False,
+        description="Allow destinations on loopback, private, link-local or other "
+        "non-public addresses (default false: refused at submit and at each send).",
+    )
+    retry_for_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=30 * 86_400,
+        description="How long after a job ends its event is retried, > 0 to 30 days "
+        "(default 1 day); then the delivery is given up as failed.",
+    )
+    backoff_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds before the first retry (> 0, default 5); each retry waits twice "
+        "the one before, up to `max_backoff_s`.",
+    )
+    max_backoff_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="The longest wait between two attempts in seconds (> 0, default 1 h).",
+    )
+    timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="What one delivery attempt may take in seconds, > 0 to 300 (default 10).",
+    )
+    poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Seconds between two looks for events due, > 0 to 60 (default 1); a job "
+        "that ends in this process is sent at once.",
+    )
+
+
 class ScaleSettings(BaseModel):
     """The ``[scale]`` table: where jobs and history live when scaled out."""
 
@@ -327,6 +375,10 @@ class Settings(BaseModel):
     )
     scale: ScaleSettings = Field(
         default_factory=ScaleSettings, description="Where jobs and history live when scaled out."
+    )
+    webhooks: WebhookSettings = Field(
+        default_factory=WebhookSettings,
+        description="Signed callbacks posted when a job ends.",
     )
     providers: dict[str, ProviderConfig] = Field(
         default_factory=dict,

@@ -21,6 +21,7 @@ from imagegate.config import (
     ScaleSettings,
     ServerSettings,
     Settings,
+    WebhookSettings,
 )
 from imagegate.registry import provider_types
 
@@ -40,6 +41,7 @@ TABLES: dict[str, type[BaseModel]] = {
     "routes": RouteSettings,
     "server": ServerSettings,
     "scale": ScaleSettings,
+    "webhooks": WebhookSettings,
 }
 """The fixed top-level tables of imagegate.toml, in the order the reference shows them."""
 

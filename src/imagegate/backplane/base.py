@@ -241,11 +241,14 @@ class JobQueue(ABC):
         queue: str,
         priority: int = 0,
         owner: str | None = None,
+        webhook: Mapping[str, str] | None = None,
+        traceparent: str | None = None,
     ) -> Submitted:
         """Persist a queued job and enqueue it; raises QueueFull when the queue is full.
 
         A higher ``priority`` starts before lower ones waiting in the same queue; ``owner``
-        (a managed key's name) is recorded on the job."""
+        (a managed key's name) is recorded on the job, ``webhook`` (``url``, ``base``) gets
+        its end posted, and ``traceparent`` is the trace its run continues."""
 
     @abstractmethod
     async def cancel(self, job_id: str) -> JobRecord | None:

@@ -243,6 +243,8 @@ class LocalJobQueue(JobQueue):
         queue: str,
         priority: int = 0,
         owner: str | None = None,
+        webhook: Mapping[str, str] | None = None,
+        traceparent: str | None = None,
     ) -> Submitted:
         depth = self.depth()
         if depth >= self._max_queue:
@@ -258,6 +260,8 @@ class LocalJobQueue(JobQueue):
             priority=priority,
             events=[("queued", {"position": position})],
             owner=owner,
+            webhook=webhook,
+            traceparent=traceparent,
         )
         for event in events:
             self.events.fan_out(event)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +156,8 @@ class PostgresJobQueue(JobQueue):
         queue: str,
         priority: int = 0,
         owner: str | None = None,
+        webhook: Mapping[str, str] | None = None,
+        traceparent: str | None = None,
     ) -> Submitted:
         self._depth = await self._count_queued()
         if self._depth >= self._max_queue:
@@ -173,6 +175,8 @@ class PostgresJobQueue(JobQueue):
             events=[("queued", {"position": position})],
             within=lambda session, job_id: self._defer(session, job_id, name, order),
             owner=owner,
+            webhook=webhook,
+            traceparent=traceparent,
         )
         self._depth += 1
         return Submitted(job_id=job_id, position=position)

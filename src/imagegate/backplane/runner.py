@@ -7,7 +7,9 @@ progress, ends (through its ``Recorder``), requeues (``instead_of_requeue``) and
 outcome back (``JobOutcome.unsuccessful`` for a failure, whichever process ran it); the
 handler here runs each job through the Gateway, with the deadline its caller feels; and the
 breakers are shared through the backplane, so every replica and worker sees one opened
-anywhere. The server translates HTTP to and from it; ``imagegate worker`` runs it alone.
+anywhere. Its ``WebhookSender`` (when a signing secret is set) posts the ends of jobs with a
+webhook from the outbox the backplane's end wrote (``imagegate.backplane.webhooks``). The
+server translates HTTP to and from it; ``imagegate worker`` runs it alone.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from imagegate.backplane.base import (
     paid_providers,
 )
 from imagegate.backplane.local import LocalBackplane
+from imagegate.backplane.webhooks import WebhookSender
 from imagegate.config import Settings
 from imagegate.errors import ConfigError, ImagegateError
 from imagegate.gateway import Gateway
@@ -68,6 +71,7 @@ class JobRunner:
         *,
         worker_queues: Sequence[str] | None = None,
         on_end: JobEnded | None = None,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self.gateway = gateway
         self.backplane = (
@@ -77,6 +81,8 @@ class JobRunner:
         )
         self.on_end = on_end
         """Told of each job's end (the server counts it in its metrics)."""
+        self.webhooks = webhooks
+        """Posts the ends of jobs with a webhook (any process's: the outbox is shared)."""
         self._saving: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -84,9 +90,13 @@ class JobRunner:
         await self._restore_breakers()
         self._share_breakers()
         await self.backplane.start(self._handle)
+        if self.webhooks is not None:
+            await self.webhooks.start()
 
     async def stop(self) -> None:
         await self.backplane.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
 
     async def _handle(self, job: JobContext) -> ImageResult:
         """Run one job through the gateway; its end is recorded by the job's recorder."""
@@ -117,6 +127,8 @@ class JobRunner:
         error: ImagegateError | None,
         started: float,
     ) -> None:
+        if self.webhooks is not None:
+            self.webhooks.wake()
         if self.on_end is not None:
             self.on_end(job, result, outcome, error, time.monotonic() - started)
 

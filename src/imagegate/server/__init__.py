@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from imagegate.backplane import Backplane, JobContext
 from imagegate.backplane.runner import JobRunner
+from imagegate.backplane.webhooks import WebhookSender, signing_secret
 from imagegate.config import Settings, load_config
 from imagegate.errors import ImagegateError
 from imagegate.gateway import Gateway
@@ -56,14 +57,8 @@ def create_app(
         settings = gateway.settings if gateway is not None else load_config()
     metrics = Metrics()
     keys = keys_from_env(settings.server.api_keys_env)
-    signer = (
-        UrlSigner(
-            load_secret(settings.server.url_secret_env, settings.data_dir),
-            settings.server.url_expiry_s,
-        )
-        if keys
-        else None
-    )
+    signer = _signer(settings, keys)
+    webhook_secret = signing_secret(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,8 +71,10 @@ def create_app(
             backplane=runner.backplane,
             metrics=metrics,
             signer=signer,
+            webhooks=webhook_secret is not None,
         )
         runner.on_end = functools.partial(_finished, ctx)
+        runner.webhooks = _webhook_sender(ctx, webhook_secret)
         app.state.ctx = ctx
         await runner.start()
         sweeper = _start_retention(gw)
@@ -128,11 +125,18 @@ async def run_worker(
 
     gw = Gateway(settings, providers=providers, store=shared_store(settings))
     await gw.open()
+    webhook_secret = signing_secret(settings)
     runner = JobRunner(gw, worker_queues=[queue])
     ctx = ServerContext(
-        settings=settings, gateway=gw, backplane=runner.backplane, metrics=Metrics()
+        settings=settings,
+        gateway=gw,
+        backplane=runner.backplane,
+        metrics=Metrics(),
+        signer=_signer(settings, keys_from_env(settings.server.api_keys_env)),
+        webhooks=webhook_secret is not None,
     )
     runner.on_end = functools.partial(_finished, ctx)
+    runner.webhooks = _webhook_sender(ctx, webhook_secret)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -143,6 +147,23 @@ async def run_worker(
     finally:
         await runner.stop()
         await gw.aclose()
+
+
+def _signer(settings: Settings, keys: Collection[bytes]) -> UrlSigner | None:
+    """Signs image URLs when auth is on (``keys``)."""
+    if not keys:
+        return None
+    secret = load_secret(settings.server.url_secret_env, settings.data_dir)
+    return UrlSigner(secret, settings.server.url_expiry_s)
+
+
+def _webhook_sender(ctx: ServerContext, secret: str | None) -> WebhookSender | None:
+    """The sender of this process's webhooks; None without a signing secret or a store."""
+    store = ctx.gateway.store
+    if secret is None or store is None:
+        return None
+    document = functools.partial(jobs.webhook_document, ctx)
+    return WebhookSender(store, ctx.settings.webhooks, secret, document)
 
 
 def _gateway(settings: Settings, providers: Mapping[str, Provider] | None) -> Gateway:

@@ -49,6 +49,8 @@ class ServerContext:
     a1111_checkpoint: dict[str, str] = field(default_factory=dict)
     """The A1111 checkpoint set by POST /sdapi/v1/options: ``{"route"|"provider": NAME}``."""
     a1111_options: dict[str, Any] = field(default_factory=dict)
+    webhooks: bool = False
+    """Whether a webhook signing secret is set (else ``webhook_url`` is refused)."""
 
     def image_url(self, base: str, image_id: str) -> str:
         """Where an image is fetched: presigned (expiry + signature) when auth is on."""

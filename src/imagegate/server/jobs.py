@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
+import httpx
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from imagegate.backplane import JobOutcome
-from imagegate.errors import ImagegateError, InvalidRequest
+from imagegate.errors import ConnectError, ImagegateError, InvalidRequest
 from imagegate.request import ImageRequest, ImageResult
 from imagegate.server.deps import BaseUrl, Ctx, ServerContext
 from imagegate.server.errors import error_responses, http_error, openai_error
 from imagegate.server.tenants import Caller, CallerDep, Refused, admit, only_owner, sees
 from imagegate.store.records import JobRecord
+from imagegate.transport import safe_url
+from imagegate.transport.guard import check_url, resolve
+
+RESOLVE_S = 2.0
+"""How long a submit waits for a webhook host name to resolve (to check where it leads)."""
 
 router = APIRouter(tags=["jobs"], responses=error_responses(400, 401))
 
@@ -40,6 +47,32 @@ class JobImage(BaseModel):
     seed: int
     width: int
     height: int
+
+
+class JobSubmit(ImageRequest):
+    """What POST /v1/jobs takes: a generation, and where to post its end."""
+
+    webhook_url: str | None = Field(
+        default=None,
+        description="an http(s) URL the job's end is posted to, signed per Standard Webhooks "
+        "(default: the key's webhook URL); at most 2048 characters, on a public address",
+    )
+
+    def image_request(self) -> ImageRequest:
+        """The generation alone (what the job stores and runs)."""
+        fields = {name: getattr(self, name) for name in ImageRequest.model_fields}
+        return ImageRequest.model_construct(self.model_fields_set - {"webhook_url"}, **fields)
+
+
+class WebhookView(BaseModel):
+    """A job's webhook: where (without query string) and how delivery goes."""
+
+    url: str
+    status: str
+    """``waiting`` (the job has not ended), ``pending``, ``delivered`` or ``failed``."""
+    attempts: list[dict[str, Any]]
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
 
 
 class JobView(BaseModel):
@@ -65,6 +98,7 @@ class JobView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     elapsed_s: float | None
+    webhook: WebhookView | None = None
 
 
 class JobList(BaseModel):
@@ -105,7 +139,60 @@ def job_view(ctx: ServerContext, job: JobRecord, base: str) -> JobView:
         started_at=job.started_at,
         finished_at=job.finished_at,
         elapsed_s=job.elapsed_s,
+        webhook=_webhook_view(job),
     )
+
+
+def _webhook_view(job: JobRecord) -> WebhookView | None:
+    if job.webhook is None:
+        return None
+    url = safe_url(httpx.URL(str(job.webhook.get("url", ""))))
+    delivery = job.delivery
+    if delivery is None:
+        return WebhookView(
+            url=url, status="waiting", attempts=[], next_attempt_at=None, delivered_at=None
+        )
+    return WebhookView(
+        url=url,
+        status=delivery.status,
+        attempts=delivery.attempts,
+        next_attempt_at=delivery.next_at if delivery.status == "pending" else None,
+        delivered_at=delivery.delivered_at,
+    )
+
+
+def webhook_document(ctx: ServerContext, job: JobRecord) -> dict[str, Any]:
+    """What a job's webhook posts: ``type`` (``job.succeeded``, ``job.failed``,
+    ``job.cancelled``), ``timestamp`` (its end) and ``data``, the job as GET /v1/jobs/{id}
+    shows it (image URLs on the server it was submitted to)."""
+    base = str((job.webhook or {}).get("base", ""))
+    data = job_view(ctx, job, base).model_dump(mode="json", exclude={"webhook"})
+    ended = job.finished_at or job.created_at
+    return {"type": f"job.{job.status}", "timestamp": ended.isoformat(), "data": data}
+
+
+async def _webhook_for(
+    ctx: ServerContext, url: str | None, caller: Caller | None, base: str
+) -> dict[str, str] | None:
+    """The job's webhook (``url``, ``base``): the body's URL, else the key's default; a
+    URL that is not http(s), too long or (unless allowed) private is a 400 naming it."""
+    if url is None and caller is not None and caller.key is not None:
+        url = caller.key.webhook_url
+    if url is None:
+        return None
+    if not ctx.webhooks:
+        env = ctx.settings.webhooks.secret_env
+        raise InvalidRequest(
+            f"webhook_url: this server sends no webhooks: {env} (its signing secret) is unset",
+            field="webhook_url",
+            fix=f"submit without webhook_url, or have the operator set {env}",
+        )
+    allow = ctx.settings.webhooks.allow_private
+    parsed = check_url(url, allow_private=allow)
+    if not allow:
+        with contextlib.suppress(ConnectError):  # unresolvable now: each send checks again
+            await resolve(parsed, allow_private=False, timeout_s=RESOLVE_S)
+    return {"url": url, "base": base}
 
 
 def _error_view(job: JobRecord) -> dict[str, Any] | None:
@@ -180,13 +267,13 @@ def _route(ctx: ServerContext, request: ImageRequest) -> list[str]:
     responses=error_responses(403, 413, 429),
     summary="Queue a generation; answers once the job is on disk",
 )
-async def submit_job(
-    body: ImageRequest, ctx: Ctx, base: BaseUrl, caller: CallerDep
-) -> JSONResponse:
-    route = _route(ctx, body)
-    owner = await _admit(ctx, caller, body)
+async def submit_job(body: JobSubmit, ctx: Ctx, base: BaseUrl, caller: CallerDep) -> JSONResponse:
+    request = body.image_request()
+    route = _route(ctx, request)
+    webhook = await _webhook_for(ctx, body.webhook_url, caller, base)
+    owner = await _admit(ctx, caller, request)
     submitted = await ctx.backplane.jobs.submit(
-        body, route=route, source="jobs", queue=route[0], owner=owner
+        request, route=route, source="jobs", queue=route[0], owner=owner, webhook=webhook
     )
     accepted = JobAccepted(id=submitted.job_id, status="queued", position=submitted.position)
     return JSONResponse(

@@ -19,6 +19,7 @@ from imagegate.server.errors import error_responses
 from imagegate.server.tenants import Caller, CallerDep, Refused
 from imagegate.store import Store
 from imagegate.store.keys import create_key, list_keys, revoke_key
+from imagegate.transport.guard import check_url
 
 router = APIRouter(tags=["keys"], responses=error_responses(400, 401, 403))
 
@@ -34,6 +35,9 @@ class KeyCreate(BaseModel):
     rate_per_min: Annotated[int, Field(ge=1, le=100_000)] | None = None
     budget: Annotated[float, Field(ge=0)] | None = None
     period: Literal["day", "month"] | None = None
+    webhook_url: str | None = Field(
+        default=None, description="where its jobs' ends are posted when a job names none"
+    )
 
 
 class KeyView(BaseModel):
@@ -46,6 +50,7 @@ class KeyView(BaseModel):
     budget: float | None
     period: str | None
     created_at: datetime
+    webhook_url: str | None = None
 
 
 class KeyCreated(KeyView):
@@ -83,6 +88,8 @@ def check_routes(ctx: ServerContext, routes: list[str] | None) -> None:
 async def create(body: KeyCreate, ctx: Ctx, caller: CallerDep) -> KeyCreated:
     store = _store(ctx, caller)
     check_routes(ctx, body.routes)
+    if body.webhook_url is not None:
+        check_url(body.webhook_url, allow_private=ctx.settings.webhooks.allow_private)
     key, record = await create_key(
         store,
         body.name,
@@ -91,6 +98,7 @@ async def create(body: KeyCreate, ctx: Ctx, caller: CallerDep) -> KeyCreated:
         rate_per_min=body.rate_per_min,
         budget=body.budget,
         period=body.period,
+        webhook_url=body.webhook_url,
     )
     return KeyCreated(key=key, **record.model_dump())
 

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, Self, cast
 from uuid import uuid4
 
-from sqlalchemy import URL, CursorResult, event, make_url, select, update
+from sqlalchemy import URL, CursorResult, bindparam, event, make_url, select, text, update
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -35,9 +35,9 @@ from imagegate.request import Attempt, ImageRequest, ImageResult
 from imagegate.store import jobsql
 from imagegate.store.files import IMAGES_DIR, write_png
 from imagegate.store.migrate import upgrade
-from imagegate.store.models import EVENT_KINDS, Image, Job, JobEvent
+from imagegate.store.models import EVENT_KINDS, Image, Job, JobEvent, UTCDateTime, WebhookOutbox
 from imagegate.store.pngmeta import infotext, png_with_metadata, provenance
-from imagegate.store.records import EventRecord, ImageRecord, JobRecord
+from imagegate.store.records import DeliveryRecord, EventRecord, ImageRecord, JobRecord
 
 DB_FILENAME = "imagegate.db"
 SOURCES = ("library", "cli", "openai", "a1111", "jobs")
@@ -74,6 +74,15 @@ def _error_dict(error: BaseException) -> dict[str, Any]:
     if isinstance(error, ImagegateError):
         return error.to_dict()
     return {"type": type(error).__name__, "message": str(error), "stage": None}
+
+
+_QUEUE_WEBHOOK = text(
+    "INSERT INTO webhook_outbox (job_id, status, attempts, created_at, next_at) "
+    "SELECT id, 'pending', '[]', :at, :at FROM jobs WHERE id = :job_id AND webhook IS NOT NULL "
+    "ON CONFLICT (job_id) DO NOTHING"
+).bindparams(bindparam("at", type_=UTCDateTime()))
+"""The job's end into the webhook outbox when it has a webhook (``jobsql.queue_webhook`` is
+the same on the SQLite writer's connection)."""
 
 
 def _image_record(row: Image) -> ImageRecord:
@@ -227,8 +236,13 @@ class Store:
         events: Sequence[tuple[str, Mapping[str, Any]]] = (),
         within: Callable[[AsyncSession, str], Awaitable[None]] | None = None,
         owner: str | None = None,
+        webhook: Mapping[str, str] | None = None,
+        traceparent: str | None = None,
     ) -> tuple[str, list[EventRecord]]:
         """Record a new job with its first ``events`` (kind, data) in one transaction.
+
+        ``webhook`` (``url`` and ``base``) makes the job's end go to the webhook outbox;
+        ``traceparent`` is the trace the job continues.
 
         ``within(session, job_id)`` runs inside that transaction before it commits (a
         backplane enqueues the job there); it takes the SQLAlchemy path on every database.
@@ -262,6 +276,8 @@ class Store:
             "source": source,
             "retries": 0,
             "owner": owner,
+            "webhook": dict(webhook) if webhook is not None else None,
+            "traceparent": traceparent,
         }
         job_id: str = values["id"]
         stamped = [(kind, dict(data), self._now()) for kind, data in events]
@@ -396,6 +412,7 @@ class Store:
                         (job_id,),
                     )
                     jobsql.insert_images(conn, rows_for(stored))
+                    jobsql.queue_webhook(conn, job_id, now)
                     written = (
                         jobsql.insert_event(conn, job_id, "succeeded", done, event_at)
                         if event
@@ -412,6 +429,8 @@ class Store:
                     setattr(job, key, value)
                 job.started_at = job.started_at or now
                 session.add_all(Image(**row) for row in rows_for(stored))
+                await session.flush()
+                await session.execute(_QUEUE_WEBHOOK, {"at": now, "job_id": job_id})
                 if event:
                     await session.flush()
                     (event_id,) = await _add_events(
@@ -502,6 +521,7 @@ class Store:
                 with jobsql.transaction(conn):
                     if jobsql.update_job(conn, job_id, values) != 1:
                         raise LookupError(f"no job {job_id!r} in the store")
+                    jobsql.queue_webhook(conn, job_id, values["finished_at"])
                     return [jobsql.insert_event(conn, job_id, *e) for e in stamped]
 
             ids = await self._writer.run(step)
@@ -511,6 +531,9 @@ class Store:
                 for key, value in values.items():
                     setattr(job, key, value)
                 await session.flush()
+                await session.execute(
+                    _QUEUE_WEBHOOK, {"at": values["finished_at"], "job_id": job_id}
+                )
                 ids = await _add_events(session, job_id, stamped)
         records = _event_records(job_id, ids, stamped)
         return records[0] if records else None
@@ -545,7 +568,10 @@ class Store:
             if job is None:
                 return None
             images = await self._images_of(session, [job_id])
-        return JobRecord.model_validate(job).model_copy(update={"images": images.get(job_id, [])})
+            deliveries = await self._deliveries_of(session, [job] if job.webhook else [])
+        return JobRecord.model_validate(job).model_copy(
+            update={"images": images.get(job_id, []), "delivery": deliveries.get(job_id)}
+        )
 
     async def list_jobs(
         self, limit: int = 20, before: datetime | None = None, owner: str | None = None
@@ -560,8 +586,11 @@ class Store:
         async with self._session() as session:
             jobs = list((await session.scalars(query)).all())
             images = await self._images_of(session, [job.id for job in jobs])
+            deliveries = await self._deliveries_of(session, [job for job in jobs if job.webhook])
         return [
-            JobRecord.model_validate(job).model_copy(update={"images": images.get(job.id, [])})
+            JobRecord.model_validate(job).model_copy(
+                update={"images": images.get(job.id, []), "delivery": deliveries.get(job.id)}
+            )
             for job in jobs
         ]
 
@@ -583,6 +612,17 @@ class Store:
         for row in (await session.scalars(query)).all():
             grouped.setdefault(row.job_id, []).append(_image_record(row))
         return grouped
+
+    @staticmethod
+    async def _deliveries_of(
+        session: AsyncSession, jobs: Sequence[Job]
+    ) -> dict[str, DeliveryRecord]:
+        """The webhook deliveries of ``jobs`` (those with a webhook), by job id."""
+        if not jobs:
+            return {}
+        query = select(WebhookOutbox).where(WebhookOutbox.job_id.in_([job.id for job in jobs]))
+        rows = (await session.scalars(query)).all()
+        return {row.job_id: DeliveryRecord.model_validate(row) for row in rows}
 
     # -- images ------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ __all__ = [
     "insert_event",
     "insert_images",
     "insert_job",
+    "queue_webhook",
     "transaction",
     "update_job",
 ]
@@ -38,13 +39,14 @@ __all__ = [
 JOB_COLUMNS = (
     "id", "status", "request", "route", "provider", "model", "seed", "progress", "step",
     "steps", "attempts", "error", "cost", "priority", "queue", "created_at", "started_at",
-    "finished_at", "elapsed_s", "source", "retries", "owner",
+    "finished_at", "elapsed_s", "source", "retries", "owner", "webhook", "traceparent",
 )  # fmt: skip
 IMAGE_COLUMNS = (
     "id", "job_id", "sha256", "path", "width", "height", "seed", "provider", "model", "prompt",
     "created_at",
 )  # fmt: skip
-_JSON_COLUMNS = frozenset({"request", "route", "attempts", "error"})
+_JSON_COLUMNS = frozenset({"request", "route", "attempts", "error", "webhook"})
+_NULLABLE_JSON = frozenset({"error", "webhook"})  # JSON(none_as_null=True): None is SQL NULL
 _TIME_COLUMNS = frozenset({"created_at", "started_at", "finished_at"})
 
 
@@ -74,8 +76,7 @@ def _encode(column: str, value: Any) -> Any:
     if column in _TIME_COLUMNS:
         return encode_time(value)
     if column in _JSON_COLUMNS:
-        # ``error`` is JSON(none_as_null=True): None is SQL NULL, as the ORM writes it
-        return None if value is None and column == "error" else json.dumps(value)
+        return None if value is None and column in _NULLABLE_JSON else json.dumps(value)
     return value
 
 
@@ -119,6 +120,20 @@ def insert_images(conn: sqlite3.Connection, rows: Sequence[Mapping[str, Any]]) -
     conn.executemany(
         _INSERT_IMAGE, [[_encode(column, row[column]) for column in IMAGE_COLUMNS] for row in rows]
     )
+
+
+_QUEUE_WEBHOOK = (
+    "INSERT INTO webhook_outbox (job_id, status, attempts, created_at, next_at) "
+    "SELECT id, 'pending', '[]', ?, ? FROM jobs WHERE id = ? AND webhook IS NOT NULL "
+    "ON CONFLICT (job_id) DO NOTHING"
+)
+
+
+def queue_webhook(conn: sqlite3.Connection, job_id: str, now: datetime) -> None:
+    """Put the job's end in the webhook outbox, if it has a webhook (in the caller's
+    transaction, the one that ends the job)."""
+    at = encode_time(now)
+    conn.execute(_QUEUE_WEBHOOK, (at, at, job_id))
 
 
 def insert_event(

@@ -40,6 +40,8 @@ class KeyRecord(BaseModel):
     budget: float | None
     period: str | None
     created_at: datetime
+    webhook_url: str | None = None
+    """Where the end of its jobs is posted when a job names no ``webhook_url``."""
 
 
 def key_hash(key: str | bytes) -> str:
@@ -69,6 +71,7 @@ async def create_key(
     rate_per_min: int | None = None,
     budget: float | None = None,
     period: str | None = None,
+    webhook_url: str | None = None,
 ) -> tuple[str, KeyRecord]:
     """Store a new key named ``name``; the key itself is returned once, here, and never again."""
     check_name(name)
@@ -88,6 +91,7 @@ async def create_key(
         budget=budget,
         period=period if budget is not None else None,
         created_at=datetime.now(UTC),
+        webhook_url=webhook_url,
     )
     record = KeyRecord.model_validate(row)
     try:

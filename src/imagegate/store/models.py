@@ -100,6 +100,11 @@ class Job(Base):
     retries: Mapped[int] = mapped_column(Integer, default=0)
     owner: Mapped[str | None] = mapped_column(String(64))
     """The managed key's name that submitted the job; None = an admin key or no auth."""
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """Where the job's end is posted: ``{"url": ..., "base": ...}`` (the server's base URL
+    the job was submitted to, for its image URLs); None = no webhook."""
+    traceparent: Mapped[str | None] = mapped_column(String(55))
+    """The W3C trace context of the submitting request, continued by whoever runs the job."""
 
     __table_args__ = (
         Index("ix_jobs_status_created_at", "status", "created_at"),
@@ -170,3 +175,26 @@ class ApiKey(Base):
     budget: Mapped[float | None] = mapped_column(Float)
     period: Mapped[str | None] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    """Where the end of this key's jobs is posted when a job names no ``webhook_url``."""
+
+
+class WebhookOutbox(Base):
+    """One job's end, to be posted to its webhook: written in the transaction that ends the
+    job, then sent (and retried) by any process until it is delivered or given up."""
+
+    __tablename__ = "webhook_outbox"
+
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    """``pending``, ``delivered`` or ``failed`` (given up after ``retry_for_s``)."""
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON(), default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """A process sending it holds it until then; after that (a crash) another may send."""
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_webhook_outbox_status_next_at", "status", "next_at"),)

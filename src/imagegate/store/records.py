@@ -26,6 +26,20 @@ class ImageRecord(BaseModel):
     created_at: datetime
 
 
+class DeliveryRecord(BaseModel):
+    """A job's webhook delivery: its status and every attempt made so far."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    status: str
+    """``pending``, ``delivered`` or ``failed`` (given up)."""
+    attempts: list[dict[str, Any]]
+    """Each attempt: ``at``, ``status`` (the HTTP status, or None), ``error``, ``elapsed_s``."""
+    created_at: datetime
+    next_at: datetime
+    delivered_at: datetime | None
+
+
 class JobRecord(BaseModel):
     """One job as stored, with its images in the order they were made."""
 
@@ -53,7 +67,12 @@ class JobRecord(BaseModel):
     source: str
     retries: int
     owner: str | None = None
+    webhook: dict[str, Any] | None = None
+    """Where the job's end is posted (``url``, and ``base`` for its image URLs)."""
+    traceparent: str | None = None
     images: list[ImageRecord] = []
+    delivery: DeliveryRecord | None = None
+    """The webhook delivery, once the job has ended with a webhook."""
 
 
 class EventRecord(BaseModel):

@@ -377,16 +377,18 @@ class Transport:
         auth: httpx.Auth | tuple[str, str] | None = None,
         expect: str | None = None,
         follow_redirects: bool = False,
+        extensions: Mapping[str, Any] | None = None,
     ) -> Response:
         """Send one request and read the whole answer, each stage within its budget.
 
         Any status comes back as a Response: map it with the provider's own rules, then
         ``raise_for_status``. ``expect`` (e.g. "application/json", "image/") makes a 2xx
-        answer of another content type a ProtocolError.
+        answer of another content type a ProtocolError. ``extensions`` are httpx's request
+        extensions (``sni_hostname`` for a request pinned to an address).
         """
         req, shown = self._build(
             method, url, deadline, json=json, data=data, files=files, content=content,
-            headers=headers, params=params,
+            headers=headers, params=params, extensions=dict(extensions or {}),
         )  # fmt: skip
         async with self._exchange(req, deadline, auth, follow_redirects) as (resp, tracker):
             body = b"".join([chunk async for chunk in tracker.body(resp)])
