@@ -55,7 +55,7 @@ from imagegate.providers.base import (
 )
 from imagegate.providers.remote import RemoteProvider
 from imagegate.request import GeneratedImage, ImageRequest, seed_series
-from imagegate.transport import Response, Transport, raise_for_status, redact
+from imagegate.transport import Response, Transport, protocol_error, raise_for_status, redact
 
 __all__ = ["A1111Config", "A1111Provider"]
 
@@ -319,13 +319,8 @@ class A1111Provider(RemoteProvider):
         return GeneratedImage(png=png, width=width, height=height, seed=seed)
 
     def _protocol(self, resp: Response, what: str) -> ProtocolError:
-        return ProtocolError(
-            f"{resp.timings.host}:{resp.timings.port} answered txt2img but {what}; check that "
-            "the url is an AUTOMATIC1111-compatible server",
-            provider=self.name,
-            stage="read",
-            elapsed_s=round(resp.timings.total_s, 3),
-        )
+        fix = "check that the url is an AUTOMATIC1111-compatible server"
+        return protocol_error(resp, self.name, what, fix)
 
 
 def _seeds(info: Any, n: int, seed: int) -> list[int]:

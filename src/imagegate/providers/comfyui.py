@@ -69,7 +69,7 @@ from imagegate.providers.base import (
 )
 from imagegate.providers.remote import RemoteProvider
 from imagegate.request import GeneratedImage, ImageRequest
-from imagegate.transport import Response, raise_for_status, redact
+from imagegate.transport import Response, protocol_error, raise_for_status, redact
 from imagegate.transport.trust import trust_context
 
 __all__ = ["PLACEHOLDERS", "SAMPLERS", "SCHEDULES", "ComfyUIConfig", "ComfyUIProvider"]
@@ -667,13 +667,7 @@ def _choices(info: Any, node: str, name: str) -> list[str]:
 
 
 def _protocol(resp: Response, provider: str, what: str) -> ProtocolError:
-    return ProtocolError(
-        f"{resp.timings.host}:{resp.timings.port} answered {resp.status} but {what}; check "
-        "that the url is a ComfyUI server",
-        provider=provider,
-        stage="read",
-        elapsed_s=round(resp.timings.total_s, 3),
-    )
+    return protocol_error(resp, provider, what, "check that the url is a ComfyUI server")
 
 
 def _execution_failed(prompt_id: str, messages: list[Any], provider: str) -> UpstreamError:

@@ -51,6 +51,7 @@ from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
 from imagegate.transport import (
     Response,
     parse_retry_after,
+    protocol_error,
     raise_for_status,
     redact,
 )
@@ -338,13 +339,8 @@ class NovitaProvider(RemoteProvider):
         return _map_error(resp, self.name)
 
     def _protocol(self, resp: Response | None, what: str) -> ProtocolError:
-        where = f"{resp.timings.host}:{resp.timings.port} " if resp is not None else ""
-        return ProtocolError(
-            f"{where}{what}; the API changed or a proxy altered the answer: check the provider's "
-            "url",
-            provider=self.name,
-            stage="read",
-        )
+        fix = "the API changed or a proxy altered the answer: check the provider's url"
+        return protocol_error(resp, self.name, what, fix)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -48,7 +48,14 @@ from imagegate.providers.base import (
 )
 from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
 from imagegate.request import GeneratedImage, ImageRequest, seed_series
-from imagegate.transport import Response, Transport, parse_retry_after, raise_for_status, redact
+from imagegate.transport import (
+    Response,
+    Transport,
+    parse_retry_after,
+    protocol_error,
+    raise_for_status,
+    redact,
+)
 
 __all__ = ["OpenAIConfig", "OpenAIProvider"]
 
@@ -184,14 +191,10 @@ class OpenAIProvider(RemoteProvider):
         return _map_error(resp, self.name)
 
     def _protocol(self, resp: Response, what: str) -> ProtocolError:
-        host = f"{resp.timings.host}:{resp.timings.port}"
-        return ProtocolError(
-            f"{host} answered 200 but {what}; the url may not be an OpenAI-compatible images "
-            "API: check the provider's url and model",
-            provider=self.name,
-            stage="read",
-            elapsed_s=round(resp.timings.total_s, 3),
+        fix = (
+            "the url may not be an OpenAI-compatible images API: check the provider's url and model"
         )
+        return protocol_error(resp, self.name, what, fix)
 
     async def _image_bytes(self, item: Any, deadline: Deadline, resp: Response) -> bytes:
         """The image of one ``data`` entry: decoded base64, or downloaded from its url."""

@@ -52,6 +52,7 @@ from imagegate.transport import (
     Response,
     expect_json,
     parse_retry_after,
+    protocol_error,
     raise_for_status,
     redact,
 )
@@ -323,13 +324,8 @@ def _seed(value: Any, sent: int) -> int:
 
 
 def _protocol(resp: Response, provider: str, what: str) -> ProtocolError:
-    return ProtocolError(
-        f"{resp.timings.host}:{resp.timings.port} answered {resp.status} but {what} "
-        f"({resp.content_type or 'no content type'}); check the provider's url",
-        provider=provider,
-        stage="read",
-        elapsed_s=round(resp.timings.total_s, 3),
-    )
+    what = f"{what} ({resp.content_type or 'no content type'})"
+    return protocol_error(resp, provider, what, "check the provider's url")
 
 
 def _map_error(resp: Response, provider: str) -> ProviderError:

@@ -17,6 +17,7 @@ from imagegate.transport.response import (
     check_content_type,
     expect_json,
     parse_retry_after,
+    protocol_error,
     raise_for_status,
     redact,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "env_proxy",
     "expect_json",
     "parse_retry_after",
+    "protocol_error",
     "raise_for_status",
     "redact",
     "safe_url",

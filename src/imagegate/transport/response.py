@@ -34,6 +34,7 @@ __all__ = [
     "check_content_type",
     "expect_json",
     "parse_retry_after",
+    "protocol_error",
     "raise_for_status",
     "redact",
 ]
@@ -196,6 +197,19 @@ def raise_for_status(resp: Response, provider: str | None = None) -> None:
     host = f"{resp.timings.host}:{resp.timings.port}"
     quoted = f": {resp.snippet()}" if resp.content else ""
     raise cls(f"{host} answered {status}{wait}{quoted}; {fix}", **kw)
+
+
+def protocol_error(resp: Response | None, provider: str, what: str, fix: str) -> ProtocolError:
+    """A ProtocolError for an answer that parsed but is not what the API promises:
+    ``"HOST:PORT answered STATUS but WHAT; FIX"``, at stage ``read``."""
+    if resp is None:
+        return ProtocolError(f"{what}; {fix}", provider=provider, stage="read")
+    return ProtocolError(
+        f"{resp.timings.host}:{resp.timings.port} answered {resp.status} but {what}; {fix}",
+        provider=provider,
+        stage="read",
+        elapsed_s=round(resp.timings.total_s, 3),
+    )
 
 
 def check_content_type(resp: Response, expect: str, provider: str) -> None:
