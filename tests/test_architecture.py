@@ -16,6 +16,7 @@ PACKAGE = Path(imagegate.__file__).parent
 LAYERS: list[set[str]] = [
     {"attempts"},
     {"errors"},
+    {"sampling"},
     {"deadline", "request", "images", "hedging", "latency", "allocator", "console"},
     {"config", "registry", "config_keys"},
     {"transport", "hubcache"},

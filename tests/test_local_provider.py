@@ -193,7 +193,7 @@ def test_unknown_sampler_is_refused_naming_the_allowed_names(
     with pytest.raises(InvalidRequest) as caught:
         generate(provider, small(sampler="Euler z"))
     assert caught.value.field == "sampler"
-    assert "DPM++ 2M Karras" in str(caught.value)
+    assert "DPM++ 2M SDE" in str(caught.value)
 
 
 def test_another_model_is_refused_naming_field_model(provider: DiffusersProvider) -> None:

@@ -97,12 +97,12 @@ def test_negative_prompt_line_is_left_out_when_empty() -> None:
 
 
 def test_settings_follow_a1111_key_order() -> None:
-    """Steps, Sampler, CFG scale, Seed, Size, Model, Version: the order A1111 writes."""
+    """Steps, Sampler, Schedule type, CFG scale, Seed, Size, Model: A1111's order."""
     text = _infotext(ImageRequest(prompt="p"), sampler="Euler a", guidance=7.5, steps=20)
 
     assert text.splitlines()[1] == (
-        "Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 7, Size: 64x64, Model: tiny, "
-        f"Version: {VERSION}"
+        "Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 7, "
+        f"Size: 64x64, Model: tiny, Version: {VERSION}"
     )
 
 
@@ -140,6 +140,7 @@ def test_parse_infotext_inverts_infotext() -> None:
         "Negative prompt": "blurry: very\nnoisy",
         "Steps": "2",
         "Sampler": "DPM++ 2M, Karras",
+        "Schedule type": "Automatic",
         "CFG scale": "3.5",
         "Seed": "7",
         "Size": "64x64",

@@ -42,13 +42,13 @@ def test_body_carries_the_request_in_a1111_names(fake: tuple[A1111Fake, str]) ->
     """The txt2img body uses A1111's field names and asks for images back, unsaved."""
     state, base = fake
     req = REQUEST.model_copy(update={"n": 2, "guidance": 5.5, "sampler": "DDIM"})
-    generate(a1111_provider(base, model="sd_xl_base_1.0"), req)
+    generate(a1111_provider(base, model="sd15-random.safetensors"), req)
     body = state.bodies[0]
     assert body["batch_size"] == 2
     assert body["cfg_scale"] == 5.5
     assert body["sampler_name"] == "DDIM"
     assert body["seed"] == 7
-    assert body["override_settings"] == {"sd_model_checkpoint": "sd_xl_base_1.0"}
+    assert body["override_settings"] == {"sd_model_checkpoint": "sd15-random.safetensors"}
     assert (body["send_images"], body["save_images"]) == (True, False)
 
 
@@ -67,7 +67,12 @@ def test_config_defaults_fill_steps_sampler_and_guidance(fake: tuple[A1111Fake, 
     state, base = fake
     provider = a1111_provider(base)
     req = ImageRequest(prompt="x", width=64, height=64)
-    assert provider.effective_params(req) == {"steps": 20, "sampler": "Euler a", "guidance": 7.0}
+    assert provider.effective_params(req) == {
+        "steps": 20,
+        "sampler": "Euler a",
+        "scheduler": None,
+        "guidance": 7.0,
+    }
     state.step_s = 0.0
     generate(provider, req)
     assert state.bodies[0]["steps"] == 20
@@ -180,12 +185,63 @@ def test_api_not_enabled_says_to_start_with_api(fake: tuple[A1111Fake, str]) -> 
     assert "--api" in str(error)
 
 
-def test_unknown_sampler_is_an_invalid_sampler(fake: tuple[A1111Fake, str]) -> None:
-    """A sampler the server lacks is InvalidRequest(field="sampler")."""
-    _, base = fake
+def test_sampler_not_found_of_older_servers_is_an_invalid_sampler(
+    fake: tuple[A1111Fake, str],
+) -> None:
+    """An older A1111's 400 "Sampler not found" is InvalidRequest(field="sampler")."""
+    state, base = fake
+    state.arm("sampler_not_found")
     error = failure(a1111_provider(base), REQUEST.model_copy(update={"sampler": "Nope"}))
     assert isinstance(error, InvalidRequest)
     assert error.field == "sampler"
+
+
+def test_the_record_is_the_sampler_a1111_ran(fake: tuple[A1111Fake, str]) -> None:
+    """A1111 1.10 runs its default for an unknown sampler: the record names that one."""
+    _, base = fake
+    [image] = generate(a1111_provider(base), REQUEST.model_copy(update={"sampler": "Nope"}))
+    assert image.reported is not None
+    assert image.reported.sampler == "DPM++ 2M"
+    assert "Sampler: DPM++ 2M," in (image.reported.infotext or "")
+
+
+def test_provenance_is_what_a1111_reports(fake: tuple[A1111Fake, str]) -> None:
+    """Model, hash, sampler, scheduler, steps and A1111's own infotext come from its info."""
+    _, base = fake
+    req = REQUEST.model_copy(update={"sampler": "DPM++ 2M", "scheduler": "karras"})
+    [image] = generate(a1111_provider(base, model="sd15-random.safetensors"), req)
+    reported = image.reported
+    assert reported is not None
+    assert (reported.model, reported.model_hash) == ("sd15-random", "812273d380")
+    assert (reported.sampler, reported.scheduler, reported.steps) == ("DPM++ 2M", "karras", 2)
+    assert "Schedule type: Karras" in (reported.infotext or "")
+    assert "Model hash: 812273d380" in (reported.infotext or "")
+
+
+def test_scheduler_is_sent_both_ways_a1111_reads_it(fake: tuple[A1111Fake, str]) -> None:
+    """scheduler 'karras' goes as the 1.9+ field and as the old combined sampler name."""
+    state, base = fake
+    generate(a1111_provider(base), REQUEST.model_copy(update={"sampler": "Euler"}))
+    generate(
+        a1111_provider(base),
+        REQUEST.model_copy(update={"sampler": "DPM++ 2M", "scheduler": "karras"}),
+    )
+    assert "scheduler" not in state.bodies[0]
+    assert state.bodies[1]["sampler_name"] == "DPM++ 2M Karras"
+    assert state.bodies[1]["scheduler"] == "karras"
+
+
+def test_a_checkpoint_a1111_did_not_load_is_an_invalid_request(
+    fake: tuple[A1111Fake, str],
+) -> None:
+    """A1111 answers 200 with the loaded model for an unknown checkpoint: imagegate refuses
+    it, naming the model and the checkpoints the server has."""
+    _, base = fake
+    error = failure(a1111_provider(base, model="nope.safetensors"))
+    assert isinstance(error, InvalidRequest)
+    assert error.field == "model"
+    assert "nope.safetensors" in str(error)
+    assert "sd15-random.safetensors" in str(error)
 
 
 def test_validation_error_names_the_request_field(fake: tuple[A1111Fake, str]) -> None:
@@ -207,11 +263,31 @@ def test_server_error_quotes_the_exception(fake: tuple[A1111Fake, str]) -> None:
     assert "CUDA out of memory" in str(error)
 
 
-def test_probe_counts_checkpoints(fake: tuple[A1111Fake, str]) -> None:
-    """probe() reads /sd-models: "2 checkpoints"."""
+def test_probe_counts_checkpoints_and_names_the_loaded_one(fake: tuple[A1111Fake, str]) -> None:
+    """probe() reads /sd-models and /options: "2 checkpoints, loaded: TITLE"."""
     _, base = fake
     provider = a1111_provider(base)
-    assert drive(provider, lambda: provider.probe(Deadline(5))) == "2 checkpoints"
+    assert drive(provider, lambda: provider.probe(Deadline(5))) == (
+        "2 checkpoints, loaded: sd15-random-b.safetensors [cd5a484377]"
+    )
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["sd15-random.safetensors", "sd15-random", "sd15-random.safetensors [812273d380]"],
+)
+def test_probe_matches_a_checkpoint_as_a1111_does_fresh_and_after_a_load(
+    fake: tuple[A1111Fake, str], model: str
+) -> None:
+    """File name, model name or title with hash: found before the checkpoint was ever
+    loaded (title without hash) and after (title with hash)."""
+    state, base = fake
+    provider = a1111_provider(base, model=model)
+    assert state.sd_models()[1]["title"] == "sd15-random.safetensors"
+    assert str(drive(provider, lambda: provider.probe(Deadline(5)))).startswith("2 checkpoints")
+    generate(provider)
+    assert state.sd_models()[1]["title"] == "sd15-random.safetensors [812273d380]"
+    assert str(drive(provider, lambda: provider.probe(Deadline(5)))).startswith("2 checkpoints")
 
 
 def test_probe_names_a_missing_checkpoint(fake: tuple[A1111Fake, str]) -> None:

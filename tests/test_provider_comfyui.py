@@ -81,15 +81,35 @@ def test_a1111_sampler_names_map_to_sampler_and_scheduler(
     assert (inputs["sampler_name"], inputs["scheduler"]) == (sampler_name, scheduler)
 
 
-@pytest.mark.parametrize("name", ["PLMS", "Restart", "DPM++ 2M Polyexponential", "LCM"])
+@pytest.mark.parametrize("name", ["PLMS", "Restart"])
 def test_sampler_without_an_equivalent_is_refused_listing_names(
     fake: ComfyUIFake, name: str
 ) -> None:
-    """A sampler KSampler can't run (or LCM without a schedule) fails before queueing."""
+    """A sampler KSampler can't run fails before queueing, naming the ones it can."""
     with pytest.raises(InvalidRequest, match="DPM\\+\\+ 2M SDE Heun") as info:
         generate(provider(fake.url), REQUEST.model_copy(update={"sampler": name}))
     assert info.value.field == "sampler"
     assert fake.prompts == []
+
+
+@pytest.mark.parametrize(("sampler", "scheduler"), [("DPM++ 2M", "polyexponential"), ("LCM", None)])
+def test_scheduler_without_an_equivalent_is_refused_listing_names(
+    fake: ComfyUIFake, sampler: str, scheduler: str | None
+) -> None:
+    """A schedule KSampler can't run (or LCM without one) fails before queueing."""
+    req = REQUEST.model_copy(update={"sampler": sampler, "scheduler": scheduler})
+    with pytest.raises(InvalidRequest, match="karras") as info:
+        generate(provider(fake.url), req)
+    assert info.value.field == "scheduler"
+    assert fake.prompts == []
+
+
+def test_scheduler_field_picks_the_comfyui_scheduler(fake: ComfyUIFake) -> None:
+    """sampler 'Euler' with scheduler 'karras' runs KSampler euler / karras."""
+    req = REQUEST.model_copy(update={"sampler": "Euler", "scheduler": "karras"})
+    generate(provider(fake.url), req)
+    inputs = sampler_inputs(fake.prompts[0])
+    assert (inputs["sampler_name"], inputs["scheduler"]) == ("euler", "karras")
 
 
 def test_builtin_workflow_carries_every_setting_typed(fake: ComfyUIFake) -> None:

@@ -1,21 +1,32 @@
-"""A loopback AUTOMATIC1111 API, and the ``a1111`` provider's conformance case.
+"""A loopback AUTOMATIC1111 1.10 API built from a real server's recorded answers
+(tests/data/a1111-1.10.1), and the ``a1111`` provider's conformance case.
 
-``A1111Fake`` runs txt2img one at a time (like A1111's queue lock), ``step_s`` per step,
-updating ``/sdapi/v1/progress`` as it goes; ``/sdapi/v1/interrupt`` ends the running job
-early and, as A1111 does, the interrupted job still answers with what it has. ``info`` is a
-JSON string whose ``all_seeds`` are seed + i. With ``auth`` set, every route wants HTTP Basic.
-Armed errors answer the next txt2img with A1111's documented error shapes.
+Every list route answers the recorded JSON. ``A1111Fake`` runs txt2img one at a time (like
+A1111's queue lock), ``step_s`` per step, updating ``/sdapi/v1/progress`` as it goes;
+``/sdapi/v1/interrupt`` ends the running job early and, as A1111 does, the interrupted job
+still answers 200 with what it has. The answer is the recorded one with this request's values:
+the 55 ``parameters`` keys and ``info`` as a JSON string with ``all_seeds`` seed + i, the model
+and hash of the checkpoint that ran, and A1111's infotexts (``Schedule type``, ``Model hash``).
+
+As A1111 1.10 does, an unknown sampler name runs the default sampler and an unknown
+``sd_model_checkpoint`` runs the loaded checkpoint, both with 200. A checkpoint is listed with
+its hash (``title`` "file [hash]") only once it has been loaded: fresh, only the loaded one has
+it. With ``auth`` set, every route wants HTTP Basic. Armed errors answer the next txt2img with
+A1111's documented error shapes (older versions' "Sampler not found" included).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import random
 import secrets
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +37,27 @@ from faults import serve_app
 from vendor_openai import tiny_png
 
 from imagegate.errors import AuthError, InvalidRequest, Unavailable, UpstreamError
-from imagegate.providers.a1111 import A1111Config, A1111Provider
+from imagegate.providers.a1111 import A1111Config, A1111Provider, checkpoint_matches
 
-SAMPLERS = ["Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC"]
-CHECKPOINTS = ["v1-5-pruned-emaonly", "sd_xl_base_1.0"]
+RECORDED = Path(__file__).parent / "data" / "a1111-1.10.1"
+"""A real A1111 1.10.1's answers; README.md there names each request."""
+
+
+def recorded(name: str) -> Any:
+    """The recorded JSON answer ``name`` (e.g. "samplers")."""
+    return json.loads((RECORDED / f"{name}.json").read_text(encoding="utf-8"))
+
+
+MODELS: list[dict[str, Any]] = recorded("sd-models")
+CHECKPOINTS = [m["model_name"] for m in MODELS]
+SAMPLERS = [s["name"] for s in recorded("samplers")]
+SCHEDULERS: list[dict[str, Any]] = recorded("schedulers")
+_TEMPLATE = recorded("txt2img")
+_LISTS = (
+    "samplers", "schedulers", "upscalers", "sd-vae", "loras", "prompt-styles", "embeddings",
+    "hypernetworks", "face-restorers", "realesrgan-models", "latent-upscale-modes", "scripts",
+    "script-info", "memory", "cmd-flags",
+)  # fmt: skip
 
 ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
     "unauthorized": (401, {"detail": "Incorrect username or password."}),
@@ -70,6 +98,21 @@ MAPPED = {
 }
 
 
+def _schedule_label(sampler: str, scheduler: str | None) -> tuple[str, str]:
+    """A1111 1.10's get_sampler_and_scheduler: a name's schedule suffix wins, an unknown
+    sampler is the first one, an unknown scheduler Automatic."""
+    found = next(
+        (s for s in SCHEDULERS if scheduler in (s["name"], s["label"], *(s["aliases"] or []))),
+        SCHEDULERS[0],
+    )
+    for s in SCHEDULERS:
+        for option in (s["label"], s["name"], *(s["aliases"] or [])):
+            if sampler.endswith(" " + option):
+                found, sampler = s, sampler[: -len(option) - 1]
+                break
+    return (sampler if sampler in SAMPLERS else SAMPLERS[0]), found["label"]
+
+
 @dataclass
 class A1111Fake:
     """The fake's state: auth, timing, what is armed, what it saw, the running job."""
@@ -86,17 +129,46 @@ class A1111Fake:
     step: int = 0
     steps: int = 0
     busy: bool = False
-    options: dict[str, Any] = field(
-        default_factory=lambda: {"sd_model_checkpoint": CHECKPOINTS[0], "samples_format": "png"}
-    )
+    loaded: str = CHECKPOINTS[0]
+    """The model_name of the loaded checkpoint."""
+    hashed: set[str] = field(default_factory=lambda: {CHECKPOINTS[0]})
+    """The checkpoints whose hash A1111 has computed (it does on loading one)."""
+    options: dict[str, Any] = field(default_factory=lambda: recorded("options"))
     _interrupted: bool = False
     _lock: asyncio.Lock | None = None
+    _timestamp: str = "20261202175248"
 
     def arm(self, name: str) -> None:
         """Answer the next txt2img with the documented error ``name``."""
         if name not in ERRORS:
             raise KeyError(name)
         self.armed.append(name)
+
+    def sd_models(self) -> list[dict[str, Any]]:
+        """The checkpoints as /sd-models lists them now: hashed once loaded."""
+        listed = []
+        for model in MODELS:
+            entry = dict(model)
+            if model["model_name"] not in self.hashed:
+                entry.update(title=model["title"].split(" [", 1)[0], hash=None, sha256=None)
+            listed.append(entry)
+        return listed
+
+    def model(self, name: str | None = None) -> dict[str, Any]:
+        """The recorded entry of checkpoint ``name`` (the loaded one by default)."""
+        wanted = name or self.loaded
+        entry: dict[str, Any] = next(m for m in MODELS if m["model_name"] == wanted)
+        return entry
+
+    def load(self, title: Any) -> None:
+        """Load the checkpoint ``title`` names, as A1111 resolves it; others are ignored."""
+        for model in MODELS:
+            if isinstance(title, str) and checkpoint_matches(title, model):
+                self.loaded = model["model_name"]
+                self.hashed.add(self.loaded)
+        loaded = self.model()
+        self.options["sd_model_checkpoint"] = loaded["title"]
+        self.options["sd_checkpoint_hash"] = loaded["sha256"]
 
     def _authorized(self, request: Request) -> bool:
         if self.auth is None:
@@ -123,8 +195,6 @@ class A1111Fake:
             if self.armed:
                 status, error = ERRORS[self.armed.pop(0)]
                 return JSONResponse(error, status)
-            if body.get("sampler_name", "Euler") not in SAMPLERS:
-                return JSONResponse(ERRORS["sampler_not_found"][1], 400)
             if self._lock is None:
                 self._lock = asyncio.Lock()
             self.inflight += 1
@@ -137,23 +207,17 @@ class A1111Fake:
 
         @api.get("/sdapi/v1/progress")
         async def progress() -> dict[str, Any]:
-            fraction = self.step / self.steps if self.steps else 0.0
-            return {
-                "progress": fraction,
-                "eta_relative": (self.steps - self.step) * self.step_s,
-                "state": {
-                    "skipped": False,
-                    "interrupted": self._interrupted,
-                    "job": "txt2img" if self.busy else "",
-                    "job_count": int(self.busy),
-                    "job_timestamp": "20260101000000",
-                    "job_no": 0,
-                    "sampling_step": self.step,
-                    "sampling_steps": self.steps,
-                },
-                "current_image": None,
-                "textinfo": None,
-            }
+            answer: dict[str, Any] = recorded("progress-run" if self.busy else "progress")
+            answer["progress"] = self.step / self.steps if self.steps else 0.0
+            answer["eta_relative"] = (self.steps - self.step) * self.step_s
+            answer["state"].update(
+                interrupted=self._interrupted,
+                job_count=int(self.busy),
+                job_timestamp=self._timestamp,
+                sampling_step=self.step,
+                sampling_steps=self.steps,
+            )
+            return answer
 
         @api.post("/sdapi/v1/interrupt")
         async def interrupt() -> dict[str, Any]:
@@ -164,21 +228,7 @@ class A1111Fake:
 
         @api.get("/sdapi/v1/sd-models")
         async def sd_models() -> list[dict[str, Any]]:
-            return [
-                {
-                    "title": f"{name}.safetensors [6ce0161689]",
-                    "model_name": name,
-                    "hash": "6ce0161689",
-                    "sha256": "6ce0161689" + "0" * 54,
-                    "filename": f"/models/Stable-diffusion/{name}.safetensors",
-                    "config": None,
-                }
-                for name in CHECKPOINTS
-            ]
-
-        @api.get("/sdapi/v1/samplers")
-        async def samplers() -> list[dict[str, Any]]:
-            return [{"name": name, "aliases": [], "options": {}} for name in SAMPLERS]
+            return self.sd_models()
 
         @api.get("/sdapi/v1/options")
         async def get_options() -> dict[str, Any]:
@@ -186,19 +236,32 @@ class A1111Fake:
 
         @api.post("/sdapi/v1/options")
         async def set_options(request: Request) -> Any:
-            self.options.update(await request.json())
+            options = await request.json()
+            if "sd_model_checkpoint" in options:
+                self.load(options.pop("sd_model_checkpoint"))
+            self.options.update({k: v for k, v in options.items() if k in self.options})
             return None
 
+        for name in _LISTS:
+            api.add_api_route(
+                f"/sdapi/v1/{name}", lambda name=name: recorded(name), methods=["GET"]
+            )
         return api
 
     async def _run(self, body: dict[str, Any]) -> Response:
-        """One job: step by step until done or interrupted; either way it answers."""
+        """One job: step by step until done or interrupted; either way it answers 200."""
         steps = int(body.get("steps", 50))
         n = int(body.get("batch_size", 1)) * int(body.get("n_iter", 1))
         seed = int(body.get("seed", -1))
         if seed == -1:
             seed = random.randrange(4294967294)
         width, height = int(body.get("width", 512)), int(body.get("height", 512))
+        before = self.loaded
+        override = body.get("override_settings") or {}
+        if "sd_model_checkpoint" in override:
+            self.load(override["sd_model_checkpoint"])
+        model = self.model()
+        self._timestamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         self.busy, self._interrupted, self.step, self.steps = True, False, 0, steps
         try:
             for _ in range(steps):
@@ -208,28 +271,50 @@ class A1111Fake:
                 self.step += 1
         finally:
             self.busy = False
+            if body.get("override_settings_restore_afterwards", True):
+                self.load(self.model(before)["title"])
         seeds = self.all_seeds or [seed + i for i in range(n)]
-        checkpoint = (body.get("override_settings") or {}).get(
-            "sd_model_checkpoint", self.options["sd_model_checkpoint"]
+        sampler, schedule = _schedule_label(
+            body.get("sampler_name") or body.get("sampler_index") or "Euler",
+            body.get("scheduler"),
         )
-        info = {
-            "prompt": body.get("prompt", ""),
-            "negative_prompt": body.get("negative_prompt", ""),
-            "seed": seed,
-            "all_seeds": seeds,
-            "subseed": -1,
-            "all_subseeds": [-1] * n,
-            "width": width,
-            "height": height,
-            "sampler_name": body.get("sampler_name", "Euler"),
-            "cfg_scale": body.get("cfg_scale", 7.0),
-            "steps": steps,
-            "batch_size": n,
-            "sd_model_name": checkpoint,
-            "infotexts": [f"{body.get('prompt', '')}\nSteps: {steps}, Seed: {s}" for s in seeds],
-        }
+        cfg = float(body.get("cfg_scale", 7.0))
+        prompt, negative = body.get("prompt", ""), body.get("negative_prompt", "")
+        subseed = random.randrange(4294967294)
+
+        def infotext(seed: int) -> str:
+            neg = f"\nNegative prompt: {negative}" if negative else ""
+            return (
+                f"{prompt}{neg}\nSteps: {steps}, Sampler: {sampler}, Schedule type: {schedule}, "
+                f"CFG scale: {cfg}, Seed: {seed}, Size: {width}x{height}, Model hash: "
+                f"{model['hash']}, Model: {model['model_name']}, Version: 1.10.1"
+            )
+
+        info = json.loads(_TEMPLATE["info"])
+        info.update(
+            prompt=prompt,
+            all_prompts=[prompt] * n,
+            negative_prompt=negative,
+            all_negative_prompts=[negative] * n,
+            seed=seeds[0],
+            all_seeds=seeds,
+            subseed=subseed,
+            all_subseeds=[subseed + i for i in range(n)],
+            width=width,
+            height=height,
+            sampler_name=sampler,
+            cfg_scale=cfg,
+            steps=steps,
+            batch_size=n,
+            sd_model_name=model["model_name"],
+            sd_model_hash=model["hash"],
+            infotexts=[infotext(s) for s in seeds],
+            job_timestamp=self._timestamp,
+        )
+        parameters = copy.deepcopy(_TEMPLATE["parameters"])
+        parameters.update({k: v for k, v in body.items() if k in parameters})
         images = [base64.b64encode(tiny_png(width, height, shade=s)).decode() for s in seeds]
-        payload = {"images": images, "parameters": body, "info": json.dumps(info)}
+        payload = {"images": images, "parameters": parameters, "info": json.dumps(info)}
         return JSONResponse(payload)
 
 

@@ -2,12 +2,67 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 from imagegate.errors import Timeout
 from imagegate.hedging import AttemptControl
 
-__all__ = ["Deadline"]
+__all__ = ["Deadline", "finish_early", "finishing_early", "running_job"]
+
+
+class _Finish:
+    """A job's finish-early request, and whether a provider that honours it took it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.claimed = False
+
+
+_FINISH: ContextVar[_Finish | None] = ContextVar("imagegate_finish", default=None)
+_RUNNING: dict[str, _Finish] = {}
+
+
+@contextlib.contextmanager
+def running_job(job_id: str | None) -> Iterator[None]:
+    """While the block runs, :func:`finish_early` of ``job_id`` reaches the code inside it
+    (tasks and threads it starts included: they copy the context)."""
+    if job_id is None:
+        yield
+        return
+    finish = _Finish()
+    _RUNNING[job_id] = finish
+    token = _FINISH.set(finish)
+    try:
+        yield
+    finally:
+        _FINISH.reset(token)
+        if _RUNNING.get(job_id) is finish:
+            del _RUNNING[job_id]
+
+
+def finish_early(job_id: str) -> bool:
+    """Ask the job running in this process to stop sampling and return what it has made so
+    far (A1111's interrupt). False when it does not run here, or its provider cannot return
+    a partial result (then cancel it instead)."""
+    finish = _RUNNING.get(job_id)
+    if finish is None or not finish.claimed:
+        return False
+    finish.event.set()
+    return True
+
+
+def finishing_early() -> threading.Event | None:
+    """The current job's finish-early event (set once asked), taken by a provider that can
+    return a partial image (taking it tells :func:`finish_early` so); None outside a job."""
+    finish = _FINISH.get()
+    if finish is None:
+        return None
+    finish.claimed = True
+    return finish.event
 
 
 class Deadline:

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from imagegate.config import DEFAULT_ROUTE_NAMES, GatewaySettings, Settings, load_config
+from imagegate.deadline import running_job
 from imagegate.errors import (
     AllProvidersFailed,
     Cancelled,
@@ -31,8 +32,9 @@ from imagegate.providers.base import (
     effective_params,
     provider_types,
 )
-from imagegate.request import Attempt, AttemptError, ImageRequest, ImageResult
+from imagegate.request import Attempt, AttemptError, GeneratedImage, ImageRequest, ImageResult
 from imagegate.router import Router
+from imagegate.sampling import SAMPLERS, SCHEDULERS
 
 if TYPE_CHECKING:
     from imagegate.backplane.base import JobRecorder
@@ -153,8 +155,51 @@ class Gateway:
             )
         return policy
 
+    def sampling(self, route: list[str]) -> tuple[list[str] | None, list[str] | None]:
+        """The sampler and the scheduler names that every provider on ``route`` taking one
+        runs, in A1111's order; None where no provider on it takes one (any name is then
+        accepted, and ignored)."""
+        chosen: list[list[str] | None] = []
+        for kind, table in (("samplers", SAMPLERS), ("schedulers", SCHEDULERS)):
+            names: list[str] | None = None
+            for name in route:
+                supported = getattr(self.providers[name], kind)()
+                if supported is not None:
+                    runs = set(supported)
+                    names = [
+                        i.name
+                        for i in table
+                        if i.name in runs and (names is None or i.name in names)
+                    ]
+            chosen.append(names)
+        return chosen[0], chosen[1]
+
+    def check_sampling(self, request: ImageRequest, route: list[str]) -> None:
+        """InvalidRequest naming the allowed values when a provider on ``route`` cannot run
+        the request's sampler or scheduler."""
+        samplers, schedulers = self.sampling(route)
+        for field, value, allowed in (
+            ("sampler", request.sampler, samplers),
+            ("scheduler", request.scheduler, schedulers),
+        ):
+            if value is not None and allowed is not None and value not in allowed:
+                shown = ", ".join(allowed)
+                raise InvalidRequest(
+                    f"{field}: {value!r} is not run by the providers of this route "
+                    f"({', '.join(route)}); use one of: {shown}",
+                    field=field,
+                    limit=f"one of: {shown}",
+                    fix=f"Change {field} and try again (GET /sdapi/v1/{field}s lists them).",
+                )
+
     def route_for(self, request: ImageRequest) -> list[str]:
-        """The providers to try, in order: the pinned one, or the request's route."""
+        """The providers to try, in order: the pinned one, or the request's route; a sampler
+        or scheduler that a provider on it cannot run is refused here."""
+        route = self._route_for(request)
+        self.check_sampling(request, route)
+        return route
+
+    def _route_for(self, request: ImageRequest) -> list[str]:
         if request.provider is None:
             policy = self.policy_for(request)
             return [name for name in policy.route if name in self.providers]
@@ -290,7 +335,8 @@ class Gateway:
                 route = self.route_for(request)
             policy = self.policy_for(request)
             deadline = self._deadline(policy.deadline_s, queued_s, caller_waits)
-            outcome = await self.router.run(request, route, deadline, progress, policy=policy)
+            with running_job(job_id):
+                outcome = await self.router.run(request, route, deadline, progress, policy=policy)
         except ImagegateError as exc:
             if recorder is not None and job_id is not None:
                 await recorder.fail_job(job_id, exc, exc.attempts, time.monotonic() - started)
@@ -311,7 +357,7 @@ class Gateway:
         result = ImageResult(
             images=outcome.images,
             provider=provider.name,
-            model=request.model or provider.model,
+            model=_reported_model(outcome.images) or request.model or provider.model,
             attempts=outcome.attempts,
             elapsed_s=round(time.monotonic() - started, 4),
             request=request,
@@ -325,6 +371,14 @@ class Gateway:
                 effective=effective_params(provider, request),
             )
         return result
+
+
+def _reported_model(images: list[GeneratedImage]) -> str | None:
+    """The model the backend says made the images, when it says."""
+    for image in images:
+        if image.reported is not None and image.reported.model:
+            return image.reported.model
+    return None
 
 
 class SyncGateway:

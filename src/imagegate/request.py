@@ -7,10 +7,11 @@ import random
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imagegate.attempts import Attempt, AttemptError, Outcome
 from imagegate.errors import InvalidRequest
+from imagegate.sampling import AUTOMATIC, SCHEDULERS, canonical_scheduler, split_sampler
 
 MAX_PROMPT_CHARS = 4000
 MIN_SIDE = 64
@@ -34,6 +35,7 @@ __all__ = [
     "ImageRequest",
     "ImageResult",
     "Outcome",
+    "Reported",
     "invalid_request_from",
     "parse_size",
     "seed_series",
@@ -54,6 +56,7 @@ class ImageRequest(BaseModel):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     sampler: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    scheduler: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     provider: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     route: Annotated[str, Field(min_length=1, max_length=64)] | None = None
@@ -77,6 +80,35 @@ class ImageRequest(BaseModel):
         if not low <= self.seed <= high:
             low, high = 0, MAX_SEED
         return seed_series(self.seed, self.n, low=low, high=high)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampling(cls, data: Any) -> Any:
+        """Split a combined sampler name ("DPM++ 2M Karras") as A1111 1.9+ does, and spell
+        the scheduler as A1111 names it ("Karras" -> "karras"); "automatic" is no scheduler."""
+        if not isinstance(data, dict):
+            return data
+        sampler, scheduler = data.get("sampler"), data.get("scheduler")
+        if isinstance(scheduler, str) and scheduler:
+            known = canonical_scheduler(scheduler)
+            if known is None:
+                allowed = ", ".join(info.name for info in SCHEDULERS)
+                raise InvalidRequest(
+                    f"scheduler: {_short(scheduler)} is not a scheduler; use one of: {allowed}",
+                    field="scheduler",
+                    limit=f"one of: {allowed}",
+                    fix="Change scheduler and try again.",
+                )
+            scheduler = known
+        if isinstance(sampler, str) and sampler:
+            sampler, suffix = split_sampler(sampler)
+            scheduler = suffix or scheduler
+        data = {**data, "sampler": sampler, "scheduler": scheduler}
+        if data["scheduler"] in (AUTOMATIC, None):
+            data.pop("scheduler")
+        if data["sampler"] is None:
+            data.pop("sampler")
+        return data
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> ImageRequest:
@@ -154,6 +186,20 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+class Reported(BaseModel):
+    """What the backend itself reports it ran for one image (A1111's ``info``, ComfyUI's
+    history); None where it says nothing. ``infotext`` is the backend's own ``parameters``
+    text, kept as it wrote it."""
+
+    model: str | None = None
+    model_hash: str | None = None
+    sampler: str | None = None
+    scheduler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    infotext: str | None = None
+
+
 class GeneratedImage(BaseModel):
     """One image: PNG bytes and what made it; ``id`` and ``path`` once stored."""
 
@@ -166,6 +212,7 @@ class GeneratedImage(BaseModel):
     sha256: str = ""
     id: str | None = None
     path: str | None = None
+    reported: Reported | None = Field(default=None, exclude=True)
 
     def model_post_init(self, context: Any, /) -> None:
         if not self.sha256:

@@ -198,6 +198,8 @@ _LEADS: dict[StageName, str] = {
     "runtime": "{where} is reachable, but the app behind it is not running (checked in {ms})",
 }
 
+_NO_KEY_LEAD = "{where} asks for credentials, and this provider has none configured ({ms})"
+
 
 async def _probe_stages(
     provider: Provider, target: Target, tls_pending: bool, keys: _Keys
@@ -236,7 +238,7 @@ async def _probe_stages(
             stage = _probe_stage(exc)
             what, fix = _split(exc)
             what = what.removeprefix(f"{where} ")  # the lead names the host already
-            lead = _LEADS[stage].format(
+            lead = (_LEADS[stage] if stage != "auth" or keys.names else _NO_KEY_LEAD).format(
                 type=provider.type, where=where, ms=_ms(elapsed), keys=keys.shown() or "no key"
             )
             cause = f"{lead}: {what}"

@@ -105,12 +105,28 @@ class Provider(ABC):
         """Make ``request.n`` images before ``deadline``, reporting steps to ``progress``."""
 
     def effective_params(self, request: ImageRequest) -> dict[str, Any]:
-        """The steps, sampler and guidance this provider uses for ``request``, where known.
+        """The steps, sampler, scheduler and guidance this provider uses for ``request``,
+        where known.
 
         Written into the stored image's A1111 infotext; providers with their own defaults
         override this so the record shows what really ran.
         """
-        return {"steps": request.steps, "sampler": request.sampler, "guidance": request.guidance}
+        return {
+            "steps": request.steps,
+            "sampler": request.sampler,
+            "scheduler": request.scheduler,
+            "guidance": request.guidance,
+        }
+
+    def samplers(self) -> tuple[str, ...] | None:
+        """The A1111 sampler names (``imagegate.sampling``) this provider runs; None when it
+        takes no sampler at all (a request's is then ignored, as the provider documents)."""
+        return None
+
+    def schedulers(self) -> tuple[str, ...] | None:
+        """The A1111 scheduler names this provider runs, "automatic" included; None when it
+        takes no scheduler."""
+        return None
 
     def endpoint(self) -> str | None:
         """The base URL this provider talks to (the doctor checks its host); None if local."""
@@ -167,10 +183,10 @@ class Provider(ABC):
 
 
 def effective_params(provider: Provider | None, request: ImageRequest) -> dict[str, Any]:
-    """The steps, sampler and guidance that really ran: the provider's figure where it knows
-    one, else the request's. A 0 is a value, not a gap (guidance 0 is real)."""
+    """The steps, sampler, scheduler and guidance that really ran: the provider's figure where
+    it knows one, else the request's. A 0 is a value, not a gap (guidance 0 is real)."""
     known = provider.effective_params(request) if provider is not None else {}
     return {
         key: known[key] if known.get(key) is not None else getattr(request, key)
-        for key in ("steps", "sampler", "guidance")
+        for key in ("steps", "sampler", "scheduler", "guidance")
     }

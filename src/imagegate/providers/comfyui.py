@@ -26,8 +26,10 @@ seed, width, height, steps, cfg, sampler_name, scheduler, checkpoint, filename_p
 
 Samplers are AUTOMATIC1111 names, mapped to ComfyUI's ``sampler_name`` and ``scheduler``
 as providers.md section 10 tabulates (A1111 >= 1.9 "Automatic" schedules: Karras for the
-DPM2/DPM++ 2M/2S a/SDE family, Exponential for the 2M SDE/3M SDE family); a trailing
-schedule label picks the schedule ("DPM++ 2M SDE Karras").
+DPM2/DPM++ 2M/2S a/SDE family, Exponential for the 2M SDE/3M SDE family); the request's
+``scheduler`` (an A1111 scheduler name) picks another ("karras" -> karras, "ddim" ->
+ddim_uniform, "uniform" -> normal); PLMS, Restart, DDIM CFG++, polyexponential and
+align_your_steps have no KSampler equivalent and are refused at the edge.
 
 Cancel: pending prompts are deleted from the queue and the running one is interrupted (also
 when the attempt fails or times out). ComfyUI has no auth; ``api_key_env`` sends a Bearer
@@ -69,6 +71,7 @@ from imagegate.providers.base import (
 )
 from imagegate.providers.remote import RemoteProvider
 from imagegate.request import GeneratedImage, ImageRequest
+from imagegate.sampling import AUTOMATIC, split_sampler
 from imagegate.transport import Response, protocol_error, raise_for_status, redact
 from imagegate.transport.trust import trust_context
 
@@ -126,17 +129,17 @@ None: no automatic schedule (LCM's comes from the model card); name one, e.g. "L
 PLMS, Restart and DDIM CFG++ have no KSampler equivalent."""
 
 SCHEDULES = {
-    "Karras": "karras",
-    "Exponential": "exponential",
-    "SGM Uniform": "sgm_uniform",
-    "KL Optimal": "kl_optimal",
-    "Simple": "simple",
-    "Normal": "normal",
-    "DDIM": "ddim_uniform",
-    "Beta": "beta",
-    "Uniform": "normal",
+    "karras": "karras",
+    "exponential": "exponential",
+    "sgm_uniform": "sgm_uniform",
+    "kl_optimal": "kl_optimal",
+    "simple": "simple",
+    "normal": "normal",
+    "ddim": "ddim_uniform",
+    "beta": "beta",
+    "uniform": "normal",
 }
-"""A1111 schedule labels (a sampler name's suffix) -> ComfyUI schedulers."""
+"""A1111 scheduler names -> ComfyUI schedulers ("automatic" is the sampler's own, above)."""
 
 _POLL_CAP_S = 2.0  # the history polling interval grows to this at most
 _CLEANUP_S = 2.0  # the time allowed to delete and interrupt after a cancel or failure
@@ -343,12 +346,22 @@ class ComfyUIProvider(RemoteProvider):
         return detail
 
     def effective_params(self, request: ImageRequest) -> dict[str, Any]:
-        """The steps, A1111 sampler name and guidance put into the workflow."""
+        """The steps, A1111 sampler and scheduler names and guidance put into the workflow."""
+        sampler, scheduler = split_sampler(request.sampler or self.config.sampler)
         return {
             "steps": request.steps or self.config.steps,
-            "sampler": request.sampler or self.config.sampler,
+            "sampler": sampler,
+            "scheduler": request.scheduler or scheduler,
             "guidance": self.config.guidance if request.guidance is None else request.guidance,
         }
+
+    def samplers(self) -> tuple[str, ...] | None:
+        """The A1111 samplers KSampler has an equivalent of."""
+        return tuple(SAMPLERS)
+
+    def schedulers(self) -> tuple[str, ...] | None:
+        """Automatic, and the A1111 schedules KSampler has an equivalent of."""
+        return (AUTOMATIC, *SCHEDULES)
 
     def describe(self) -> dict[str, Any]:
         """Name, type, checkpoint, url, the token's variable (never the token) and workflow."""
@@ -359,32 +372,40 @@ class ComfyUIProvider(RemoteProvider):
     # -- one request ---------------------------------------------------------------------
 
     def _sampler(self, request: ImageRequest) -> tuple[str, str]:
-        """ComfyUI's (sampler_name, scheduler) for the request's A1111 sampler name."""
+        """ComfyUI's (sampler_name, scheduler) for the request's A1111 sampler and scheduler."""
         name = request.sampler or self.config.sampler
-        base, schedule = name, None
-        if name not in SAMPLERS:
-            for label in sorted(SCHEDULES, key=len, reverse=True):
-                if name.endswith(f" {label}") and name[: -len(label) - 1] in SAMPLERS:
-                    base, schedule = name[: -len(label) - 1], SCHEDULES[label]
-                    break
+        base, schedule = split_sampler(name)  # the config may hold an old combined name
+        schedule = request.scheduler or schedule
         known = SAMPLERS.get(base)
-        scheduler = schedule or (known[1] if known else None)
-        if known is None or scheduler is None:
+        if known is None:
             allowed = ", ".join(SAMPLERS)
-            labels = ", ".join(SCHEDULES)
-            why = (
-                f"{name!r} has no automatic schedule in ComfyUI; name one from its model card"
-                if known is not None
-                else f"ComfyUI's KSampler has no equivalent of {name!r}"
-            )
             raise InvalidRequest(
-                f"sampler: {why}. Use one of: {allowed}; optionally followed by a schedule "
-                f"({labels}), e.g. 'DPM++ 2M Karras'",
+                f"sampler: ComfyUI's KSampler has no equivalent of {name!r}. Use one of: {allowed}",
                 field="sampler",
-                limit=f"one of: {allowed} (+ schedule)",
+                limit=f"one of: {allowed}",
                 provider=self.name,
             )
-        return known[0], scheduler
+        if schedule is not None and schedule != AUTOMATIC:
+            if schedule not in SCHEDULES:
+                allowed = ", ".join([AUTOMATIC, *SCHEDULES])
+                raise InvalidRequest(
+                    f"scheduler: ComfyUI's KSampler has no equivalent of {schedule!r}. Use one "
+                    f"of: {allowed}",
+                    field="scheduler",
+                    limit=f"one of: {allowed}",
+                    provider=self.name,
+                )
+            return known[0], SCHEDULES[schedule]
+        if known[1] is None:
+            labels = ", ".join(SCHEDULES)
+            raise InvalidRequest(
+                f"scheduler: {name!r} has no automatic schedule in ComfyUI; name one from its "
+                f"model card ({labels}), e.g. scheduler 'karras'",
+                field="scheduler",
+                limit=f"one of: {labels}",
+                provider=self.name,
+            )
+        return known[0], known[1]
 
     def _values(
         self, request: ImageRequest, seed: int, sampler_name: str, scheduler: str

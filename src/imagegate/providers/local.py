@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field
 
 from imagegate import hubcache
+from imagegate.deadline import finishing_early
 from imagegate.errors import (
     AuthError,
     ConfigError,
@@ -58,6 +59,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "MODEL_DEFAULTS",
     "SAMPLERS",
+    "SCHEDULERS",
     "DiffusersConfig",
     "DiffusersProvider",
     "ModelDefaults",
@@ -106,23 +108,26 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "Euler": ("EulerDiscreteScheduler", {}),
     "Heun": ("HeunDiscreteScheduler", {}),
     "LMS": ("LMSDiscreteScheduler", {}),
-    "LMS Karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
     "DPM2": ("KDPM2DiscreteScheduler", {}),
     "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
-    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
     "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-    "DPM++ 2M SDE Karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
-    ),
     "DPM++ SDE": ("DPMSolverSinglestepScheduler", {}),
     "DDIM": ("DDIMScheduler", {}),
     "PLMS": ("PNDMScheduler", {}),
     "UniPC": ("UniPCMultistepScheduler", {}),
     "LCM": ("LCMScheduler", {}),
 }
-_NEEDS_SCIPY = frozenset({"LMS", "LMS Karras"})
+SCHEDULERS: dict[str, dict[str, Any]] = {
+    "automatic": {},
+    "karras": {"use_karras_sigmas": True},
+}
+"""A1111 scheduler name -> the diffusers config that gives it; Karras on the samplers whose
+diffusers class has Karras sigmas."""
+_KARRAS = frozenset(
+    {"Euler", "Heun", "LMS", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "UniPC"}
+)
+_NEEDS_SCIPY = frozenset({"LMS"})
 
 
 class DiffusersConfig(ProviderConfig):
@@ -255,6 +260,9 @@ class _Run:
     deadline: Deadline
     report: Callable[[Progress], None] | None
     stop: threading.Event = field(default_factory=threading.Event)
+    finish: threading.Event | None = None
+    """Set when the job is asked to finish early: the remaining steps are skipped and the
+    latents so far are decoded (diffusers' ``_interrupt``), a partial image."""
     steps_done: int = 0
 
     def on_step_end(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
@@ -269,6 +277,8 @@ class _Run:
         if reason is not None:
             pipe._interrupt = True
             raise _Stopped(reason)
+        if self.finish is not None and self.finish.is_set():
+            pipe._interrupt = True
         return {}
 
 
@@ -315,7 +325,9 @@ class DiffusersProvider(Provider):
         started = time.monotonic()
         self._check_request(request)
         loaded = await self._await_loaded(deadline, started)
-        run = _Run(deadline, _threadsafe(progress, asyncio.get_running_loop()))
+        run = _Run(
+            deadline, _threadsafe(progress, asyncio.get_running_loop()), finish=finishing_early()
+        )
         seed = request.seeds()[0]
         return await self._in_worker(
             lambda: self._generate_sync(loaded, request, seed, run), run, deadline, started
@@ -378,6 +390,18 @@ class DiffusersProvider(Provider):
                 f"sampler: unknown sampler {request.sampler!r}; use one of: {allowed}",
                 field="sampler",
                 limit=f"one of: {allowed}",
+                provider=self.name,
+            )
+        if request.scheduler is not None and (
+            request.scheduler not in SCHEDULERS
+            or (request.scheduler == "karras" and (request.sampler or "") not in _KARRAS)
+        ):
+            karras = ", ".join(sorted(_KARRAS))
+            raise InvalidRequest(
+                f"scheduler: {request.scheduler!r} does not run here; use automatic, or karras "
+                f"with one of: {karras}",
+                field="scheduler",
+                limit="automatic, or karras with a sampler that has it",
                 provider=self.name,
             )
 
@@ -558,7 +582,7 @@ class DiffusersProvider(Provider):
         width = request.width or cfg.width or defaults.width
         height = request.height or cfg.height or defaults.height
         steps, guidance = self._steps_guidance(request, defaults)
-        pipe.scheduler = self._scheduler(loaded, request.sampler)
+        pipe.scheduler = self._scheduler(loaded, request.sampler, request.scheduler)
         seeds = seed_series(seed, request.n)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         with torch.inference_mode():
@@ -594,17 +618,31 @@ class DiffusersProvider(Provider):
         sampler = request.sampler
         if sampler is None and self._loaded is not None:
             sampler = _sampler_name(self._loaded.base_scheduler)
-        return {"steps": steps, "guidance": guidance, "sampler": sampler}
+        return {
+            "steps": steps,
+            "guidance": guidance,
+            "sampler": sampler,
+            "scheduler": request.scheduler,
+        }
+
+    def samplers(self) -> tuple[str, ...] | None:
+        """The A1111 samplers that have a diffusers scheduler class."""
+        return tuple(SAMPLERS)
+
+    def schedulers(self) -> tuple[str, ...] | None:
+        """Automatic (the class's own sigmas) and Karras."""
+        return tuple(SCHEDULERS)
 
     def _steps_guidance(self, request: ImageRequest, defaults: ModelDefaults) -> tuple[int, float]:
         cfg = self.config
         steps = request.steps or cfg.steps or defaults.steps
         return steps, _first(request.guidance, cfg.guidance, defaults.guidance)
 
-    def _scheduler(self, loaded: _Loaded, sampler: str | None) -> Any:
+    def _scheduler(self, loaded: _Loaded, sampler: str | None, scheduler: str | None) -> Any:
         if sampler is None:
             return loaded.base_scheduler
-        if sampler not in loaded.schedulers:
+        key = f"{sampler} {scheduler or 'automatic'}"
+        if key not in loaded.schedulers:
             import diffusers
 
             if sampler in _NEEDS_SCIPY:
@@ -614,8 +652,9 @@ class DiffusersProvider(Provider):
                     raise MissingDependency("local", "scipy")
             cls_name, extra = SAMPLERS[sampler]
             cls = getattr(diffusers, cls_name)
-            loaded.schedulers[sampler] = cls.from_config(loaded.base_scheduler.config, **extra)
-        return loaded.schedulers[sampler]
+            extra = {**extra, **SCHEDULERS.get(scheduler or "automatic", {})}
+            loaded.schedulers[key] = cls.from_config(loaded.base_scheduler.config, **extra)
+        return loaded.schedulers[key]
 
 
 def _sampler_name(scheduler: Any) -> str | None:

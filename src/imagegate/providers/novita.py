@@ -189,20 +189,30 @@ class NovitaProvider(RemoteProvider):
         return f"checkpoint {self.config.model} available"
 
     def effective_params(self, request: ImageRequest) -> dict[str, Any]:
-        """The steps, sampler and guidance sent to Novita for ``request``."""
+        """The steps, sampler, scheduler and guidance sent to Novita for ``request``."""
         return {
             "steps": request.steps or self.config.steps,
             "sampler": request.sampler or self.config.sampler,
+            "scheduler": request.scheduler,
             "guidance": request.guidance if request.guidance is not None else self.config.guidance,
         }
+
+    def samplers(self) -> tuple[str, ...] | None:
+        """The names of Novita's list without a schedule suffix."""
+        return tuple(name for name in SAMPLERS if not name.endswith(" Karras"))
+
+    def schedulers(self) -> tuple[str, ...] | None:
+        """Automatic, and Karras (Novita's "... Karras" names)."""
+        return ("automatic", "karras")
 
     # -- one task ------------------------------------------------------------------------
 
     def _check_request(self, request: ImageRequest) -> None:
-        if request.sampler is not None and request.sampler not in SAMPLERS:
+        if _sampler_name(request.sampler, request.scheduler) not in (None, *SAMPLERS):
             allowed = ", ".join(SAMPLERS)
             raise InvalidRequest(
-                f"sampler: Novita has no sampler {request.sampler!r}; use one of: {allowed}",
+                f"sampler: Novita has no sampler "
+                f"{_sampler_name(request.sampler, request.scheduler)!r}; use one of: {allowed}",
                 field="sampler",
                 limit=f"one of: {allowed}",
                 provider=self.name,
@@ -219,7 +229,7 @@ class NovitaProvider(RemoteProvider):
             "image_num": 1,
             "steps": params["steps"],
             "guidance_scale": params["guidance"],
-            "sampler_name": params["sampler"],
+            "sampler_name": _sampler_name(params["sampler"], request.scheduler),
             "seed": seed,
         }
         if request.negative_prompt:
@@ -512,3 +522,10 @@ def _map_error(resp: Response, provider: str) -> ProviderError:
     except ProviderError as exc:
         return exc
     return UpstreamError(f"{said}; try again", **kw)
+
+
+def _sampler_name(sampler: str | None, scheduler: str | None) -> str | None:
+    """Novita's name: the A1111 name, with " Karras" for the karras scheduler."""
+    if sampler is None or scheduler in (None, "automatic"):
+        return sampler
+    return f"{sampler} {scheduler.title()}"

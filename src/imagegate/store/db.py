@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from imagegate.errors import ImagegateError
-from imagegate.request import Attempt, ImageRequest, ImageResult
+from imagegate.request import Attempt, ImageRequest, ImageResult, Reported
 from imagegate.store import jobsql
 from imagegate.store.files import IMAGES_DIR, write_png
 from imagegate.store.migrate import upgrade
@@ -467,15 +467,18 @@ class Store:
 
         stored = []
         for image in result.images:
-            parameters = infotext(
+            reported = image.reported or Reported()
+            parameters = reported.infotext or infotext(
                 request,
                 seed=image.seed,
                 width=image.width,
                 height=image.height,
-                model=result.model,
-                steps=pick("steps", request.steps),
-                sampler=pick("sampler", request.sampler),
-                guidance=pick("guidance", request.guidance),
+                model=reported.model or result.model,
+                steps=_first(reported.steps, pick("steps", request.steps)),
+                sampler=reported.sampler or pick("sampler", request.sampler),
+                scheduler=reported.scheduler or pick("scheduler", request.scheduler),
+                guidance=_first(reported.guidance, pick("guidance", request.guidance)),
+                model_hash=reported.model_hash,
             )
             png = png_with_metadata(image.png, parameters, meta)
             sha256, relative = write_png(self.data_dir, png)
@@ -702,3 +705,7 @@ def _limit(limit: int) -> int:
     if limit < 1:
         raise ValueError(f"limit: must be at least 1; got {limit}")
     return limit
+
+
+def _first(value: Any, fallback: Any) -> Any:
+    return fallback if value is None else value

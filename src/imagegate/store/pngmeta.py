@@ -5,7 +5,11 @@ prompt, negative prompt, steps, sampler, CFG scale, seed, size and model::
 
     a lighthouse at dusk
     Negative prompt: blurry
-    Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 512x512, Model: m, Version: ...
+    Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1234,
+    Size: 512x512, Model hash: 0123456789, Model: m, Version: ...
+
+(``Schedule type`` and ``Model hash`` only where known.) A backend that writes its own text
+(A1111) has it kept as it wrote it.
 
 ``imagegate`` holds JSON provenance (provider, model, request, attempts, elapsed_s, version,
 created_at). Both are built only from the request and the attempts, which hold no secret.
@@ -28,6 +32,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from imagegate.request import ImageRequest, ImageResult
+from imagegate.sampling import AUTOMATIC, scheduler_label
 
 PARAMETERS_KEY = "parameters"
 PROVENANCE_KEY = "imagegate"
@@ -83,14 +88,21 @@ def infotext(
     steps: int | None,
     sampler: str | None,
     guidance: float | None,
+    scheduler: str | None = None,
+    model_hash: str | None = None,
 ) -> str:
-    """The A1111 ``parameters`` text for one image, keys in A1111's order, None ones left out."""
+    """The A1111 ``parameters`` text for one image, keys in A1111's order, None ones left out;
+    ``Schedule type`` is "Automatic" when a sampler ran without a named scheduler."""
+    if scheduler is None and sampler is not None:
+        scheduler = AUTOMATIC
     params: dict[str, object | None] = {
         "Steps": steps,
         "Sampler": sampler,
+        "Schedule type": scheduler_label(scheduler),
         "CFG scale": None if guidance is None else _number(guidance),
         "Seed": seed,
         "Size": f"{width}x{height}",
+        "Model hash": model_hash,
         "Model": model,
         "Version": f"imagegate {imagegate_version()}",
     }
