@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="seed (0 to 2^32-1); default: random")
     gen.add_argument("-n", type=int, default=1, help="number of images (1-8)")
     gen.add_argument("--sampler", help='AUTOMATIC1111 sampler name, e.g. "Euler a"')
+    gen.add_argument(
+        "--scheduler", help='AUTOMATIC1111 scheduler, e.g. "karras"; default: automatic'
+    )
     gen.add_argument("--route", help="a named route ([routes.NAME]); default: [gateway] route")
     gen.add_argument("--provider", help="use only this provider")
     gen.add_argument("--model", help="a provider's model, or a provider or route name")
@@ -148,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.error("interrupted")
         return 130
+    except StoppedBySignal as stopped:
+        name = signal.Signals(stopped.signum).name
+        console.error(f"stopped by {name}; the running job was cancelled upstream")
+        return 128 + stopped.signum
     except Exception as exc:  # the one place that turns surprises into a line, not a traceback
         if os.environ.get("IMAGEGATE_DEBUG"):
             raise
@@ -167,10 +175,26 @@ def decode_arg(arg: str) -> str:
     return arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+class StoppedBySignal(Exception):
+    """``generate`` got SIGTERM or SIGHUP: the job was cancelled (upstream too), as on Ctrl-C;
+    the process exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
 def _error_json(exc: ImagegateError) -> dict[str, Any]:
     return {
         "type": type(exc).__name__,
         "message": str(exc),
+        "field": getattr(exc, "field", None),
+        "limit": getattr(exc, "limit", None),
         "fix": exc.fix,
         "attempts": [a.model_dump() for a in exc.attempts],
     }
@@ -185,6 +209,7 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
         "seed": args.seed,
         "n": args.n,
         "sampler": args.sampler,
+        "scheduler": args.scheduler,
         "provider": args.provider,
         "route": args.route,
         "model": args.model,
@@ -217,6 +242,39 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
 
 
 async def _run_generate(gateway: Gateway, request: ImageRequest, console: Console) -> ImageResult:
+    """Generate, cancelling the job (and so the upstream one) on SIGTERM or SIGHUP as
+    Ctrl-C does; then StoppedBySignal."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            task.cancel()
+
+    installed = []
+    for sig in _STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(sig, stop, int(sig))
+        except (NotImplementedError, RuntimeError):  # not on this platform or thread
+            continue
+        installed.append(sig)
+    try:
+        return await _generate_with_progress(gateway, request, console)
+    except asyncio.CancelledError:
+        if received:
+            raise StoppedBySignal(received[0]) from None
+        raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def _generate_with_progress(
+    gateway: Gateway, request: ImageRequest, console: Console
+) -> ImageResult:
     with console.progress("generating") as bar:
         task = bar.task_ids[0]
 

@@ -3,7 +3,7 @@
 Works with the official client unchanged. ``model`` names a route (``[routes.NAME]``, or
 ``route`` / ``default`` for the ``[gateway] route``), a provider (pins it) or a provider's
 model. imagegate's own fields ride in the body (``extra_body`` in the client):
-negative_prompt, seed, steps, guidance, sampler, provider. The request runs as a job
+negative_prompt, seed, steps, guidance, sampler, scheduler, provider. The request runs as a job
 like any other (history, progress, metrics) and the answer waits for it.
 """
 
@@ -59,6 +59,7 @@ class ImageGenerationBody(BaseModel):
     steps: int | None = None
     guidance: float | None = None
     sampler: str | None = None
+    scheduler: str | None = None
     provider: str | None = None
 
 
@@ -103,6 +104,7 @@ def to_image_request(ctx: ServerContext, body: ImageGenerationBody) -> ImageRequ
         "steps": body.steps,
         "guidance": body.guidance,
         "sampler": body.sampler,
+        "scheduler": body.scheduler,
         "provider": body.provider,
     }
     if body.size is not None and body.size != "auto":
