@@ -54,9 +54,10 @@ def _head() -> str | None:
 
 def test_the_revisions_form_one_line() -> None:
     """There is exactly one head, so every database migrates to the same schema."""
-    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    script = ScriptDirectory.from_config(alembic_config())
+    newest = max(revision.revision for revision in script.walk_revisions())
 
-    assert heads == ["0003"]
+    assert script.get_heads() == [newest]
 
 
 def test_opening_migrates_a_blank_database_to_head(tmp_path: Path) -> None:

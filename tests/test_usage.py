@@ -219,3 +219,42 @@ def test_openai_usage_object_is_recorded_on_the_job_and_summed() -> None:
     assert job["attempts"][0]["usage"]["total_tokens"] == expected["total_tokens"]
     assert job["attempts"][0]["usage"]["input_tokens_details.text_tokens"] == 3
     assert rows["data"][0]["tokens"] == expected["total_tokens"]
+
+
+def test_a_keys_spend_is_kept_on_its_row_and_summed_again_when_a_period_starts(
+    tmp_path: Path,
+) -> None:
+    """Each job's cost is added to the key's row; a row counting an older period is summed
+    from the jobs again, so the budget check reads one row, not a month of jobs."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from imagegate.store.keys import create_key, standing
+    from imagegate.store.models import ApiKey
+
+    async def main() -> tuple[float, float, float]:
+        async with Store(tmp_path) as store:
+            _, key = await create_key(store, "carol", budget=10.0, period="month")
+            now = datetime.now(UTC)
+            first = (await standing(store, key, now))[2]  # sums the jobs: none yet
+            for cost in (0.25, 0.5):
+                request = ImageRequest(prompt="a fox")
+                job_id, _ = await store.open_job(request, route=["p"], source="jobs", owner="carol")
+                image = GeneratedImage(png=tiny_png(color=(1, 2, 3)), width=64, height=64, seed=1)
+                result = ImageResult(
+                    images=[image], provider="p", model="m", attempts=[], elapsed_s=0.1,
+                    request=request,
+                )  # fmt: skip
+                await store.finish_job(job_id, result, cost=cost)
+            kept = (await standing(store, key, now))[2]
+            async with store.engine.begin() as conn:  # as if the row counted last month
+                stale = now - timedelta(days=40)
+                await conn.execute(update(ApiKey).values(spent=99.0, spent_since=stale))
+            again = (await standing(store, key, now))[2]
+            return first, kept, again
+
+    first, kept, again = asyncio.run(main())
+    assert first == 0.0
+    assert kept == pytest.approx(0.75)
+    assert again == pytest.approx(0.75)

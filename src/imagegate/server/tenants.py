@@ -134,7 +134,7 @@ async def admit(store: Store, caller: Caller | None, request: ImageRequest) -> s
     now = datetime.now(UTC)
     if key.rate_per_min is None and key.budget is None:
         return key.name
-    count, oldest, used = await standing(store, key.name, now, key.period)
+    count, oldest, used = await standing(store, key, now)
     if key.rate_per_min is not None and count >= key.rate_per_min:
         wait = 60.0 - (now - oldest).total_seconds() if oldest is not None else 60.0
         raise Refused(

@@ -35,7 +35,16 @@ from imagegate.request import Attempt, ImageRequest, ImageResult, Reported
 from imagegate.store import jobsql
 from imagegate.store.files import IMAGES_DIR, write_png
 from imagegate.store.migrate import upgrade
-from imagegate.store.models import EVENT_KINDS, Image, Job, JobEvent, UTCDateTime, WebhookOutbox
+from imagegate.store.models import (
+    EVENT_KINDS,
+    ApiKey,
+    Image,
+    Job,
+    JobEvent,
+    UTCDateTime,
+    WebhookOutbox,
+    budget_periods,
+)
 from imagegate.store.pngmeta import infotext, png_with_metadata, provenance
 from imagegate.store.records import DeliveryRecord, EventRecord, ImageRecord, JobRecord
 
@@ -413,6 +422,8 @@ class Store:
                     )
                     jobsql.insert_images(conn, rows_for(stored))
                     jobsql.queue_webhook(conn, job_id, now)
+                    if cost:
+                        jobsql.add_spend(conn, job_id, cost, budget_periods(now))
                     written = (
                         jobsql.insert_event(conn, job_id, "succeeded", done, event_at)
                         if event
@@ -429,6 +440,14 @@ class Store:
                     setattr(job, key, value)
                 job.started_at = job.started_at or now
                 session.add_all(Image(**row) for row in rows_for(stored))
+                if cost and job.owner is not None:
+                    await session.execute(
+                        update(ApiKey)
+                        .where(
+                            ApiKey.name == job.owner, ApiKey.spent_since.in_(budget_periods(now))
+                        )
+                        .values(spent=ApiKey.spent + cost)
+                    )
                 await session.flush()
                 await session.execute(_QUEUE_WEBHOOK, {"at": now, "job_id": job_id})
                 if event:

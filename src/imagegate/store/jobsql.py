@@ -115,6 +115,18 @@ def update_job(
     return conn.execute(sql, params).rowcount
 
 
+def add_spend(
+    conn: sqlite3.Connection, job_id: str, cost: float, periods: tuple[datetime, datetime]
+) -> None:
+    """Add a job's cost to its key's ``spent`` when the key counts one of ``periods`` (the
+    current day's and month's starts)."""
+    conn.execute(
+        "UPDATE api_keys SET spent = spent + ? "
+        "WHERE name = (SELECT owner FROM jobs WHERE id = ?) AND spent_since IN (?, ?)",
+        (cost, job_id, encode_time(periods[0]), encode_time(periods[1])),
+    )
+
+
 def insert_images(conn: sqlite3.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert image rows; each has every column of ``images``."""
     conn.executemany(

@@ -15,12 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Select, case, delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagegate.errors import InvalidRequest
 from imagegate.store.db import Store
-from imagegate.store.models import ApiKey, Job
+from imagegate.store.models import ApiKey, Job, period_start
 
 KEY_PREFIX = "ig-"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -92,6 +93,7 @@ async def create_key(
         period=period if budget is not None else None,
         created_at=datetime.now(UTC),
         webhook_url=webhook_url,
+        spent=0.0,
     )
     record = KeyRecord.model_validate(row)
     try:
@@ -148,47 +150,55 @@ async def revoke_key(store: Store, name: str, *, env_admins: int = 0) -> None:
         await conn.execute(delete(ApiKey).where(ApiKey.name == name))
 
 
-def period_start(period: str, now: datetime) -> datetime:
-    """The start of the current budget period (UTC)."""
-    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return day if period == "day" else day.replace(day=1)
-
-
-async def spent(store: Store, owner: str, since: datetime) -> float:
-    """What ``owner``'s jobs created since ``since`` cost."""
-    async with store.engine.connect() as conn:
-        total = await conn.scalar(
-            select(func.coalesce(func.sum(Job.cost), 0.0)).where(
-                Job.owner == owner, Job.created_at >= since
-            )
-        )
-    return float(total or 0.0)
-
-
 async def standing(
-    store: Store, owner: str, now: datetime, period: str | None
+    store: Store, key: KeyRecord, now: datetime
 ) -> tuple[int, datetime | None, float]:
-    """In one query: ``owner``'s jobs in the minute before ``now``, the oldest of them, and
-    what its jobs since the start of ``period`` cost (0 without a period)."""
-    minute = now - timedelta(minutes=1)
-    since = period_start(period, now) if period is not None else minute
-    recent = Job.created_at > minute
-    row = await _one(
-        store,
-        select(
-            func.count(case((recent, 1))),
-            func.min(case((recent, Job.created_at))),
-            func.coalesce(func.sum(case((Job.created_at >= since, Job.cost))), 0.0),
-        ).where(Job.owner == owner, Job.created_at >= min(since, minute)),
-    )
-    oldest = row[1]
-    if isinstance(oldest, str):  # SQLite hands back text through an untyped CASE
-        oldest = datetime.fromisoformat(oldest)
-    if isinstance(oldest, datetime) and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=UTC)
-    return int(row[0]), oldest if isinstance(oldest, datetime) else None, float(row[2] or 0.0)
-
-
-async def _one(store: Store, query: Select[Any]) -> tuple[Any, ...]:
+    """What a key's limits are checked against, in small indexed reads that do not grow with
+    its traffic: its jobs in the minute before ``now`` (counted up to its rate, 0 without
+    one), the oldest of those, and what it spent in its current budget period (0 without a
+    budget; the key row's ``spent``, summed from the jobs again only when a period starts)."""
+    count, oldest, used = 0, None, 0.0
     async with store.engine.connect() as conn:
-        return tuple((await conn.execute(query)).one())
+        if key.rate_per_min is not None:
+            recent = (
+                select(Job.created_at)
+                .where(Job.owner == key.name, Job.created_at > now - timedelta(minutes=1))
+                .order_by(Job.created_at)
+                .limit(key.rate_per_min)
+                .subquery()
+            )
+            row = (await conn.execute(select(func.count(), func.min(recent.c.created_at)))).one()
+            count, oldest = int(row[0]), _aware(row[1])
+        if key.budget is not None and key.period is not None:
+            used = await _spent(conn, key.name, period_start(key.period, now))
+    return count, oldest, used
+
+
+async def _spent(conn: AsyncConnection, name: str, start: datetime) -> float:
+    """The key's spend since ``start``: kept on its row by each job's end (Store.record_success);
+    summed from its jobs, and kept, when the row counts another period."""
+    row = (
+        await conn.execute(select(ApiKey.spent, ApiKey.spent_since).where(ApiKey.name == name))
+    ).first()
+    if row is not None and _aware(row.spent_since) == start:
+        return float(row.spent)
+    total = await conn.scalar(
+        select(func.coalesce(func.sum(Job.cost), 0.0)).where(
+            Job.owner == name, Job.created_at >= start
+        )
+    )
+    used = float(total or 0.0)
+    await conn.execute(
+        update(ApiKey).where(ApiKey.name == name).values(spent=used, spent_since=start)
+    )
+    await conn.commit()
+    return used
+
+
+def _aware(value: Any) -> datetime | None:
+    """A timestamp read through an untyped expression (SQLite gives text) as aware UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return None

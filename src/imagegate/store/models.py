@@ -40,6 +40,18 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 EVENT_KINDS = ("queued", "started", "progress", "succeeded", "failed", "cancelled")
 
 
+def period_start(period: str, now: datetime) -> datetime:
+    """The start of the current budget period (``day`` or ``month``, UTC)."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if period == "day" else day.replace(day=1)
+
+
+def budget_periods(now: datetime) -> tuple[datetime, datetime]:
+    """The starts of the current ``day`` and ``month`` periods: a job's cost counts toward a
+    key's ``spent`` when the key's ``spent_since`` is one of them."""
+    return period_start("day", now), period_start("month", now)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware timestamp that is stored as UTC and always read back aware.
 
@@ -175,6 +187,11 @@ class ApiKey(Base):
     budget: Mapped[float | None] = mapped_column(Float)
     period: Mapped[str | None] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    spent: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    """What the key's jobs cost since ``spent_since``, the start of its budget period; each
+    job adds its cost when it is recorded (store.keys.add_spend)."""
+    spent_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """The period ``spent`` counts; another (or none) means it is summed from the jobs again."""
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     """Where the end of this key's jobs is posted when a job names no ``webhook_url``."""
 
