@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
     {"attempts"},
     {"errors"},
     {"sampling"},
+    {"tracing"},
     {"deadline", "request", "images", "hedging", "latency", "allocator", "console"},
     {"config", "registry", "config_keys"},
     {"transport", "hubcache"},

@@ -99,6 +99,10 @@ class AttemptControl:
     usage: dict[str, int] | None = None
     """What the upstream said the attempt used, set by a provider whose API reports it (the
     token counts of OpenAI's ``usage`` object); recorded on the attempt."""
+    stages: dict[str, float] = field(default_factory=dict)
+    """Seconds each stage of the attempt's last request took (``dns``, ``connect``, ``tls``,
+    ``first_byte``, ``read``; the one it failed in up to the failure), set by the transport;
+    put on the attempt's trace span."""
 
     def saw_first_byte(self, seconds: float) -> None:
         self.first_byte_s = max(self.first_byte_s or 0.0, seconds)

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from imagegate import tracing
 from imagegate.breaker import Breaker, counts_against_provider, run_probe
 from imagegate.config import GatewaySettings
 from imagegate.errors import (
@@ -549,17 +550,44 @@ async def _bounded(
     """
     attempt = deadline.within(provider.config.timeout_s)
     started = time.monotonic()
-    try:
-        async with asyncio.timeout(attempt.remaining()), slot:
-            return await provider.generate(request, attempt, progress)
-    except TimeoutError:
-        raise Timeout(
-            f"no answer within the attempt's {time.monotonic() - started:.1f} s budget; raise "
-            f"providers.{provider.name}.timeout_s or gateway.deadline_s if it needs longer",
-            provider=provider.name,
-            stage="total",
-            elapsed_s=time.monotonic() - started,
-        ) from None
+    attributes = {"imagegate.provider": provider.name, "imagegate.provider.type": provider.type}
+    with tracing.span(f"attempt {provider.name}", attributes=attributes) as span:
+        outcome = "error"
+        try:
+            try:
+                async with asyncio.timeout(attempt.remaining()), slot:
+                    images = await provider.generate(request, attempt, progress)
+            except TimeoutError:
+                raise Timeout(
+                    f"no answer within the attempt's {time.monotonic() - started:.1f} s "
+                    f"budget; raise providers.{provider.name}.timeout_s or "
+                    "gateway.deadline_s if it needs longer",
+                    provider=provider.name,
+                    stage="total",
+                    elapsed_s=time.monotonic() - started,
+                ) from None
+            outcome = "ok"
+            return images
+        except asyncio.CancelledError:  # a hedge that lost, or the job was cancelled
+            outcome = "cancelled"
+            raise
+        except ProviderError as exc:
+            tracing.set_attributes(
+                span, {"imagegate.stage": exc.stage, "error.type": type(exc).__name__}
+            )
+            tracing.error(span, exc.message)
+            raise
+        finally:
+            control = attempt.control
+            stages = control.stages if control is not None else {}
+            tracing.set_attributes(
+                span,
+                {
+                    "imagegate.outcome": outcome,
+                    "imagegate.elapsed_s": round(time.monotonic() - started, 6),
+                    **{f"imagegate.{stage}_s": seconds for stage, seconds in stages.items()},
+                },
+            )
 
 
 def _since(started: float) -> float:

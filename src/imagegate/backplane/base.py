@@ -203,6 +203,8 @@ class JobContext:
     recorder: JobRecorder | None = None
     queued_s: float = 0.0
     """Seconds from the job's submission until it was claimed (wall clock, any process)."""
+    traceparent: str | None = None
+    """The trace of the request that submitted the job, which its run continues."""
     owner: str | None = None
     """The managed key that submitted the job; None for admin keys and with auth off."""
 

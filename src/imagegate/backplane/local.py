@@ -33,6 +33,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, func, select, text, update
 
+from imagegate import tracing
 from imagegate.backplane.base import (
     TERMINAL_EVENTS,
     TERMINAL_STATUSES,
@@ -180,7 +181,9 @@ class LocalBreakerStore(BreakerStore):
 class _Pending:
     """A queued job kept in memory, so the worker need not read it back."""
 
-    __slots__ = ("order", "owner", "priority", "queue", "request", "source", "submitted")
+    __slots__ = (
+        "order", "owner", "priority", "queue", "request", "source", "submitted", "traceparent",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -190,7 +193,9 @@ class _Pending:
         priority: int = 0,
         owner: str | None = None,
         turn: int = 0,
+        traceparent: str | None = None,
     ) -> None:
+        self.traceparent = traceparent
         self.request = request
         self.source = source
         self.queue = queue
@@ -251,6 +256,7 @@ class LocalJobQueue(JobQueue):
             raise QueueFull(depth, self.retry_after())
         waiting = self._waiting.setdefault(queue, OrderedDict())
         position = len(waiting) + 1
+        traceparent = traceparent or tracing.traceparent()
         job_id, events = await self.store.open_job(
             request,
             route=route,
@@ -266,7 +272,7 @@ class LocalJobQueue(JobQueue):
         for event in events:
             self.events.fan_out(event)
         turn = sum(1 for p in waiting.values() if p.owner == owner and p.priority == priority)
-        waiting[job_id] = _Pending(request, source, queue, priority, owner, turn)
+        waiting[job_id] = _Pending(request, source, queue, priority, owner, turn, traceparent)
         if len(waiting) > 1:  # fair_priority order; a stable sort keeps arrival order in a turn
             ordered = sorted(waiting.items(), key=lambda item: -item[1].order)
             waiting.clear()
@@ -286,6 +292,7 @@ class LocalJobQueue(JobQueue):
         if self._handler is None or self._waiting.get(queue) or not self._free(queue):
             return await super().run(request, route=route, source=source, queue=queue, owner=owner)
         self._busy[queue] = self._busy.get(queue, 0) + 1  # the slot is ours from here
+        traceparent = tracing.traceparent()
         try:
             job_id, events = await self.store.open_job(
                 request,
@@ -295,6 +302,7 @@ class LocalJobQueue(JobQueue):
                 queue=queue,
                 events=[("queued", {"position": 1}), ("started", {})],
                 owner=owner,
+                traceparent=traceparent,
             )
         except BaseException:
             self._release(queue)
@@ -432,6 +440,7 @@ class LocalJobQueue(JobQueue):
             recorder=recorder,
             queued_s=time.monotonic() - pending.submitted,
             owner=pending.owner,
+            traceparent=pending.traceparent,
         )
         started = time.monotonic()
         task = asyncio.get_running_loop().create_task(handler(context))
@@ -486,14 +495,14 @@ class LocalJobQueue(JobQueue):
         """Queue again what a previous process left queued or running (see the module doc)."""
         query = (
             select(_JOBS.c.id, _JOBS.c.status, _JOBS.c.request, _JOBS.c.source)
-            .add_columns(_JOBS.c.queue, _JOBS.c.retries, _JOBS.c.route)
+            .add_columns(_JOBS.c.queue, _JOBS.c.retries, _JOBS.c.route, _JOBS.c.traceparent)
             .where(_JOBS.c.status.in_(("queued", "running")))
             .where(_JOBS.c.source.in_(SERVER_SOURCES))
             .order_by(_JOBS.c.created_at)
         )
         async with self.store.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        for job_id, status, request, source, queue, retries, route in rows:
+        for job_id, status, request, source, queue, retries, route, traceparent in rows:
             ended = (
                 instead_of_requeue(route, self._paid, stopped_by="restart", retries=retries)
                 if status == "running"
@@ -517,7 +526,7 @@ class LocalJobQueue(JobQueue):
                         .values(status="queued", started_at=None, retries=retries + 1)
                     )
             waiting = self._waiting.setdefault(queue, OrderedDict())
-            waiting[job_id] = _Pending(parsed, source, queue)
+            waiting[job_id] = _Pending(parsed, source, queue, traceparent=traceparent)
             await self.events.publish(job_id, "queued", {"position": len(waiting)})
             self._dispatch(queue)
 

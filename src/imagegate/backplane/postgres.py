@@ -43,6 +43,7 @@ from procrastinate.job_context import JobContext as TaskContext
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imagegate import tracing
 from imagegate.backplane.base import (
     TERMINAL_STATUSES,
     Backplane,
@@ -165,6 +166,7 @@ class PostgresJobQueue(JobQueue):
         name = self.queue_for(queue)
         position = self._depth + 1
         order = fair_priority(priority, await self._turn(name, priority, owner))
+        traceparent = traceparent or tracing.traceparent()
         job_id, _ = await self.store.open_job(
             request,
             route=route,
@@ -315,6 +317,7 @@ class PostgresJobQueue(JobQueue):
             recorder=recorder,
             queued_s=queued_s,
             owner=job.owner,
+            traceparent=job.traceparent,
         )
         task = asyncio.get_running_loop().create_task(handler(ctx))
         try:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from imagegate import tracing
 from imagegate.backplane.base import (
     Backplane,
     BreakerSnapshot,
@@ -101,21 +102,35 @@ class JobRunner:
     async def _handle(self, job: JobContext) -> ImageResult:
         """Run one job through the gateway; its end is recorded by the job's recorder."""
         started = time.monotonic()
-        try:
-            result = await self.gateway.execute(
-                job.job_id,
-                job.request,
-                progress=job.progress,
-                recorder=job.recorder,
-                queued_s=job.queued_s,
-                caller_waits=job.caller_waits,
+        attributes = {
+            "imagegate.job.id": job.job_id,
+            "imagegate.job.source": job.source,
+            "imagegate.job.queued_s": round(job.queued_s, 6),
+        }
+        with tracing.span(
+            "job", kind="consumer", attributes=attributes, parent=job.traceparent, root=True
+        ) as span:
+            try:
+                result = await self.gateway.execute(
+                    job.job_id,
+                    job.request,
+                    progress=job.progress,
+                    recorder=job.recorder,
+                    queued_s=job.queued_s,
+                    caller_waits=job.caller_waits,
+                )
+            except ImagegateError as exc:
+                tracing.set_attributes(span, {"imagegate.outcome": "failed"})
+                tracing.error(span, exc.message)
+                self._ended(job, None, "failed", exc, started)
+                raise
+            except asyncio.CancelledError:
+                tracing.set_attributes(span, {"imagegate.outcome": "cancelled"})
+                self._ended(job, None, "cancelled", None, started)
+                raise
+            tracing.set_attributes(
+                span, {"imagegate.outcome": "succeeded", "imagegate.provider": result.provider}
             )
-        except ImagegateError as exc:
-            self._ended(job, None, "failed", exc, started)
-            raise
-        except asyncio.CancelledError:
-            self._ended(job, None, "cancelled", None, started)
-            raise
         self._ended(job, result, "succeeded", None, started)
         return result
 

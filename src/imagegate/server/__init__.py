@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
+from imagegate import tracing
 from imagegate.backplane import Backplane, JobContext
 from imagegate.backplane.runner import JobRunner
 from imagegate.backplane.webhooks import WebhookSender, signing_secret
@@ -33,6 +34,7 @@ from imagegate.server.deps import ServerContext
 from imagegate.server.limits import BodyLimitMiddleware
 from imagegate.server.metrics import Metrics
 from imagegate.server.presign import UrlSigner, load_secret
+from imagegate.server.telemetry import TraceMiddleware
 
 __all__ = ["create_app", "run_worker"]
 
@@ -88,6 +90,7 @@ def create_app(
             await runner.stop()
             if gateway is None:
                 await gw.aclose()
+            tracing.flush()
 
     app = FastAPI(
         title="imagegate",
@@ -106,8 +109,10 @@ def create_app(
         app.include_router(surface.router)
     web.mount_ui(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.server.max_body_bytes)
-    if keys:  # added last, so it runs first: nothing is read before the key is checked
+    if keys:  # added after the rest, so it runs before: nothing is read before the key is checked
         app.add_middleware(AuthMiddleware, keys=keys, signer=signer, cache=app.state.key_cache)
+    if tracing.setup_from_env():  # outermost: the request's span covers the key check too
+        app.add_middleware(TraceMiddleware)
     return app
 
 
@@ -141,12 +146,14 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tracing.setup_from_env()
     await runner.start()
     try:
         await stop.wait()
     finally:
         await runner.stop()
         await gw.aclose()
+        tracing.shutdown()
 
 
 def _signer(settings: Settings, keys: Collection[bytes]) -> UrlSigner | None:

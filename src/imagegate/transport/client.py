@@ -48,6 +48,7 @@ from typing import Any, cast
 
 import httpx
 
+from imagegate import tracing
 from imagegate.deadline import Deadline
 from imagegate.errors import (
     ConnectError,
@@ -249,6 +250,15 @@ class _Tracker:
         if raw is not None and self.phase == "tls":
             with contextlib.suppress(Exception):
                 await raw.aclose()
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds per stage so far; a stage still running (where it failed) up to now."""
+        stages = {k: round(v, 6) for k, v in self.durations.items()}
+        if self.phase in ("dns", "connect", "tls", "first_byte") and self.phase not in stages:
+            stages[self.phase] = round(time.monotonic() - self.phase_started, 6)
+        if self.body_started is not None:
+            stages["read"] = round((self.body_done or time.monotonic()) - self.body_started, 6)
+        return stages
 
     def timings(self) -> StageTimings:
         read = None
@@ -458,22 +468,40 @@ class Transport:
         proxy = self._proxy_for(request.url)
         tracker = _Tracker(self.provider, self.budgets, deadline, request.url, proxy)
         request.extensions["trace"] = tracker.trace
-        async with _attempt(tracker):
-            if proxy is None:
-                await self._check_dns(tracker)
-            if auth is None and not follow_redirects and proxy is None:
-                # what ``AsyncClient.send`` adds (auth flow, redirects, cookie jar, event
-                # hooks) does nothing for such a request and costs ~0.3 ms of CPU each
-                resp = await self._pool.handle_async_request(request)
-                resp.request = request
-            else:
-                resp = await self._client.send(
-                    request, stream=True, auth=auth, follow_redirects=follow_redirects
-                )
+        with tracing.span(
+            request.method, kind="client", attributes=_span_attributes(request, self.provider)
+        ) as span:
+            tracing.inject(request.headers)  # the upstream continues our trace
             try:
-                yield resp, tracker
+                async with _attempt(tracker):
+                    if proxy is None:
+                        await self._check_dns(tracker)
+                    if auth is None and not follow_redirects and proxy is None:
+                        # what ``AsyncClient.send`` adds (auth flow, redirects, cookie jar,
+                        # event hooks) does nothing for such a request and costs ~0.3 ms of
+                        # CPU each
+                        resp = await self._pool.handle_async_request(request)
+                        resp.request = request
+                    else:
+                        resp = await self._client.send(
+                            request, stream=True, auth=auth, follow_redirects=follow_redirects
+                        )
+                    tracing.set_attributes(span, {"http.response.status_code": resp.status_code})
+                    try:
+                        yield resp, tracker
+                    finally:
+                        await resp.aclose()
+            except ProviderError as exc:
+                tracing.set_attributes(
+                    span, {"imagegate.stage": exc.stage, "error.type": type(exc).__name__}
+                )
+                tracing.error(span, exc.message)
+                raise
             finally:
-                await resp.aclose()
+                stages = tracker.stage_seconds()
+                if tracker.control is not None:
+                    tracker.control.stages = stages
+                tracing.set_attributes(span, {f"imagegate.{k}_s": v for k, v in stages.items()})
 
     async def _check_dns(self, tracker: _Tracker) -> None:
         """Resolve the host within the DNS budget, unless it is an IP or resolved lately."""
@@ -726,6 +754,17 @@ def _map_exception(exc: BaseException, t: _Tracker) -> ProviderError:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _span_attributes(request: httpx.Request, provider: str) -> dict[str, Any]:
+    url = request.url
+    return {
+        "http.request.method": request.method,
+        "server.address": url.host,
+        "server.port": url.port or (443 if url.scheme == "https" else 80),
+        "url.full": safe_url(url),
+        "imagegate.provider": provider,
+    }
 
 
 def _is_ip(host: str) -> bool:
