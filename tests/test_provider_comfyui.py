@@ -339,3 +339,24 @@ def test_describe_is_unpaid_and_names_the_workflow(fake: ComfyUIFake) -> None:
     """describe() shows the checkpoint as model, the built-in workflow and paid = False."""
     info = provider(fake.url).describe()
     assert (info["model"], info["workflow"], info["paid"]) == (CHECKPOINT, "built-in", False)
+
+
+def test_probe_names_the_checkpoint_comfyui_means(fake: ComfyUIFake) -> None:
+    """A checkpoint named without its extension is refused, naming ComfyUI's exact name."""
+    prov = provider(fake.url, checkpoint="sdxl")
+    with pytest.raises(InvalidRequest, match=r"ComfyUI names it 'sdxl\.safetensors'"):
+        drive(prov, lambda: prov.probe(Deadline(5)))
+
+
+def test_provenance_is_what_the_history_says_ran(fake: ComfyUIFake) -> None:
+    """The record is the history graph's checkpoint, sampler, scheduler, steps and cfg."""
+    req = REQUEST.model_copy(update={"sampler": "DPM++ 2M", "scheduler": "exponential"})
+    [image] = generate(provider(fake.url), req)
+    reported = image.reported
+    assert reported is not None
+    assert (reported.model, reported.sampler, reported.scheduler) == (
+        CHECKPOINT,
+        "DPM++ 2M",
+        "exponential",
+    )
+    assert reported.steps == req.steps

@@ -90,3 +90,64 @@ def test_validation_errors_use_a1111s_422(server: Live) -> None:
     )
     assert answer.status_code == 422
     assert answer.json()["detail"][0]["loc"][-1] == "steps"
+
+
+def test_samplers_and_schedulers_are_what_the_route_runs(api: webuiapi.WebUIApi) -> None:
+    """The diffusers route lists its samplers and schedulers only; a pinned provider that
+    takes no sampler lists A1111's whole list."""
+    samplers = [s["name"] for s in api.get_samplers()]
+    assert "Euler a" in samplers
+    assert "DPM fast" not in samplers
+    assert [s["name"] for s in api.get_schedulers()] == ["automatic", "karras"]
+    api.set_options({"sd_model_checkpoint": "remote"})
+    try:
+        assert len(api.get_samplers()) == 20
+    finally:
+        api.set_options({"sd_model_checkpoint": "route"})
+
+
+def test_a_sampler_the_route_cannot_run_is_refused_naming_those_it_can(server: Live) -> None:
+    """sampler_name "DPM fast" on the diffusers route: 422 naming the route's samplers."""
+    answer = httpx.post(
+        f"{server.url}/sdapi/v1/txt2img",
+        json={"prompt": "x", "sampler_name": "DPM fast"},
+        auth=("", KEY),
+    )
+    assert answer.status_code == 422
+    assert "DPM++ 2M SDE" in answer.text
+
+
+def test_scheduler_karras_runs_and_is_in_the_infotext(api: webuiapi.WebUIApi) -> None:
+    """webuiapi's scheduler reaches diffusers (Karras sigmas) and the PNG says so."""
+    result = api.txt2img(
+        prompt="a fox", width=64, height=64, steps=2, sampler_name="Euler", scheduler="Karras"
+    )
+    assert "Sampler: Euler, Schedule type: Karras" in result.image.info["parameters"]
+    assert "Schedule type: Karras" in result.info["infotexts"][0]
+
+
+def test_interrupt_returns_the_partial_image_of_the_diffusers_run(
+    api: webuiapi.WebUIApi, server: Live
+) -> None:
+    """/interrupt mid-run: diffusers stops sampling and txt2img answers 200 with the image."""
+    import threading
+    import time
+
+    done: dict[str, webuiapi.WebUIApiResult] = {}
+    worker = threading.Thread(
+        target=lambda: done.setdefault(
+            "result", api.txt2img(prompt="a fox", width=64, height=64, steps=150, seed=1)
+        )
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while api.get_progress()["state"]["sampling_step"] < 1:
+        assert time.monotonic() < deadline, "the run never made a step"
+        time.sleep(0.02)
+    assert api.interrupt() == {}
+    worker.join(60)
+    result = done["result"]
+    assert result.image.size == (64, 64)
+    job = httpx.get(f"{server.url}/v1/jobs/{result.info['job_id']}", auth=("", KEY)).json()
+    assert job["status"] == "succeeded"
+    assert job["step"] < 150

@@ -70,7 +70,7 @@ from imagegate.providers.base import (
     RemoteConfig,
 )
 from imagegate.providers.remote import RemoteProvider
-from imagegate.request import GeneratedImage, ImageRequest
+from imagegate.request import GeneratedImage, ImageRequest, Reported
 from imagegate.sampling import AUTOMATIC, split_sampler
 from imagegate.transport import Response, protocol_error, raise_for_status, redact
 from imagegate.transport.trust import trust_context
@@ -335,9 +335,11 @@ class ComfyUIProvider(RemoteProvider):
             names = _choices(self._json(resp), "CheckpointLoaderSimple", "ckpt_name")
             if self.config.checkpoint not in names:
                 shown = ", ".join(names[:20]) or "none"
+                alike = _alike(self.config.checkpoint, names)
+                hint = f" (ComfyUI names it {alike!r})" if alike else ""
                 raise InvalidRequest(
-                    f"checkpoint: ComfyUI has no checkpoint {self.config.checkpoint!r}; it "
-                    f"has: {shown}. Set checkpoint to one of them",
+                    f"checkpoint: ComfyUI has no checkpoint {self.config.checkpoint!r}{hint}; "
+                    f"it has: {shown}. Set checkpoint to one of them",
                     field="checkpoint",
                     limit=f"one of: {shown}",
                     provider=self.name,
@@ -506,6 +508,7 @@ class ComfyUIProvider(RemoteProvider):
                 "a SaveImage node",
                 provider=self.name,
             )
+        reported = _reported(entry.get("prompt"))
         images = []
         for file in files:
             params = {
@@ -522,7 +525,11 @@ class ComfyUIProvider(RemoteProvider):
             if not png.startswith(b"\x89PNG\r\n\x1a\n") or png[12:16] != b"IHDR":
                 raise _protocol(resp, self.name, f"{params['filename']} is not a PNG")
             width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-            images.append(GeneratedImage(png=png, width=width, height=height, seed=run.seed))
+            images.append(
+                GeneratedImage(
+                    png=png, width=width, height=height, seed=run.seed, reported=reported
+                )
+            )
         return images
 
     async def _clean_up(self, runs: list[_Run], headers: dict[str, str]) -> None:
@@ -761,3 +768,53 @@ def _map_error(
     except ProviderError as exc:
         return exc
     return UpstreamError(f"{resp.timings.host} answered {resp.status}", provider=provider)
+
+
+def _alike(name: str, names: list[str]) -> str | None:
+    """The checkpoint ComfyUI lists under a folder or with an extension that ``name`` lacks
+    ("x.safetensors" for "x", "SD1.5/x.safetensors" for "x.safetensors")."""
+
+    def stem(value: str) -> str:
+        base = value.replace("\\", "/").rsplit("/", 1)[-1]
+        return base.rsplit(".", 1)[0] if base.endswith((".safetensors", ".ckpt")) else base
+
+    return next((n for n in names if stem(n) == stem(name)), None)
+
+
+_SAMPLER_NODES = frozenset({"KSampler", "KSamplerAdvanced"})
+
+
+def _reported(prompt: Any) -> Reported | None:
+    """What the history's graph says ran (``prompt`` is ``[number, id, graph, extra,
+    outputs]``): the checkpoint, and the KSampler's sampler, scheduler, steps and cfg as A1111
+    names them (ComfyUI's own name where A1111 has none); None without a KSampler."""
+    graph = prompt[2] if isinstance(prompt, list | tuple) and len(prompt) > 2 else None
+    if not isinstance(graph, dict):
+        return None
+    nodes = [n for n in graph.values() if isinstance(n, dict)]
+    sampler = next((n for n in nodes if n.get("class_type") in _SAMPLER_NODES), None)
+    if sampler is None:
+        return None
+    inputs = _dict(sampler.get("inputs"))
+    checkpoint = next(
+        (
+            _dict(n.get("inputs")).get("ckpt_name")
+            for n in nodes
+            if n.get("class_type") == "CheckpointLoaderSimple"
+        ),
+        None,
+    )
+    name, schedule = inputs.get("sampler_name"), inputs.get("scheduler")
+    a1111 = next((a for a, (comfy, _) in SAMPLERS.items() if comfy == name), name)
+    automatic = SAMPLERS.get(a1111, ("", None))[1] if isinstance(a1111, str) else None
+    scheduler = None
+    if isinstance(schedule, str) and schedule != automatic:
+        scheduler = next((a for a, comfy in SCHEDULES.items() if comfy == schedule), schedule)
+    steps, cfg = inputs.get("steps"), inputs.get("cfg")
+    return Reported(
+        model=checkpoint if isinstance(checkpoint, str) else None,
+        sampler=a1111 if isinstance(a1111, str) else None,
+        scheduler=scheduler,
+        steps=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
+        guidance=float(cfg) if isinstance(cfg, int | float) and not isinstance(cfg, bool) else None,
+    )
