@@ -151,3 +151,36 @@ def test_interrupt_returns_the_partial_image_of_the_diffusers_run(
     job = httpx.get(f"{server.url}/v1/jobs/{result.info['job_id']}", auth=("", KEY)).json()
     assert job["status"] == "succeeded"
     assert job["step"] < 150
+
+
+def test_interrupt_of_a_provider_that_cannot_stop_early_answers_200_without_images(
+    api: webuiapi.WebUIApi, server: Live
+) -> None:
+    """A provider without partial results is cancelled: txt2img still answers 200, with no
+    image and info.interrupted, so an A1111 client does not fail."""
+    import threading
+    import time
+
+    remote = server.gateway.providers["remote"]
+    assert isinstance(remote, Fake)
+    remote.delay_s = 10.0
+    done: dict[str, webuiapi.WebUIApiResult] = {}
+    override = {"sd_model_checkpoint": "remote"}
+    worker = threading.Thread(
+        target=lambda: done.setdefault(
+            "result", api.txt2img(prompt="a fox", width=64, height=64, override_settings=override)
+        )
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not api.get_progress()["state"]["job"]:
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.02)
+        assert api.interrupt() == {}
+        worker.join(20)
+    finally:
+        remote.delay_s = 0.0
+    result = done["result"]
+    assert result.images == []
+    assert result.info["interrupted"] is True
