@@ -7,12 +7,14 @@ import asyncio
 import json
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from serverkit import Fake, Live, live
 from standardwebhooks import Webhook
+from test_cli import cli
 from webhookkit import SECRET, receiver
 
 from imagegate.config import GatewaySettings, Settings, WebhookSettings
@@ -198,3 +200,26 @@ def test_a_keys_default_webhook_url_gets_its_jobs(monkeypatch: pytest.MonkeyPatc
         payload = Webhook(SECRET).verify(hook.delivered().body, hook.delivered().headers)
     assert payload["data"]["id"] == answer.json()["id"]
     assert payload["data"]["owner"] == "tenant"
+
+
+def test_a_job_cancelled_in_the_queue_is_posted_as_job_cancelled() -> None:
+    """Cancelling a queued job ends it; its end is posted like any other."""
+    slow = Fake("p", delay_s=2.0, concurrency=1)
+    with receiver() as hook, live(settings(), {"p": slow}) as server:
+        submit(server, hook.url)  # holds the one slot
+        queued = submit(server, hook.url).json()["id"]
+        httpx.post(f"{server.url}/v1/jobs/{queued}/cancel", timeout=10)
+        deadline = time.monotonic() + 10
+        while not any(json.loads(p.body)["data"]["id"] == queued for p in hook.posts):
+            assert time.monotonic() < deadline, hook.posts
+            time.sleep(0.02)
+    payload = next(json.loads(p.body) for p in hook.posts if queued in p.body.decode())
+    assert payload["type"] == "job.cancelled"
+
+
+def test_cli_keys_create_refuses_a_private_webhook_url(isolated_env: Path) -> None:
+    """`keys create --webhook-url` on a loopback address: exit 2 naming the flag."""
+    run = cli("keys", "create", "bob", "--webhook-url", "http://127.0.0.1/hook", cwd=isolated_env)
+    assert run.returncode == 2, run.stderr
+    assert "--webhook-url" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -20,7 +20,10 @@ from test_backplane import _database
 from webhookkit import SECRET, receiver
 
 SCRIPT = Path(__file__).parent / "slow_serve.py"
-WEBHOOKS = "[webhooks]\nallow_private = true\npoll_s = 0.1\nbackoff_s = 0.1\nmax_backoff_s = 0.3\n"
+WEBHOOKS = (
+    "[webhooks]\nallow_private = true\npoll_s = 0.1\nbackoff_s = 0.1\nmax_backoff_s = 0.3\n"
+    "timeout_s = 2\n"
+)
 
 
 @contextmanager

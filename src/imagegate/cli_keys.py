@@ -99,7 +99,7 @@ def keys_command(args: argparse.Namespace, console: Console) -> int:
             check_url(
                 args.webhook_url,
                 allow_private=settings.webhooks.allow_private,
-                field="webhook_url",
+                label="--webhook-url",
             )
         key = asyncio.run(
             _create(settings, args.name, args.admin, routes, rate, budget, period, args.webhook_url)

@@ -167,14 +167,19 @@ class WebhookSender:
         give_up = False
         try:
             status = await self._post(job)
-            if not 200 <= status < 300:
-                error = f"HTTP {status}" + (
-                    " (a redirect: redirects are not followed)" if 300 <= status < 400 else ""
-                )
+        except asyncio.CancelledError:  # stopping: another sender may take it at once
+            with contextlib.suppress(Exception):
+                await asyncio.shield(outbox.release(self.store, job_id))
+            raise
         except InvalidRequest as exc:  # the destination is not allowed (any more)
             error, give_up = f"refused: {exc.message}", True
         except ImagegateError as exc:
             error = f"{type(exc).__name__}: {exc.message}"
+        else:
+            if not 200 <= status < 300:
+                error = f"HTTP {status}" + (
+                    " (a redirect: redirects are not followed)" if 300 <= status < 400 else ""
+                )
         attempt = {
             "at": at.isoformat(),
             "status": status,

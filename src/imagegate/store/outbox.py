@@ -18,7 +18,7 @@ from sqlalchemy import or_, select, update
 from imagegate.store.db import Store
 from imagegate.store.models import WebhookOutbox
 
-__all__ = ["claim", "due", "record_attempt"]
+__all__ = ["claim", "due", "record_attempt", "release"]
 
 
 async def due(store: Store, now: datetime, limit: int = 32) -> list[str]:
@@ -50,6 +50,17 @@ async def claim(store: Store, job_id: str, now: datetime, until: datetime) -> bo
     )
     async with store.engine.begin() as conn:
         return (await conn.execute(query)).rowcount == 1
+
+
+async def release(store: Store, job_id: str) -> None:
+    """Give up the hold on a pending end without an attempt (a sender stopping)."""
+    query = (
+        update(WebhookOutbox)
+        .where(WebhookOutbox.job_id == job_id, WebhookOutbox.status == "pending")
+        .values(locked_until=None)
+    )
+    async with store.engine.begin() as conn:
+        await conn.execute(query)
 
 
 async def record_attempt(

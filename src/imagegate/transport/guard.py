@@ -11,6 +11,7 @@ the second time (DNS rebinding) reaches nothing it should not.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from typing import Any
@@ -35,39 +36,43 @@ def is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def _refused(field: str, url: str, why: str) -> InvalidRequest:
+def _refused(field: str, url: str, why: str, label: str | None = None) -> InvalidRequest:
     return InvalidRequest(
-        f"{field}: {why}; got {url[:100]!r}",
+        f"{label or field}: {why}; got {url[:100]!r}",
         field=field,
         limit="an http(s) URL of at most 2048 characters on a public address",
         fix="use a public http(s) URL, or set [webhooks] allow_private = true on the server",
     )
 
 
-def check_url(url: str, *, allow_private: bool, field: str = "webhook_url") -> httpx.URL:
-    """``url`` parsed, or InvalidRequest naming ``field``: not http(s), too long, no host, or
-    (unless ``allow_private``) a non-public IP or a local name."""
+def check_url(
+    url: str, *, allow_private: bool, field: str = "webhook_url", label: str | None = None
+) -> httpx.URL:
+    """``url`` parsed, or InvalidRequest naming ``field`` (and ``label``, a CLI flag, in its
+    message): not http(s), too long, no host, or (unless ``allow_private``) a non-public IP
+    or a local name."""
+    refused = functools.partial(_refused, field, url, label=label)
     if len(url) > MAX_URL_LENGTH:
-        raise _refused(field, url, f"must be at most {MAX_URL_LENGTH} characters ({len(url)})")
+        raise refused(f"must be at most {MAX_URL_LENGTH} characters ({len(url)})")
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError):
-        raise _refused(field, url, "is not a URL") from None
+        raise refused("is not a URL") from None
     if parsed.scheme not in ("http", "https"):
-        raise _refused(field, url, "must be an http or https URL")
+        raise refused("must be an http or https URL")
     host = parsed.host
     if not host:
-        raise _refused(field, url, "has no host")
+        raise refused("has no host")
     if allow_private:
         return parsed
     if host.lower().rstrip(".") in _LOCAL_NAMES or host.lower().endswith(".localhost"):
-        raise _refused(field, url, "names this machine (loopback)")
+        raise refused("names this machine (loopback)")
     try:
         public = is_public(host)
     except ValueError:
         return parsed  # a name: resolve() checks where it leads
     if not public:
-        raise _refused(field, url, "is on a loopback, private or link-local address")
+        raise refused("is on a loopback, private or link-local address")
     return parsed
 
 
