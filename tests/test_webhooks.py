@@ -20,6 +20,8 @@ from webhookkit import SECRET, receiver
 from imagegate.config import GatewaySettings, Settings, WebhookSettings
 from imagegate.errors import InvalidRequest, ProviderError
 from imagegate.providers.base import ProviderConfig
+from imagegate.request import ImageRequest
+from imagegate.store import Store
 from imagegate.transport.guard import resolve
 
 FAST = {"poll_s": 0.05, "backoff_s": 0.05, "max_backoff_s": 0.2, "timeout_s": 5.0}
@@ -223,3 +225,27 @@ def test_cli_keys_create_refuses_a_private_webhook_url(isolated_env: Path) -> No
     assert run.returncode == 2, run.stderr
     assert "--webhook-url" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_job_interrupted_by_a_restart_is_posted_as_failed_interrupted() -> None:
+    """A paid job left running by a dead process ends interrupted at the restart: posted."""
+
+    async def left_running(url: str) -> str:
+        async with Store(settings().data_dir) as store:
+            job_id, _ = await store.open_job(
+                ImageRequest(prompt="x"),
+                route=["p"],
+                source="jobs",
+                status="running",
+                queue="p",
+                webhook={"url": url, "base": "http://127.0.0.1"},
+            )
+        return job_id
+
+    with receiver() as hook:
+        job_id = asyncio.run(left_running(hook.url))
+        with live(settings(), {"p": Fake("p", paid=True)}):
+            payload = Webhook(SECRET).verify(hook.delivered().body, hook.delivered().headers)
+    assert payload["type"] == "job.failed"
+    assert payload["data"]["id"] == job_id
+    assert payload["data"]["error"]["type"] == "Interrupted"
