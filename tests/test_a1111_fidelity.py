@@ -261,6 +261,15 @@ def test_options_keep_only_what_imagegate_understands(served: Served) -> None:
     httpx.post(f"{served.sdapi()}/options", json={"sd_model_checkpoint": "route"})
 
 
+def test_an_overlong_checkpoint_is_refused_naming_the_field(served: Served) -> None:
+    """sd_model_checkpoint past 256 characters is a 422 naming it; nothing is stored."""
+    answer = httpx.post(f"{served.sdapi()}/options", json={"sd_model_checkpoint": "x" * 300})
+    assert answer.status_code == 422
+    assert "sd_model_checkpoint" in answer.text
+    assert len(answer.text) < 2000
+    assert httpx.get(f"{served.sdapi()}/options").json()["sd_model_checkpoint"] == "route"
+
+
 def test_openai_client_works_against_serve(served: Served) -> None:
     """The official openai client gets a PNG from the A1111 backend through imagegate."""
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
