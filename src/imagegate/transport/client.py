@@ -468,9 +468,8 @@ class Transport:
         proxy = self._proxy_for(request.url)
         tracker = _Tracker(self.provider, self.budgets, deadline, request.url, proxy)
         request.extensions["trace"] = tracker.trace
-        with tracing.span(
-            request.method, kind="client", attributes=_span_attributes(request, self.provider)
-        ) as span:
+        attributes = _span_attributes(request, self.provider) if tracing.enabled() else None
+        with tracing.span(request.method, kind="client", attributes=attributes) as span:
             tracing.inject(request.headers)  # the upstream continues our trace
             try:
                 async with _attempt(tracker):
@@ -498,10 +497,11 @@ class Transport:
                 tracing.error(span, exc.message)
                 raise
             finally:
-                stages = tracker.stage_seconds()
-                if tracker.control is not None:
-                    tracker.control.stages = stages
-                tracing.set_attributes(span, {f"imagegate.{k}_s": v for k, v in stages.items()})
+                if tracker.control is not None or span is not None:
+                    stages = tracker.stage_seconds()
+                    if tracker.control is not None:
+                        tracker.control.stages = stages
+                    tracing.set_attributes(span, {f"imagegate.{k}_s": v for k, v in stages.items()})
 
     async def _check_dns(self, tracker: _Tracker) -> None:
         """Resolve the host within the DNS budget, unless it is an IP or resolved lately."""
