@@ -14,6 +14,7 @@ PACKAGE = Path(imagegate.__file__).parent
 # its own top-level module or package; never from a layer above. Imports under
 # ``if TYPE_CHECKING:`` are annotations, not arrows, and are not counted.
 LAYERS: list[set[str]] = [
+    {"redaction"},
     {"attempts"},
     {"errors"},
     {"sampling"},

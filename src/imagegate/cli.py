@@ -26,6 +26,7 @@ from imagegate.config import Settings, load_config
 from imagegate.console import Console
 from imagegate.errors import ConfigError, ImagegateError, InvalidRequest
 from imagegate.providers.base import Progress, provider_types
+from imagegate.redaction import install_log_redaction
 from imagegate.request import ImageRequest, ImageResult, parse_size
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ def _common(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``imagegate`` entry point."""
+    install_log_redaction()
     console = Console()
     as_program = argv is None
     raw = list(sys.argv[1:] if argv is None else argv)

@@ -34,8 +34,13 @@ Every message ends with what to do about it, and every error carries that as ``f
 (``cause`` is the rest): pass ``fix=`` when raising; a message written the older way, with
 the fix after its last "; ", gives it up once, here.
 
+Every message (and fix) is redacted when the error is made (``imagegate.redaction``), so no
+secret the process holds reaches a stored record, an answer, an event or a log through an
+error, whatever an upstream echoed.
+
 The errors import only ``imagegate.attempts`` (the record of one try, which
-``AllProvidersFailed`` carries): this module is the floor every other one stands on.
+``AllProvidersFailed`` carries) and ``imagegate.redaction``: this module is the floor every
+other one stands on.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from imagegate.attempts import Attempt
+from imagegate.redaction import redact
 
 Stage = Literal["config", "dns", "connect", "tls", "first_byte", "read", "total", "runtime"]
 
@@ -83,15 +89,36 @@ class ImagegateError(Exception):
         """``fix`` (what to do about it) ends the message for people to read (appended after
         "; " unless the message ends with it already); a message written with its fix at the
         end, after "; ", and no ``fix`` gives it up here."""
+        message = redact(message)
         if fix:
+            fix = redact(fix)
             message = message if message.endswith(fix) else f"{message}; {fix}"
         else:
             fix = message.rpartition("; ")[2] or None if "; " in message else None
         super().__init__(message)
         self.message = message
         self.fix = fix
-        """What to do about it, as a field: JSON bodies, --json, the doctor and the page read it."""
         self.attempts: list[Attempt] = []
+
+    @property
+    def message(self) -> str:
+        """The whole message, its fix at the end; redacted, however it was set."""
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self._message = redact(value)
+        self.args = (self._message,)
+
+    @property
+    def fix(self) -> str | None:
+        """What to do about it, as a field: JSON bodies, --json, the doctor and the page read
+        it; redacted, however it was set."""
+        return self._fix
+
+    @fix.setter
+    def fix(self, value: str | None) -> None:
+        self._fix = redact(value) if value else value
 
     @property
     def cause(self) -> str:
@@ -274,8 +301,8 @@ class InvalidRequest(ProviderError):
         fix: str | None = None,
     ) -> None:
         super().__init__(message, provider=provider, elapsed_s=elapsed_s, fix=fix)
-        self.field = field
-        self.limit = limit
+        self.field = redact(field) if field else field
+        self.limit = redact(limit) if limit else limit
 
 
 class ConnectError(ProviderError):

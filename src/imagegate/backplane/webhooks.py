@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from imagegate import redaction
 from imagegate.config import Settings, WebhookSettings
 from imagegate.deadline import Deadline
 from imagegate.errors import ConfigError, ImagegateError, InvalidRequest
@@ -67,6 +68,7 @@ def signing_secret(settings: Settings) -> str | None:
     secret = os.environ.get(name, "").strip()
     if not secret:
         return None
+    redaction.remember(secret)
     try:
         raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
     except (binascii.Error, ValueError):

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
+from imagegate import redaction
 from imagegate.config import ProviderConfig, RemoteConfig
 from imagegate.deadline import Deadline
 from imagegate.errors import AuthError
@@ -65,6 +66,7 @@ def read_secret(env_name: str | None, *, provider: str, key: str) -> SecretStr |
             provider=provider,
             stage="config",
         )
+    redaction.remember(value)
     return SecretStr(value)
 
 

@@ -647,7 +647,7 @@ def _execution_failed(prompt_id: str, messages: list[Any], provider: str) -> Ups
         if kind == "execution_error":
             said = f"{data.get('exception_type')}: {data.get('exception_message')}".strip()
             return UpstreamError(
-                f"prompt {prompt_id} failed in {node}: {redact(said[:300])}; check ComfyUI's "
+                f"prompt {prompt_id} failed in {node}: {redact(said)[:300]}; check ComfyUI's "
                 "log and the workflow, or route elsewhere",
                 provider=provider,
             )

@@ -672,7 +672,7 @@ def _event_message(data: Any) -> str:
     """The text of an SSE ``error`` event: ``{"error": "..."}``, a string, or nothing."""
     if isinstance(data, dict):
         data = data.get("error") or data.get("message")
-    return redact(" ".join(str(data).split())[:300]) if data else ""
+    return redact(" ".join(str(data).split()))[:300] if data else ""
 
 
 def _ratelimit_reset(resp: Response) -> float | None:

@@ -486,7 +486,7 @@ def _map_error(resp: Response, provider: str) -> ProviderError:
     message = str(body.get("message") or "") if isinstance(body, dict) else ""
     where = f"{resp.timings.host}:{resp.timings.port}"
     said = f"{where} answered {resp.status} {reason or ''}".rstrip()
-    said += f" ({redact(message[:200], resp.secrets) if message else resp.snippet()})"
+    said += f" ({redact(message, resp.secrets)[:200] if message else resp.snippet()})"
     kw: dict[str, Any] = {"provider": provider, "elapsed_s": round(resp.timings.total_s, 3)}
     retry_after = parse_retry_after(resp.headers.get("retry-after"))
     status = resp.status

@@ -343,7 +343,7 @@ def _map_error(resp: Response, provider: str) -> ProviderError:
     errors = body.get("errors") if isinstance(body, dict) else None
     errors = errors if isinstance(errors, list) else []
     first = str(errors[0]) if errors else ""
-    detail = redact("; ".join(str(e) for e in errors)[:300], resp.secrets)
+    detail = redact("; ".join(str(e) for e in errors), resp.secrets)[:300]
     where = f"{resp.timings.host}:{resp.timings.port}"
     said = f"{where} answered {resp.status} {name}".rstrip()
     said += f" ({detail or resp.snippet()})"

@@ -26,6 +26,7 @@ from imagegate.config import Settings, load_config
 from imagegate.errors import ImagegateError
 from imagegate.gateway import Gateway
 from imagegate.providers.base import Provider
+from imagegate.redaction import install_log_redaction
 from imagegate.request import ImageResult
 from imagegate.server import a1111, errors, health, images, jobs, openai, tenants, usage, web
 from imagegate.server import keys as keys_api
@@ -55,6 +56,7 @@ def create_app(
     backplane defaults to the local one on the gateway's store. API keys are read now, from
     the variable ``server.api_keys_env`` names.
     """
+    install_log_redaction()
     if settings is None:
         settings = gateway.settings if gateway is not None else load_config()
     metrics = Metrics()

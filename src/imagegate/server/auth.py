@@ -19,6 +19,7 @@ import os
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from imagegate import redaction
 from imagegate.server.presign import UrlSigner, is_signed
 from imagegate.server.tenants import ADMIN, Caller, KeyCache
 from imagegate.store.keys import key_hash
@@ -31,7 +32,10 @@ IMAGE_PREFIX = "/v1/images/"
 def keys_from_env(name: str) -> tuple[bytes, ...]:
     """The API keys in environment variable ``name``; empty when it is unset or blank."""
     raw = os.environ.get(name, "")
-    return tuple(key.strip().encode() for key in raw.split(",") if key.strip())
+    keys = tuple(key.strip().encode() for key in raw.split(",") if key.strip())
+    for key in keys:
+        redaction.remember(key)
+    return keys
 
 
 def presented_key(header: bytes) -> bytes | None:

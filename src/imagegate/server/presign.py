@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from imagegate import redaction
+
 SIGNING_FILE = "url-secret"
 
 
@@ -27,16 +29,20 @@ def load_secret(env_name: str, data_dir: Path) -> bytes:
     """The signing secret: from ``env_name`` when set, else the data dir's file (made once)."""
     from_env = os.environ.get(env_name, "").strip()
     if from_env:
+        redaction.remember(from_env)
         return from_env.encode()
     path = data_dir / SIGNING_FILE
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(secrets.token_hex(32))
-    return path.read_bytes().strip()
+        secret = path.read_bytes().strip()
+    else:
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(secrets.token_hex(32))
+        secret = path.read_bytes().strip()
+    redaction.remember(secret)
+    return secret
 
 
 class UrlSigner:

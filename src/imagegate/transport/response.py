@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import email.utils
 import json as jsonlib
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from imagegate import redaction
 from imagegate.errors import (
     AuthError,
     InvalidRequest,
@@ -64,28 +64,11 @@ class StageTimings:
 
 # --------------------------------------------------------------------------- redaction
 
-_SECRET_PATTERNS = [
-    (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 ***"),
-    (
-        re.compile(
-            r"(?i)((?:authorization|x-api-key|api[-_]?key|access[-_]?token|token|password|"
-            r"secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;}]+"
-        ),
-        r"\1***",
-    ),
-    (re.compile(r"\b(?:sk|hf|r8|pk|rk)[-_][A-Za-z0-9_-]{12,}"), "***"),
-    (re.compile(r"(://)[^/@\s:]+:[^/@\s]*@"), r"\1***@"),
-]
-
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with known secrets and anything shaped like a key or token replaced by ***."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+    """``text`` with every secret the process holds, ``secrets``, and anything shaped like a
+    key or token replaced by *** (:func:`imagegate.redaction.redact`)."""
+    return redaction.redact(text, secrets)
 
 
 # --------------------------------------------------------------------------- responses
@@ -122,8 +105,8 @@ class Response:
 
     def snippet(self) -> str:
         """The start of the body, redacted, on one line: safe to quote in a message."""
-        text = " ".join(self.text[:_SNIPPET].split())
-        return redact(text, self.secrets)
+        text = " ".join(redact(self.text[: _SNIPPET * 4], self.secrets).split())
+        return text[:_SNIPPET]
 
 
 # --------------------------------------------------------------------------- status mapping
