@@ -122,9 +122,13 @@ def test_network_troubleshooting_is_worded_by_the_doctor() -> None:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    """A live imagegate server on 127.0.0.1 with one fake provider, ``local``."""
-    with live(fake_settings(["local"]), providers={"local": Fake("local")}) as running:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A live imagegate server on 127.0.0.1 with one fake provider, ``local``, and its own
+    data dir (a module fixture starts before the per-test isolated environment)."""
+    settings = fake_settings(["local"])
+    gateway = settings.gateway.model_copy(update={"data_dir": tmp_path_factory.mktemp("data")})
+    settings = settings.model_copy(update={"gateway": gateway})
+    with live(settings, providers={"local": Fake("local")}) as running:
         yield running.url
 
 
