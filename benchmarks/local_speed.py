@@ -13,6 +13,10 @@ its peak memory is its own:
   (``imagegate.allocator``).
 - ``diffusers_tuned_malloc``: plain diffusers again, under the same malloc settings, so the
   report separates what the allocator buys from what the pipeline settings buy.
+- ``batching``: imagegate's provider with its defaults, four compatible requests sent at once
+  (different prompts and seeds, one shape), timed as images per second: batched into one
+  pipeline call (the default ``max_batch``) against one call each (``max_batch = 1``), in the
+  same process on the same loaded pipeline, alternating.
 
 Prints one JSON document. Usage: ``python benchmarks/local_speed.py [--runs 3]``.
 """
@@ -37,7 +41,8 @@ from imagegate.allocator import MARKER, tuned_env
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 SIZE = 512
-VARIANTS = ("diffusers", "imagegate", "diffusers_tuned_malloc")
+VARIANTS = ("diffusers", "imagegate", "diffusers_tuned_malloc", "batching")
+CONCURRENT = 4
 
 
 def build(folder: Path) -> None:
@@ -112,8 +117,49 @@ def _write_vocab(folder: Path) -> str:
     return str(folder)
 
 
+def run_batching(folder: Path, runs: int) -> dict[str, Any]:
+    """Images per second for ``CONCURRENT`` compatible requests at once: batched vs one by one."""
+    from imagegate.providers.base import Deadline
+    from imagegate.providers.local import DiffusersConfig, DiffusersProvider
+    from imagegate.request import ImageRequest
+
+    config = DiffusersConfig(model=str(folder / "pipe"), tiny_vae=str(folder / "taesd"))
+    provider = DiffusersProvider("local", config)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(provider.load())
+
+    async def burst(seed: int) -> None:
+        requests = [
+            ImageRequest(prompt=f"{PROMPT}, view {i}", width=SIZE, height=SIZE, steps=1,
+                         guidance=0.0, seed=seed + i)
+            for i in range(CONCURRENT)
+        ]  # fmt: skip
+        await asyncio.gather(*(provider.generate(r, Deadline(3600), None) for r in requests))
+
+    modes = {"batched": None, "one_at_a_time": 1}
+    seconds: dict[str, list[float]] = {mode: [] for mode in modes}
+    loop.run_until_complete(burst(0))  # warm-up, batched
+    for round_ in range(runs):
+        for mode, max_batch in modes.items():
+            provider.config = config.model_copy(update={"max_batch": max_batch})
+            t0 = time.perf_counter()
+            loop.run_until_complete(burst(100 * (round_ + 1)))
+            seconds[mode].append(time.perf_counter() - t0)
+    rate = {mode: CONCURRENT / statistics.median(times) for mode, times in seconds.items()}
+    return {
+        "concurrent_requests": CONCURRENT,
+        "max_batch_default": provider.max_batch(provider._loaded) if provider._loaded else None,
+        "images_per_s": {mode: round(value, 4) for mode, value in rate.items()},
+        "burst_s": {mode: [round(t, 3) for t in times] for mode, times in seconds.items()},
+        "batched_vs_one_at_a_time": round(rate["batched"] / rate["one_at_a_time"], 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
 def run_variant(variant: str, folder: Path, runs: int) -> dict[str, Any]:
     """Load, make a first image, then time ``runs`` more; report seconds and peak memory."""
+    if variant == "batching":
+        return run_batching(folder, runs)
     started = time.perf_counter()
     make = _imagegate(folder) if variant == "imagegate" else _plain(folder)
     malloc = os.environ.get("GLIBC_TUNABLES", "default")
@@ -205,6 +251,9 @@ def environment() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="timed images after the first")
+    parser.add_argument(
+        "--only", choices=VARIANTS, action="append", help="run only these variants (repeatable)"
+    )
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -220,7 +269,7 @@ def main() -> None:
         t0 = time.perf_counter()
         _child(["--build", "--folder", str(folder)])
         results: dict[str, Any] = {}
-        for variant in VARIANTS:
+        for variant in args.only or VARIANTS:
             lines = _child(
                 ["--variant", variant, "--folder", str(folder), "--runs", str(args.runs)],
                 tuned=variant != "diffusers",
@@ -229,6 +278,10 @@ def main() -> None:
             for line in lines:
                 results[variant].update(line.get("settings", {}), **line.get("result", {}))
         total = time.perf_counter() - t0
+    if args.only:
+        print(json.dumps({"benchmark": "local_speed", "only": args.only, **results,
+                          "environment": environment()}, indent=2))  # fmt: skip
+        return
     ours, plain = results["imagegate"], results["diffusers"]
     plain_tuned = results["diffusers_tuned_malloc"]
     report = {
@@ -244,6 +297,7 @@ def main() -> None:
             plain_tuned["sec_per_image"] / ours["sec_per_image"], 2
         ),
         "first_call_speedup": round(plain["first_call_s"] / ours["first_call_s"], 2),
+        "batching": results["batching"],
         "environment": environment(),
         "total_s": round(total, 1),
     }

@@ -143,12 +143,13 @@ def test_invalid_toml_names_the_file(isolated_env: Path) -> None:
         ({"type": "gradio", "space": "owner/name"}, 2),
         ({"type": "a1111", "url": "http://127.0.0.1:7860"}, 1),
         ({"type": "comfyui", "url": "http://127.0.0.1:8188", "checkpoint": "m.safetensors"}, 1),
-        ({"type": "diffusers"}, 1),
+        ({"type": "diffusers"}, 8),
     ],
 )
 def test_each_provider_type_defaults_to_a_concurrency_that_fits_its_backend(
     table: dict[str, str], expected: int
 ) -> None:
-    """Hosted APIs take many requests at once, Spaces a few, servers that serialize one."""
+    """Hosted APIs take many requests at once, Spaces a few, servers that serialize one; the
+    embedded pipeline takes several and batches them into one call at a time."""
     settings = parse_settings({"gateway": {"route": ["p"]}, "providers": {"p": table}})
     assert settings.providers["p"].concurrency == expected

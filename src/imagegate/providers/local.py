@@ -53,6 +53,7 @@ from imagegate.providers.base import (
     Provider,
     ProviderConfig,
 )
+from imagegate.providers.local_batch import Batcher, default_max_batch
 from imagegate.request import GeneratedImage, ImageRequest, seed_series
 
 __all__ = [
@@ -191,6 +192,28 @@ class DiffusersConfig(ProviderConfig):
         le=1024,
         description="CPU threads torch uses (1-1024); none = the CPUs this process may use.",
     )
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Requests this pipeline takes at once per process (1-1024); one pipeline "
+        "call runs at a time, and requests of the same shape waiting meanwhile are merged into "
+        "it (max_batch).",
+    )
+    max_batch: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Most images in one batched pipeline call (1-64; 1 = no batching); none "
+        "= 4 on a CPU, 8 on a GPU.",
+    )
+    batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1000.0,
+        description="Milliseconds the first request of a call waits for others of its shape "
+        "(0-1000); 0 = only requests already waiting are merged.",
+    )
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -306,6 +329,7 @@ class DiffusersProvider(Provider):
         self._guard = threading.Lock()
         self._loading: Future[_Loaded] | None = None
         self._loaded: _Loaded | None = None
+        self._batcher = Batcher(self)
 
     # -- public surface ------------------------------------------------------------------
 
@@ -329,9 +353,31 @@ class DiffusersProvider(Provider):
             deadline, _threadsafe(progress, asyncio.get_running_loop()), finish=finishing_early()
         )
         seed = request.seeds()[0]
+        if getattr(request, "task", "txt2img") == "txt2img":  # edits run one at a time
+            return await self._batcher.generate(
+                self._executor(), loaded, request, seed, run, started
+            )
         return await self._in_worker(
             lambda: self._generate_sync(loaded, request, seed, run), run, deadline, started
         )
+
+    def max_batch(self, loaded: _Loaded) -> int:
+        """Most images in one call: ``max_batch``, else the device's default."""
+        return self.config.max_batch or default_max_batch(loaded.device)
+
+    def batch_shape(self, loaded: _Loaded, request: ImageRequest) -> tuple[Any, ...]:
+        """What requests must share to ride in one call: size, steps, guidance, sampler."""
+        return (*self.call_size(loaded, request), request.sampler, request.scheduler)
+
+    def call_size(
+        self, loaded: _Loaded, request: ImageRequest
+    ) -> tuple[int | None, int | None, int, float]:
+        """The width, height, steps and guidance a call for ``request`` runs with."""
+        cfg, defaults = self.config, loaded.defaults
+        steps, guidance = self._steps_guidance(request, defaults)
+        width = request.width or cfg.width or defaults.width
+        height = request.height or cfg.height or defaults.height
+        return width, height, steps, guidance
 
     async def probe(self, deadline: Deadline) -> str | None:
         """Check that torch is installed and the model is loadable, without loading it."""
@@ -577,11 +623,7 @@ class DiffusersProvider(Provider):
             raise _Stopped("deadline")
         torch, _ = _import_torch()
         pipe = loaded.pipe
-        cfg = self.config
-        defaults = loaded.defaults
-        width = request.width or cfg.width or defaults.width
-        height = request.height or cfg.height or defaults.height
-        steps, guidance = self._steps_guidance(request, defaults)
+        width, height, steps, guidance = self.call_size(loaded, request)
         pipe.scheduler = self._scheduler(loaded, request.sampler, request.scheduler)
         seeds = seed_series(seed, request.n)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
