@@ -135,11 +135,7 @@ def while_running(served: Served, steps: int, action: Callable[[], Any]) -> tupl
     worker = threading.Thread(target=run)
     worker.start()
     try:
-        deadline = time.monotonic() + 20
-        while served.fake.step < 2:
-            assert time.monotonic() < deadline, "the txt2img never started"
-            time.sleep(0.02)
-        time.sleep(0.2)  # a progress poll of imagegate's provider has landed
+        _wait_until_running(served)
         result = action()
     finally:
         if "value" not in answer:
@@ -224,11 +220,7 @@ def test_webuiapi_interrupt_mid_run_returns_the_partial_image(
     worker = threading.Thread(target=run)
     worker.start()
     try:
-        deadline = time.monotonic() + 20
-        while served.fake.step < 2:
-            assert time.monotonic() < deadline, "the txt2img never started"
-            time.sleep(0.02)
-        time.sleep(0.2)
+        _wait_until_running(served)
         assert api.interrupt() == {}
         worker.join(30)
     finally:
@@ -277,3 +269,12 @@ def test_openai_client_works_against_serve(served: Served) -> None:
     assert result.data is not None
     assert result.data[0].b64_json is not None
     assert base64.b64decode(result.data[0].b64_json).startswith(b"\x89PNG")
+
+
+def _wait_until_running(served: Served) -> None:
+    """Until the fake runs its second step and a progress poll of imagegate's has landed."""
+    deadline = time.monotonic() + 20
+    while served.fake.step < 2:
+        assert time.monotonic() < deadline, "the txt2img never started"
+        time.sleep(0.02)
+    time.sleep(0.2)

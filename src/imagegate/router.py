@@ -572,10 +572,7 @@ async def _bounded(
             outcome = "cancelled"
             raise
         except ProviderError as exc:
-            tracing.set_attributes(
-                span, {"imagegate.stage": exc.stage, "error.type": type(exc).__name__}
-            )
-            tracing.error(span, exc.message)
+            tracing.provider_failed(span, exc)
             raise
         finally:
             control = attempt.control

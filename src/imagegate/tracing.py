@@ -28,6 +28,8 @@ import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, Literal
 
+from imagegate.errors import ProviderError
+
 __all__ = [
     "Span",
     "configured",
@@ -198,6 +200,12 @@ def error(current: Span, description: str) -> None:
         from opentelemetry.trace import Status, StatusCode
 
         current.set_status(Status(StatusCode.ERROR, description))
+
+
+def provider_failed(current: Span, exc: ProviderError) -> None:
+    """Mark ``current`` failed by a provider error: its stage and class as attributes."""
+    set_attributes(current, {"imagegate.stage": exc.stage, "error.type": type(exc).__name__})
+    error(current, exc.message)
 
 
 def traceparent() -> str | None:

@@ -491,10 +491,7 @@ class Transport:
                     finally:
                         await resp.aclose()
             except ProviderError as exc:
-                tracing.set_attributes(
-                    span, {"imagegate.stage": exc.stage, "error.type": type(exc).__name__}
-                )
-                tracing.error(span, exc.message)
+                tracing.provider_failed(span, exc)
                 raise
             finally:
                 if tracker.control is not None or span is not None:
