@@ -24,8 +24,9 @@ from imagegate.request import GeneratedImage
 
 @pytest.fixture
 def batching(tiny_model: Path) -> Iterator[DiffusersProvider]:
-    """A provider that waits 300 ms for company and whose U-Net sleeps 20 ms per call."""
-    provider = make(tiny_model, batch_wait_ms=300)
+    """A provider that batches up to 4 images, waits 300 ms for company, and whose U-Net
+    sleeps 20 ms per call."""
+    provider = make(tiny_model, max_batch=4, batch_wait_ms=300)
     asyncio.run(provider.load())
     provider.pipeline.unet.register_forward_pre_hook(lambda *_: time.sleep(0.02))
     yield provider

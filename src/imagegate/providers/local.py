@@ -205,7 +205,7 @@ class DiffusersConfig(ProviderConfig):
         ge=1,
         le=64,
         description="Most images in one batched pipeline call (1-64; 1 = no batching); none "
-        "= 4 on a CPU, 8 on a GPU.",
+        "= 8 on a GPU, 1 on a CPU (where batching measured slower).",
     )
     batch_wait_ms: float = Field(
         default=0.0,

@@ -9,10 +9,10 @@ time leaves the call at once and the others go on; the call stops early only whe
 left. A request alone runs exactly as before batching (``DiffusersProvider._generate_sync``).
 
 On a GPU one call of 8 images takes little longer than one of 1, so batching multiplies
-throughput; on a CPU the gain is smaller (the arithmetic is already the bottleneck) and the
-default batch is smaller. ``batch_wait_ms`` (default 0) makes the first request of a call wait
-for company; with 0 only requests already waiting are merged, so nobody waits longer than
-without batching.
+throughput; on a CPU the arithmetic is already the bottleneck and a batch of 4 measured
+slower than 4 single calls, so a CPU does not batch unless ``max_batch`` says so.
+``batch_wait_ms`` (default 0) makes the first request of a call wait for company; with 0 only
+requests already waiting are merged, so nobody waits longer than without batching.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ Shape = tuple[Any, ...]
 
 
 def default_max_batch(device: str) -> int:
-    """Most images in one call when ``max_batch`` is unset: 8 on a GPU, 4 on a CPU."""
-    return 4 if device == "cpu" else 8
+    """Most images in one call when ``max_batch`` is unset: 8 on a GPU; 1 (no batching) on a
+    CPU, where a call of 4 made 0.76x the images per second of 4 calls of 1
+    (``benchmarks/local_speed.py --only batching``, sd-turbo at 512x512, 2 vCPUs)."""
+    return 1 if device == "cpu" else 8
 
 
 @dataclass(eq=False)
