@@ -78,14 +78,16 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 def _cut_ends(text: str, secret: str) -> str:
     """Replace a start of ``secret`` that ends ``text`` and an end of it that starts it."""
-    for size in range(min(len(secret) - 1, len(text)), MIN_FRAGMENT - 1, -1):
-        if text.endswith(secret[:size]):
-            text = text[:-size] + "***"
-            break
-    for size in range(min(len(secret) - 1, len(text)), MIN_FRAGMENT - 1, -1):
-        if text.startswith(secret[-size:]):
-            text = "***" + text[size:]
-            break
+    if text[-MIN_FRAGMENT:] in secret:  # else no start of it can end the text
+        for size in range(min(len(secret) - 1, len(text)), MIN_FRAGMENT - 1, -1):
+            if text.endswith(secret[:size]):
+                text = text[:-size] + "***"
+                break
+    if text[:MIN_FRAGMENT] in secret:
+        for size in range(min(len(secret) - 1, len(text)), MIN_FRAGMENT - 1, -1):
+            if text.startswith(secret[-size:]):
+                text = "***" + text[size:]
+                break
     return text
 
 
