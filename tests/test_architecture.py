@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"redaction"},
     {"attempts"},
     {"errors"},
-    {"sampling"},
+    {"sampling", "inputs"},
     {"tracing"},
     {"deadline", "request", "images", "hedging", "latency", "allocator", "console"},
     {"config", "registry", "config_keys"},

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from imagegate.attempts import Attempt, AttemptError, Outcome
 from imagegate.errors import InvalidRequest
+from imagegate.inputs import MAX_INPUT_IMAGES, InputImage
 from imagegate.sampling import AUTOMATIC, SCHEDULERS, canonical_scheduler, split_sampler
 
 MAX_PROMPT_CHARS = 4000
@@ -20,6 +21,9 @@ MAX_STEPS = 150
 MAX_N = 8
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
+
+Task = Literal["txt2img", "img2img", "inpaint", "variations"]
+"""What a request asks of a provider; each provider declares the ones it can do."""
 
 __all__ = [
     "MAX_GUIDANCE",
@@ -34,8 +38,10 @@ __all__ = [
     "GeneratedImage",
     "ImageRequest",
     "ImageResult",
+    "InputImage",
     "Outcome",
     "Reported",
+    "Task",
     "invalid_request_from",
     "parse_size",
     "seed_series",
@@ -43,7 +49,8 @@ __all__ = [
 
 
 class ImageRequest(BaseModel):
-    """One text-to-image request; every limit is checked here and named when broken."""
+    """One generation request (text to image, or an edit of ``images``); every limit is
+    checked here and named when broken."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,6 +69,36 @@ class ImageRequest(BaseModel):
     route: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     safety: bool = True
     output_format: Literal["png"] = "png"
+    images: Annotated[tuple[InputImage, ...], Field(max_length=MAX_INPUT_IMAGES)] = ()
+    """Input images (image to image, inpainting, variations); none = text to image."""
+    mask: InputImage | None = None
+    """The area to repaint of the first image, in the internal form (inputs.normalize_mask)."""
+    strength: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    """The share of the input re-noised (0-1); none = the provider's default."""
+    inpaint_fill: Literal["fill", "original", "latent noise", "latent nothing"] = "original"
+    mask_blur: Annotated[int, Field(ge=0, le=64)] = 4
+    variation: bool = False
+    """Variations of the first image, without following the prompt."""
+
+    @property
+    def task(self) -> Task:
+        """What the request asks of a provider: txt2img, img2img, inpaint or variations."""
+        if not self.images:
+            return "txt2img"
+        if self.variation:
+            return "variations"
+        return "inpaint" if self.mask is not None else "img2img"
+
+    @model_validator(mode="after")
+    def _inputs_fit(self) -> ImageRequest:
+        """A mask needs an image; a variation needs one and takes no mask."""
+        if self.mask is not None and not self.images:
+            raise _misfit("mask", "sent with an image to repaint", "send the image too")
+        if self.variation and not self.images:
+            raise _misfit("variation", "sent with an image", "send the image to vary")
+        if self.variation and self.mask is not None:
+            raise _misfit("mask", "left out of a variation", "send the mask without variation")
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -141,6 +178,12 @@ def parse_size(size: str, *, field: str = "size") -> dict[str, int]:
             fix=f"Change {field} and try again.",
         )
     return {"width": int(match[1]), "height": int(match[2])}
+
+
+def _misfit(field: str, limit: str, fix: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{field}: must be {limit}", field=field, limit=limit, fix=f"{fix.capitalize()}."
+    )
 
 
 def invalid_request_from(exc: ValidationError) -> InvalidRequest:

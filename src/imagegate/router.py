@@ -186,6 +186,7 @@ class Router:
         self.budget.on_request()
         policy = policy or self.settings
         walk = _Walk(request, deadline, progress, policy, shape_of(request), list(route))
+        self._capable(walk)
         while walk.queue and walk.tried < policy.max_attempts:
             name = walk.queue.pop(0)
             admitted = self._admit(name, walk)
@@ -201,6 +202,24 @@ class Router:
                 return result
             await self._retry_later(walk)
         raise _all_failed(route, walk.attempts, walk.failed)
+
+    def _capable(self, walk: _Walk) -> None:
+        """Skip the providers that cannot do the request's task (an edit, say), each recorded
+        with the reason; InvalidRequest naming the route when none on it can."""
+        task = walk.request.task
+        able = [name for name in walk.queue if task in self.providers[name].capabilities]
+        if not able:
+            raise InvalidRequest(
+                f"route: no provider on the route ({', '.join(walk.queue)}) can do {task}; "
+                "add one that can to the route, or pick another route",
+                field="route",
+                limit=f"a route with a provider that can do {task}",
+            )
+        for name in walk.queue:
+            if name not in able:
+                does = ", ".join(sorted(self.providers[name].capabilities))
+                walk.skip(name, f"{name} cannot do {task} (it does {does})", "Unsupported")
+        walk.queue = able
 
     def _admit(self, name: str, walk: _Walk) -> bool | None:
         """Whether ``name`` may be tried: None (skipped), False (normally), True (as a trial)."""

@@ -78,6 +78,8 @@ class Provider(ABC):
 
     type: ClassVar[str]
     Config: ClassVar[builtins.type[ProviderConfig]] = ProviderConfig
+    capabilities: ClassVar[frozenset[str]] = frozenset({"txt2img"})
+    """The tasks (``ImageRequest.task``) this provider can do; the router skips it for others."""
 
     config: ProviderConfig
     """This provider's settings, always an instance of its ``Config``; a subclass narrows the
