@@ -5,7 +5,10 @@ a case with ``@case("<name>")``: a function that receives the pytest request and
 ExitStack (for the fake's teardown) and returns a ``Setup``. ``tests/test_conformance.py``
 runs every registered case through the same checks: success, seed reported, n > 1, cancel,
 each documented error mapped to its class, a TLS stall -> Timeout(tls) within its budget,
-and no secret in any error, record or log.
+and no secret in any error, record or log. Edits: for each task the provider declares in
+``capabilities`` (img2img, inpaint, variations) a request succeeds with its seed, each
+documented edit error (``edit_errors``) maps to its class, and a task it does not declare is
+refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Setup:
     tls_timeout_s: float = 0.5
     slow: Callable[[], None] | None = None
     """Make the fake's next answers take seconds (for the cancel check), where 40 steps don't."""
+    edit_errors: Mapping[str, type[ProviderError]] = field(default_factory=dict)
+    """Each documented error of the edit endpoints (armed with ``arm`` like the others)."""
     cancellable: bool = True
     supports_n: bool = True
     extra: dict[str, object] = field(default_factory=dict)

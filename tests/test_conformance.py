@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Iterator
@@ -12,13 +13,14 @@ from typing import TypeVar
 
 import pytest
 from conformance import CANARY, CANARY_ENV, Setup, load_cases
-from fakekit import drive
+from fakekit import drive, solid_png
+from PIL import Image
 
 from imagegate.config import Settings
-from imagegate.errors import ImagegateError, ProviderError, Timeout
+from imagegate.errors import ImagegateError, InvalidRequest, ProviderError, Timeout
 from imagegate.gateway import Gateway
 from imagegate.providers.base import Deadline, Progress
-from imagegate.request import ImageRequest
+from imagegate.request import ImageRequest, InputImage
 
 T = TypeVar("T")
 CASES = load_cases()
@@ -155,3 +157,78 @@ def test_no_secret_in_errors_records_or_logs(
     for path in (isolated_env / "data").rglob("*"):
         if path.is_file():
             assert CANARY.encode() not in path.read_bytes(), path
+
+
+# --------------------------------------------------------------------------- edits
+
+
+def _mask_png(size: int = 64) -> bytes:
+    """An L mask, 255 = repaint: a white square in the middle of a black one."""
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    out = io.BytesIO()
+    mask.save(out, format="PNG")
+    return out.getvalue()
+
+
+INIT = InputImage.from_bytes(solid_png(64, 64, (20, 120, 200)))
+MASK = InputImage.from_bytes(_mask_png())
+EDITS = {
+    "img2img": REQUEST.model_copy(update={"images": (INIT,), "strength": 0.5}),
+    "inpaint": REQUEST.model_copy(update={"images": (INIT,), "strength": 0.5, "mask": MASK}),
+    "variations": REQUEST.model_copy(update={"images": (INIT,), "variation": True}),
+}
+
+
+def _capable(setup: Setup, task: str) -> ImageRequest:
+    if task not in setup.provider.capabilities:
+        pytest.skip(f"{setup.provider.type} does not declare {task}")
+    return EDITS[task]
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint", "variations"])
+def test_edit_returns_an_image_with_the_seed(setup: Setup, task: str) -> None:
+    """Each edit task the provider declares returns one image and reports the seed asked."""
+    req = _capable(setup, task)
+
+    async def body() -> list[tuple[int, int, int]]:
+        images = await setup.provider.generate(req, Deadline(30), None)
+        return [(img.seed, img.width, img.height) for img in images]
+
+    made = drive(setup.provider, body)
+    assert len(made) == 1
+    assert made[0][0] == 11 or task == "variations"
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint", "variations"])
+def test_a_task_not_declared_is_refused_before_sending(setup: Setup, task: str) -> None:
+    """A provider asked for a task it does not declare raises InvalidRequest naming it."""
+    if task in setup.provider.capabilities:
+        pytest.skip(f"{setup.provider.type} declares {task}")
+    with pytest.raises(InvalidRequest) as info:
+        drive(setup.provider, lambda: setup.provider.generate(EDITS[task], Deadline(30), None))
+    assert task in str(info.value)
+
+
+def test_documented_edit_errors_map_to_their_classes(setup: Setup) -> None:
+    """Each documented error of the vendor's edit endpoints comes out as its tree class."""
+    if not setup.edit_errors:
+        pytest.skip(f"{setup.provider.type} has no edit endpoint")
+    task = "inpaint" if "inpaint" in setup.provider.capabilities else "img2img"
+
+    async def body() -> dict[str, ProviderError | None]:
+        seen: dict[str, ProviderError | None] = {}
+        for name in setup.edit_errors:
+            setup.arm(name)
+            try:
+                await setup.provider.generate(EDITS[task], Deadline(30), None)
+            except ProviderError as exc:
+                seen[name] = exc
+            else:
+                seen[name] = None
+        return seen
+
+    for name, error in drive(setup.provider, body).items():
+        expected = setup.edit_errors[name]
+        assert type(error) is expected, f"{name}: got {type(error).__name__}"
+        assert CANARY not in str(error)

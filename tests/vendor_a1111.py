@@ -13,13 +13,23 @@ As A1111 1.10 does, an unknown sampler name runs the default sampler and an unkn
 its hash (``title`` "file [hash]") only once it has been loaded: fresh, only the loaded one has
 it. With ``auth`` set, every route wants HTTP Basic. Armed errors answer the next txt2img with
 A1111's documented error shapes (older versions' "Sampler not found" included).
+
+``/sdapi/v1/img2img`` (providers.md section 13.2, A1111 v1.10.1 ``img2imgapi``): no
+``init_images`` -> 404 ``Init image not found``, an undecodable image or mask -> 500
+``Invalid encoded image`` (both in A1111's exception-handler shape ``{error, detail, body,
+errors}``). It resizes the init image (and the mask) to ``width`` x ``height`` ("Just
+resize") and paints the masked area (white, or opaque alpha for an RGBA mask) with the seed's
+colour, so a test can see which pixels were repainted; without a mask the whole image is
+tinted. ``edits`` keeps every img2img body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import copy
+import io
 import json
 import random
 import secrets
@@ -34,6 +44,7 @@ from conformance import CANARY, CANARY_ENV, Setup, case
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faults import serve_app
+from PIL import Image, UnidentifiedImageError
 from vendor_openai import tiny_png
 
 from imagegate.errors import AuthError, InvalidRequest, Unavailable, UpstreamError
@@ -76,6 +87,24 @@ ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
     ),
     "sampler_not_found": (400, {"detail": "Sampler not found"}),
     "sampler_not_found_old": (404, {"detail": "Sampler not found"}),
+    "init_image_not_found": (
+        404,
+        {
+            "error": "HTTPException",
+            "detail": "Init image not found",
+            "body": "",
+            "errors": "404: Init image not found",
+        },
+    ),
+    "invalid_encoded_image": (
+        500,
+        {
+            "error": "HTTPException",
+            "detail": "Invalid encoded image",
+            "body": "",
+            "errors": "500: Invalid encoded image",
+        },
+    ),
     "server_error": (
         500,
         {
@@ -96,6 +125,13 @@ MAPPED = {
     "sampler_not_found_old": InvalidRequest,
     "server_error": UpstreamError,
 }
+
+EDIT_ERRORS = {
+    "init_image_not_found": InvalidRequest,
+    "invalid_encoded_image": InvalidRequest,
+    "server_error": UpstreamError,
+}
+"""The documented errors of img2img, armed like the others, and their classes."""
 
 
 def _schedule_label(sampler: str, scheduler: str | None) -> tuple[str, str]:
@@ -121,6 +157,7 @@ class A1111Fake:
     step_s: float = 0.02
     armed: list[str] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    edits: list[dict[str, Any]] = field(default_factory=list)
     interrupts: int = 0
     all_seeds: list[int] | None = None
     """Seeds to report instead of seed + i (as a variation-seed job would)."""
@@ -205,6 +242,25 @@ class A1111Fake:
             finally:
                 self.inflight -= 1
 
+        @api.post("/sdapi/v1/img2img")
+        async def img2img(request: Request) -> Response:
+            body = await request.json()
+            self.edits.append(body)
+            if self.armed:
+                status, error = ERRORS[self.armed.pop(0)]
+                return JSONResponse(error, status)
+            if not body.get("init_images"):
+                return JSONResponse(ERRORS["init_image_not_found"][1], 404)
+            try:
+                init = _decode(body["init_images"][0])
+                mask = _decode(body["mask"]) if body.get("mask") else None
+            except ValueError:
+                return JSONResponse(ERRORS["invalid_encoded_image"][1], 500)
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                return await self._run(body, lambda w, h, s: _repaint(init, mask, w, h, s))
+
         @api.get("/sdapi/v1/progress")
         async def progress() -> dict[str, Any]:
             answer: dict[str, Any] = recorded("progress-run" if self.busy else "progress")
@@ -248,9 +304,13 @@ class A1111Fake:
             )
         return api
 
-    async def _run(self, body: dict[str, Any]) -> Response:
-        """One job: step by step until done or interrupted; either way it answers 200."""
+    async def _run(self, body: dict[str, Any], render: Any = None) -> Response:
+        """One job: step by step until done or interrupted; either way it answers 200.
+
+        img2img runs ``int(denoising_strength * steps)`` steps, as A1111 does."""
         steps = int(body.get("steps", 50))
+        if "init_images" in body:
+            steps = int(min(float(body.get("denoising_strength", 0.75)), 0.999) * steps)
         n = int(body.get("batch_size", 1)) * int(body.get("n_iter", 1))
         seed = int(body.get("seed", -1))
         if seed == -1:
@@ -313,9 +373,39 @@ class A1111Fake:
         )
         parameters = copy.deepcopy(_TEMPLATE["parameters"])
         parameters.update({k: v for k, v in body.items() if k in parameters})
-        images = [base64.b64encode(tiny_png(width, height, shade=s)).decode() for s in seeds]
+        render = render or (lambda w, h, s: tiny_png(w, h, shade=s))
+        images = [base64.b64encode(render(width, height, s)).decode() for s in seeds]
         payload = {"images": images, "parameters": parameters, "info": json.dumps(info)}
         return JSONResponse(payload)
+
+
+def _decode(text: str) -> Image.Image:
+    """A1111's ``decode_base64_to_image``: raw base64 or a data URI; ValueError if unreadable."""
+    if text.startswith("data:image/"):
+        text = text.split(";", 1)[1].split(",", 1)[1]
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as img:
+            img.load()
+            return img.copy()
+    except (binascii.Error, UnidentifiedImageError, OSError) as exc:
+        raise ValueError("Invalid encoded image") from exc
+
+
+def _repaint(
+    init: Image.Image, mask: Image.Image | None, width: int, height: int, seed: int
+) -> bytes:
+    """The init image resized to the target, its masked area (or all of it) in seed's colour."""
+    base = init.convert("RGB").resize((width, height))
+    paint = Image.new("RGB", (width, height), (seed % 256, 200, 40))
+    if mask is None:
+        base = Image.blend(base, paint, 0.5)
+    else:
+        rgba = mask.mode == "RGBA" and mask.getchannel("A").getextrema() != (255, 255)
+        alpha = mask.getchannel("A") if rgba else mask.convert("L")
+        base.paste(paint, (0, 0), alpha.point(lambda v: 255 if v > 128 else 0).resize(base.size))
+    out = io.BytesIO()
+    base.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
 
 
 def a1111_provider(url: str, name: str = "sd", **cfg: Any) -> A1111Provider:
@@ -339,5 +429,6 @@ def a1111_case(request: pytest.FixtureRequest, stack: ExitStack) -> Setup:
         errors=MAPPED,
         at_url=at,
         tls_timeout_s=0.5,
+        edit_errors=EDIT_ERRORS,
         extra={"fake": fake},
     )

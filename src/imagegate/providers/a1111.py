@@ -16,6 +16,9 @@ is an InvalidRequest naming the model and the checkpoints the server has. Checkp
 match as A1111 matches them: the title with or without " [hash]", the model name, the file
 name, the short hash or the sha256.
 
+Edits (img2img, inpaint) go to ``POST /sdapi/v1/img2img`` instead, with the body
+``a1111_edit`` adds.
+
 While the job is asked to finish early (an A1111-surface ``/interrupt``), ``POST
 /sdapi/v1/interrupt`` is sent and A1111's answer, the image made so far, is the result.
 
@@ -60,6 +63,7 @@ from imagegate.errors import (
     UpstreamError,
 )
 from imagegate.images import to_png
+from imagegate.providers.a1111_edit import img2img_body
 from imagegate.providers.base import (
     Deadline,
     Progress,
@@ -67,6 +71,7 @@ from imagegate.providers.base import (
     ProviderConfig,
     RemoteConfig,
 )
+from imagegate.providers.edits import require
 from imagegate.providers.remote import RemoteProvider
 from imagegate.request import GeneratedImage, ImageRequest, Reported, seed_series
 from imagegate.sampling import (
@@ -142,6 +147,7 @@ class A1111Provider(RemoteProvider):
     key_setting = "auth_env"
     describes_key = False
     json_any_content_type = True
+    capabilities = frozenset({"txt2img", "img2img", "inpaint"})
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
@@ -183,6 +189,9 @@ class A1111Provider(RemoteProvider):
         model = request.model or self.config.model
         if model:
             body["override_settings"] = {"sd_model_checkpoint": model}
+        path = "sdapi/v1/txt2img"
+        if require(self.name, self.capabilities, request) != "txt2img":
+            path, body = "sdapi/v1/img2img", img2img_body(request, body)
         try:
             async with asyncio.timeout(deadline.remaining()):
                 await self._lock.acquire()
@@ -194,9 +203,7 @@ class A1111Provider(RemoteProvider):
                 stage="total",
             ) from None
         try:
-            call = transport.request(
-                "POST", "sdapi/v1/txt2img", deadline=deadline, json=body, auth=auth
-            )
+            call = transport.request("POST", path, deadline=deadline, json=body, auth=auth)
             resp = await self._while_polling(call, deadline, progress, auth)
         finally:
             self._lock.release()
@@ -542,6 +549,12 @@ def _map_error(resp: Response, provider: str, *, auth_env: str | None = None) ->
             f"{where} answered {status}: {text}; pick a sampler from GET /sdapi/v1/samplers "
             "(such as 'Euler a' or 'DPM++ 2M')",
             field="sampler",
+            **kw,
+        )
+    if text in ("Init image not found", "Invalid encoded image"):
+        return InvalidRequest(
+            f"{where} answered {status}: {text}; send the input image as PNG, JPEG or WebP",
+            field="images",
             **kw,
         )
     if status == 404 and text == "Not Found":
