@@ -13,11 +13,15 @@ from collections.abc import Iterator
 import fakekit
 import pytest
 from editkit import INIT, INIT_COLOUR, edit_request, pixel
+from fakekit import solid_png
 from faults import serve_app
 from PIL import Image
 from vendor_a1111 import A1111Fake, a1111_provider
+from vendor_openai import OpenAIFake
 
 from imagegate.errors import InvalidRequest
+from imagegate.providers.openai import OpenAIConfig, OpenAIProvider
+from imagegate.request import InputImage
 
 
 def _image(b64: str) -> Image.Image:
@@ -74,3 +78,82 @@ def test_a1111_missing_init_image_is_invalid_request(a1111: tuple[A1111Fake, str
     error = fakekit.failure(a1111_provider(base, auth_env=None), edit_request())
     assert isinstance(error, InvalidRequest)
     assert error.field == "images"
+
+
+# --------------------------------------------------------------------------- openai
+
+
+@pytest.fixture
+def openai() -> Iterator[tuple[OpenAIFake, str]]:
+    """The OpenAI fake accepting any key, and its /v1 base URL."""
+    state = OpenAIFake()
+    with serve_app(state.app()) as base:
+        yield state, f"{base}/v1"
+
+
+def _oai(url: str, **cfg: object) -> OpenAIProvider:
+    return OpenAIProvider(
+        "oai", OpenAIConfig.model_validate({"url": url, "api_key_env": None} | cfg)
+    )
+
+
+def test_openai_one_image_is_an_image_part_typed_by_its_content(
+    openai: tuple[OpenAIFake, str],
+) -> None:
+    """One input image goes as the multipart part ``image`` with a file name and image/png."""
+    state, url = openai
+    fakekit.generate(_oai(url, model="gpt-image-1"), edit_request())
+    fields, parts = state.edit_forms[0]
+    assert [(p[0], p[2]) for p in parts] == [("image", "image/png")]
+    assert parts[0][1].endswith(".png")
+    assert parts[0][3] == INIT.data
+    assert (fields["prompt"], fields["model"]) == ("a lighthouse", "gpt-image-1")
+
+
+def test_openai_several_images_are_image_brackets_parts(openai: tuple[OpenAIFake, str]) -> None:
+    """Several input images go as one ``image[]`` part each, in order."""
+    state, url = openai
+    fakekit.generate(_oai(url, model="gpt-image-1"), edit_request(images=(INIT, INIT)))
+    assert [p[0] for p in state.edit_forms[0][1]] == ["image[]", "image[]"]
+
+
+def test_openai_mask_is_sent_transparent_where_to_edit(openai: tuple[OpenAIFake, str]) -> None:
+    """The internal mask (white = edit) becomes alpha 0 there: only the middle is repainted."""
+    state, url = openai
+    images = fakekit.generate(_oai(url, model="gpt-image-1"), edit_request(mask=True))
+    mask = next(p for p in state.edit_forms[0][1] if p[0] == "mask")
+    with Image.open(io.BytesIO(mask[3])) as img:
+        alpha = img.getchannel("A")
+        assert (alpha.getpixel((32, 32)), alpha.getpixel((2, 2))) == (0, 255)
+    assert pixel(images[0].png, 2, 2) == INIT_COLOUR
+    assert pixel(images[0].png, 32, 32) != INIT_COLOUR
+
+
+def test_openai_strength_rides_only_as_an_extension(openai: tuple[OpenAIFake, str]) -> None:
+    """OpenAI has no strength: it is a form field only with extensions on."""
+    state, url = openai
+    fakekit.generate(_oai(url), edit_request())
+    fakekit.generate(_oai(url, extensions=True), edit_request())
+    assert "strength" not in state.edit_forms[0][0]
+    assert state.edit_forms[1][0]["strength"] == "0.5"
+
+
+def test_openai_capabilities_follow_the_model() -> None:
+    """dall-e-3 edits nothing, dall-e-2 inpaints and varies, GPT image models edit."""
+    url = "http://127.0.0.1:9/v1"
+    assert _oai(url, model="dall-e-3").capabilities == {"txt2img"}
+    assert _oai(url, model="dall-e-2").capabilities == {"txt2img", "inpaint", "variations"}
+    assert _oai(url, model="gpt-image-1").capabilities == {"txt2img", "img2img", "inpaint"}
+
+
+def test_openai_variation_is_a_png_without_prompt(openai: tuple[OpenAIFake, str]) -> None:
+    """A variation posts one PNG ``image`` part to /images/variations, with no prompt."""
+    state, url = openai
+    jpeg = InputImage.from_bytes(solid_png(64, 64, INIT_COLOUR, "JPEG"))
+    req = edit_request(images=(jpeg,), variation=True, strength=None)
+    images = fakekit.generate(_oai(url, model="dall-e-2"), req)
+    fields, parts = state.edit_forms[0]
+    assert "prompt" not in fields
+    assert [(p[0], p[2]) for p in parts] == [("image", "image/png")]
+    assert parts[0][3].startswith(b"\x89PNG")
+    assert len(images) == 1

@@ -5,12 +5,25 @@
 each documented error in OpenAI's shape. It checks the Bearer key, and waits ``delay_s`` plus
 ``step_s`` per requested step (the ``steps`` extension) before answering, so a cancel has
 something to cut short while a plain answer takes milliseconds.
+
+Edits (providers.md section 13.1): ``POST /v1/images/edits`` takes multipart parts ``image``
+(one) or ``image[]`` (several), an optional ``mask`` and form fields; ``POST
+/v1/images/variations`` one ``image`` part and no prompt. Checked as OpenAI documents:
+``prompt`` required for edits, every image part typed image/png, image/jpeg or image/webp
+(``application/octet-stream`` -> 400 ``unsupported_file_mimetype``, the text quoted in
+providers.md), the mask a PNG with an alpha channel and the first image's size, a variation's
+image a square PNG. The messages of the missing-image, mask and variation errors are not
+quoted in any source read (unverified wording; the ``{"error": {message, type, param,
+code}}`` shape is the documented one). The answer paints the mask's fully transparent
+pixels (or the whole image, without a mask) over the first input image, at ``size`` or the
+input's size. ``edit_forms`` keeps (fields, [(part, filename, content type, bytes)]).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import itertools
 import time
 from contextlib import ExitStack
@@ -23,6 +36,7 @@ from fakekit import bearer_token, solid_png
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faults import serve_app
+from PIL import Image
 
 from imagegate.errors import (
     AuthError,
@@ -83,6 +97,35 @@ ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
     "server_error": _error(
         500, "The server had an error while processing your request.", "server_error", None
     ),
+    "missing_image": _error(
+        400,
+        "Missing required parameter: 'image'.",
+        "invalid_request_error",
+        "missing_required_parameter",
+        "image",
+    ),
+    "unsupported_file_mimetype": _error(
+        400,
+        "Invalid file 'image': unsupported mimetype ('application/octet-stream'). Supported "
+        "file formats are 'image/jpeg', 'image/png', and 'image/webp'.",
+        "invalid_request_error",
+        "unsupported_file_mimetype",
+        "image",
+    ),
+    "mask_size_mismatch": _error(
+        400,
+        "Invalid mask: the mask must have the same dimensions as the image.",
+        "invalid_request_error",
+        "invalid_mask",
+        "mask",
+    ),
+    "not_square_png": _error(
+        400,
+        "Uploaded image must be a square PNG and less than 4 MB.",
+        "invalid_request_error",
+        "invalid_image",
+        "image",
+    ),
     "overloaded": _error(503, "The engine is currently overloaded.", "server_error", None),
 }
 """Each documented error: its status and OpenAI's error body."""
@@ -98,6 +141,15 @@ MAPPED = {
     "overloaded": Unavailable,
     "malformed": ProtocolError,
 }
+
+EDIT_ERRORS = {
+    "missing_image": InvalidRequest,
+    "unsupported_file_mimetype": InvalidRequest,
+    "mask_size_mismatch": InvalidRequest,
+    "content_policy_violation": ContentFiltered,
+    "rate_limited": RateLimited,
+}
+"""The documented errors of /images/edits, armed like the others, and their classes."""
 
 
 def gpt_image_usage(prompt: str, n: int) -> dict[str, Any]:
@@ -127,6 +179,9 @@ class OpenAIFake:
     armed: list[str] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    edit_forms: list[tuple[dict[str, str], list[tuple[str, str, str, bytes]]]] = field(
+        default_factory=list
+    )
     files: dict[str, bytes] = field(default_factory=dict)
     model_calls: int = 0
     image_format: str = "PNG"
@@ -190,6 +245,14 @@ class OpenAIFake:
                 answer["usage"] = gpt_image_usage(str(body["prompt"]), len(data))
             return JSONResponse(answer)
 
+        @api.post("/v1/images/edits")
+        async def edits(request: Request) -> Response:
+            return await self._edit(request, variation=False)
+
+        @api.post("/v1/images/variations")
+        async def variations(request: Request) -> Response:
+            return await self._edit(request, variation=True)
+
         @api.get("/files/{name}")
         async def files(name: str, request: Request) -> Response:
             self.file_headers.append(dict(request.headers))
@@ -209,6 +272,80 @@ class OpenAIFake:
             return JSONResponse({"object": "list", "data": cards})
 
         return api
+
+    async def _edit(self, request: Request, *, variation: bool) -> Response:
+        """One edit or variation: the multipart checks, then the painted images."""
+        async with request.form() as form:
+            fields = {k: str(v) for k, v in form.multi_items() if isinstance(v, str)}
+            parts = [
+                (k, v.filename or "", v.content_type or "", await v.read())
+                for k, v in form.multi_items()
+                if not isinstance(v, str)
+            ]
+        self.edit_forms.append((fields, parts))
+        if bearer_token(request.headers) != (self.key or bearer_token(request.headers)):
+            return JSONResponse(ERRORS["invalid_api_key"][1], 401)
+        name = self.armed.pop(0) if self.armed else None
+        if name is not None:
+            status, error = ERRORS[name]
+            return JSONResponse(
+                error, status, headers={"retry-after": "1"} if status == 429 else {}
+            )
+        wanted = ("image",) if variation else ("image", "image[]")
+        images = [p for p in parts if p[0] in wanted]
+        if not images:
+            return JSONResponse(*_swap(ERRORS["missing_image"]))
+        if not variation and not fields.get("prompt"):
+            missing = _error(400, "Missing required parameter: 'prompt'.", "invalid_request_error",
+                             "missing_required_parameter", "prompt")  # fmt: skip
+            return JSONResponse(*_swap(missing))
+        if any(p[2] not in ("image/png", "image/jpeg", "image/webp") for p in parts):
+            return JSONResponse(*_swap(ERRORS["unsupported_file_mimetype"]))
+        first = _open(images[0][3])
+        if variation and (first.format != "PNG" or first.width != first.height):
+            return JSONResponse(*_swap(ERRORS["not_square_png"]))
+        masks = [p for p in parts if p[0] == "mask"]
+        mask = _open(masks[0][3]) if masks else None
+        if mask is not None and (
+            mask.format != "PNG" or "A" not in mask.getbands() or mask.size != first.size
+        ):
+            return JSONResponse(*_swap(ERRORS["mask_size_mismatch"]))
+        width, height = (
+            int(v) for v in fields.get("size", f"{first.width}x{first.height}").split("x")
+        )
+        await asyncio.sleep(self.delay_s + self.step_s * int(fields.get("steps") or 0))
+        data = []
+        for i in range(int(fields.get("n") or 1)):
+            png = _paint(first, mask, (width, height), shade=i)
+            data.append({"b64_json": base64.b64encode(png).decode()})
+        return JSONResponse({"created": int(time.time()), "data": data})
+
+
+def _swap(error: tuple[int, dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """(body, status) for JSONResponse from an ERRORS entry."""
+    return error[1], error[0]
+
+
+def _open(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def _paint(
+    image: Image.Image, mask: Image.Image | None, size: tuple[int, int], shade: int
+) -> bytes:
+    """``image`` with the mask's fully transparent pixels (or all of it) painted, at ``size``."""
+    base = image.convert("RGB")
+    paint = Image.new("RGB", base.size, (shade % 256, 250, 10))
+    if mask is None:
+        base = paint
+    else:
+        edit = mask.getchannel("A").point(lambda a: 255 if a == 0 else 0)
+        base.paste(paint, (0, 0), edit)
+    out = io.BytesIO()
+    base.resize(size).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
 
 
 def openai_provider(url: str, name: str = "oai", **cfg: Any) -> OpenAIProvider:
@@ -234,5 +371,6 @@ def openai_case(request: pytest.FixtureRequest, stack: ExitStack) -> Setup:
         errors=MAPPED,
         at_url=at,
         tls_timeout_s=0.5,
+        edit_errors=EDIT_ERRORS,
         extra={"fake": fake},
     )

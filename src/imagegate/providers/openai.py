@@ -20,6 +20,21 @@ ContentFiltered; other 400, 404, 422 -> InvalidRequest naming ``param``; 401, 40
 ``retry-after``); 503 -> Unavailable; other 5xx -> UpstreamError; a malformed answer ->
 ProtocolError. There is no progress and no cancel endpoint: cancelling the task drops the
 connection.
+
+Edits (providers.md section 13.1, read from openai-python 3.3.1 ``Images.edit`` /
+``create_variation`` and the OpenAPI ``CreateImageEditRequest``): ``POST {url}/images/edits``
+as multipart/form-data, one file part ``image`` for one input image and one ``image[]`` part
+per image for several (up to 16, GPT image models), each with a file name and its real content
+type (OpenAI refuses ``application/octet-stream`` with 400 ``unsupported_file_mimetype``);
+``mask`` is a PNG whose fully transparent pixels are edited, so the internal mask (white =
+edit) is sent with alpha = 255 - L; the other fields are form fields. OpenAI has no
+strength: ``strength`` (and the other extension fields) are sent only with ``extensions``.
+``POST {url}/images/variations`` (one ``image`` part, square PNG, dall-e-2 only, no prompt)
+serves ``variations``. dall-e-2 takes PNG only: images are re-encoded for it. Capabilities
+follow the configured model: dall-e-3 makes no edits; dall-e-2 inpaints (without a mask it
+wants an image that is itself transparent, so it declares no img2img) and makes variations;
+GPT image models do img2img and inpaint, not variations; a compatible server with no model
+named declares all three.
 """
 
 from __future__ import annotations
@@ -45,9 +60,11 @@ from imagegate.images import to_png
 from imagegate.providers.base import (
     Deadline,
     ProgressCallback,
+    ProviderConfig,
 )
+from imagegate.providers.edits import alpha_mask_png, as_png, filename, require
 from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
-from imagegate.request import GeneratedImage, ImageRequest, seed_series
+from imagegate.request import GeneratedImage, ImageRequest, InputImage, seed_series
 from imagegate.transport import (
     Response,
     Transport,
@@ -108,6 +125,12 @@ class OpenAIProvider(RemoteProvider):
     config: OpenAIConfig
     describes_key = False
     json_any_content_type = True  # compatible servers are loose about the content type
+    capabilities = frozenset({"txt2img", "img2img", "inpaint", "variations"})
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        super().__init__(name, config)
+        # What the configured model can do (an instance value: it depends on the config).
+        setattr(self, "capabilities", _capabilities(self.config.model))  # noqa: B010
 
     # ------------------------------------------------------------------ protocol
 
@@ -133,9 +156,18 @@ class OpenAIProvider(RemoteProvider):
                 value = getattr(request, key)
                 if value not in (None, ""):
                     body[key] = value
-        resp = await transport.request(
-            "POST", "images/generations", deadline=deadline, json=body, headers=headers
-        )
+            if request.images and request.strength is not None:
+                body["strength"] = request.strength
+        task = require(self.name, self.capabilities, request)
+        if task == "txt2img":
+            resp = await transport.request(
+                "POST", "images/generations", deadline=deadline, json=body, headers=headers
+            )
+        else:
+            path, form, files = _edit_parts(task, request, body, str(model or ""))
+            resp = await transport.request(
+                "POST", path, deadline=deadline, data=form, files=files, headers=headers
+            )
         payload = self._json(resp)
         if deadline.control is not None and isinstance(payload, dict):
             deadline.control.usage = token_usage(payload.get("usage"))
@@ -239,6 +271,54 @@ def token_usage(usage: Any) -> dict[str, int] | None:
         elif isinstance(value, int) and not isinstance(value, bool):
             counts[str(key)] = value
     return counts or None
+
+
+def _capabilities(model: str | None) -> frozenset[str]:
+    """What ``model`` can do at OpenAI; everything when none is named (a compatible server)."""
+    name = (model or "").lower()
+    if name.startswith("dall-e-3"):
+        return frozenset({"txt2img"})
+    if name.startswith("dall-e-2"):
+        return frozenset({"txt2img", "inpaint", "variations"})
+    if name.startswith(_ALWAYS_B64_MODELS):
+        return frozenset({"txt2img", "img2img", "inpaint"})
+    return frozenset({"txt2img", "img2img", "inpaint", "variations"})
+
+
+_FilePart = tuple[str, tuple[str, bytes, str]]
+
+
+def _edit_parts(
+    task: str, request: ImageRequest, body: dict[str, Any], model: str
+) -> tuple[str, dict[str, str], list[_FilePart]]:
+    """(path, form fields, file parts) of an edit or a variation, as openai-python sends them."""
+    png_only = model.startswith("dall-e-2") or task == "variations"
+
+    def part(name: str, image: InputImage, stem: str) -> _FilePart:
+        if png_only or image.mime not in ("image/png", "image/jpeg", "image/webp"):
+            return name, (f"{stem}-{image.sha256[:16]}.png", as_png(image), "image/png")
+        return name, (filename(image, stem), image.data, image.mime)
+
+    skip = ("prompt", "negative_prompt") if task == "variations" else ()  # no prompt there
+    form = {
+        key: _form_value(value)
+        for key, value in body.items()
+        if value is not None and not isinstance(value, dict | list) and key not in skip
+    }
+    if task == "variations":
+        return "images/variations", form, [part("image", request.images[0], "image")]
+    name = "image" if len(request.images) == 1 else "image[]"
+    files = [part(name, image, f"image{i}") for i, image in enumerate(request.images)]
+    if request.mask is not None:
+        files.append(("mask", ("mask.png", alpha_mask_png(request.mask), "image/png")))
+    return "images/edits", form, files
+
+
+def _form_value(value: Any) -> str:
+    """A form field's text as openai-python writes it: true/false, numbers with str()."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _size(request: ImageRequest, provider: str) -> str | None:
