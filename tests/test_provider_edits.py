@@ -12,15 +12,18 @@ from collections.abc import Iterator
 
 import fakekit
 import pytest
-from editkit import INIT, INIT_COLOUR, edit_request, pixel
+from conformance import CANARY_ENV
+from editkit import INIT, INIT_COLOUR, MASK, edit_request, pixel
 from fakekit import solid_png
 from faults import serve_app
 from PIL import Image
 from vendor_a1111 import A1111Fake, a1111_provider
 from vendor_openai import OpenAIFake
+from vendor_stability import StabilityFake
 
 from imagegate.errors import InvalidRequest
 from imagegate.providers.openai import OpenAIConfig, OpenAIProvider
+from imagegate.providers.stability import StabilityConfig, StabilityProvider
 from imagegate.request import InputImage
 
 
@@ -157,3 +160,50 @@ def test_openai_variation_is_a_png_without_prompt(openai: tuple[OpenAIFake, str]
     assert [(p[0], p[2]) for p in parts] == [("image", "image/png")]
     assert parts[0][3].startswith(b"\x89PNG")
     assert len(images) == 1
+
+
+# --------------------------------------------------------------------------- stability
+
+
+@pytest.fixture
+def stability(monkeypatch: pytest.MonkeyPatch) -> Iterator[StabilityFake]:
+    """The Stability fake, with a key in the environment."""
+    monkeypatch.setenv(CANARY_ENV, "sk-test")
+    with StabilityFake() as fake:
+        yield fake
+
+
+def _stability(url: str, **cfg: object) -> StabilityProvider:
+    config = {"url": url, "api_key_env": CANARY_ENV} | cfg
+    return StabilityProvider("stability", StabilityConfig.model_validate(config))
+
+
+def test_stability_img2img_is_sd3_image_to_image(stability: StabilityFake) -> None:
+    """img2img posts to generate/sd3 with mode image-to-image, the image part and strength."""
+    images = fakekit.generate(_stability(stability.url, model="sd3.5-medium"), edit_request())
+    call = stability.calls[0]
+    assert call["model"] == "sd3"
+    assert call["form"]["mode"] == "image-to-image"
+    assert (call["form"]["strength"], call["form"]["model"]) == ("0.5", "sd3.5-medium")
+    assert "aspect_ratio" not in call["form"]
+    assert stability.uploads[0]["image"][2] == INIT.data
+    assert images[0].seed == 7
+
+
+def test_stability_ultra_takes_the_image_on_its_own_endpoint(stability: StabilityFake) -> None:
+    """With model ultra, img2img goes to generate/ultra with image and strength, no mode."""
+    fakekit.generate(_stability(stability.url, model="ultra"), edit_request())
+    call = stability.calls[0]
+    assert call["model"] == "ultra"
+    assert "mode" not in call["form"]
+    assert call["form"]["strength"] == "0.5"
+
+
+def test_stability_inpaint_sends_the_mask_white_as_repaint(stability: StabilityFake) -> None:
+    """Inpainting posts to edit/inpaint with the L mask: only the middle is repainted."""
+    images = fakekit.generate(_stability(stability.url), edit_request(mask=True))
+    assert stability.calls[0]["model"] == "inpaint"
+    assert "strength" not in stability.calls[0]["form"]
+    assert stability.uploads[0]["mask"][2] == MASK.data
+    assert pixel(images[0].png, 2, 2) == INIT_COLOUR
+    assert pixel(images[0].png, 32, 32) != INIT_COLOUR

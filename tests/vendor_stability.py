@@ -16,12 +16,25 @@ sd3}`` with a Bearer key, multipart only, fields validated against the documente
 ``Accept: application/json`` answers ``{"image", "finish_reason", "seed"}``; errors are
 ``{"id", "name", "errors": [str]}``; ``GET /v1/user/balance`` answers ``{"credits"}``. The PNG
 is small: 32 pixels per unit of the aspect ratio (1:1 -> 32x32, 16:9 -> 512x288).
+
+Edits (providers.md section 13.4): ``generate/sd3`` with ``mode = image-to-image`` wants an
+``image`` part and a ``strength`` in 0-1 (and no ``aspect_ratio``); ``generate/ultra`` with an
+``image`` part wants ``strength``; ``POST /v2beta/stable-image/edit/inpaint`` wants ``image``
+and ``prompt``, an optional ``mask`` (white = repaint; resized when its size differs, as
+documented; without one the image's transparent pixels are the mask). Images must have every
+side >= 64 px (inpaint: 4,096 to 9,437,184 pixels); a request over 10 MiB is 413
+``payload_too_large``. Error texts follow the documented ``"field: why"`` form; their exact
+words are not quoted in any source read (unverified). The answer is the input image with the
+repainted area (the mask's white, or all of it for img2img) in the seed's colour, at the
+input's size: Stability's own is about 4 MP, too slow for tests. ``uploads`` keeps each
+call's file parts (name -> (filename, content type, bytes)).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import random
 import uuid
 from contextlib import ExitStack
@@ -33,6 +46,7 @@ from fakekit import Armed, bearer_token
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faults import serve_app
+from PIL import Image, UnidentifiedImageError
 from vendor_novita import tiny_png
 
 from imagegate.errors import (
@@ -65,6 +79,8 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     "rate_limit_exceeded": (429, "rate_limit_exceeded", "You have exceeded the rate limit of "
                             "150 requests within a 10 second period"),
     "internal_error": (500, "internal_error", "An unexpected server error has occurred"),
+    "image_required": (400, "bad_request", "image: is required"),
+    "image_too_small": (400, "bad_request", "image: every side must be at least 64 pixels"),
 }  # fmt: skip
 """The documented HTTP errors the fake answers a generate call with once armed.
 
@@ -83,6 +99,15 @@ EXPECTED: dict[str, type[ProviderError]] = {
     "content_filtered": ContentFiltered,
 }
 """What each armed error must become in the error tree."""
+
+EDIT_ERRORS: dict[str, type[ProviderError]] = {
+    "image_required": InvalidRequest,
+    "image_too_small": InvalidRequest,
+    "payload_too_large": InvalidRequest,
+    "content_moderation": ContentFiltered,
+    "content_filtered": ContentFiltered,
+}
+"""The documented errors of the edit calls, armed like the others, and their classes."""
 
 _PRESETS = (
     "3d-model", "analog-film", "anime", "cinematic", "comic-book", "digital-art", "enhance",
@@ -105,8 +130,9 @@ class StabilityFake:
         self.delay_s = 0.0
         self.url = ""
         self.calls: list[dict[str, Any]] = []
+        self.uploads: list[dict[str, tuple[str, str, bytes]]] = []
         self.content_types: list[str] = []
-        self._armed = Armed("Stability", EXPECTED)
+        self._armed = Armed("Stability", {**EXPECTED, **EDIT_ERRORS})
         self._stack = ExitStack()
 
     def arm(self, name: str, times: int = 1) -> None:
@@ -164,9 +190,12 @@ class StabilityFake:
                 return _error(404, "not_found", f"model: no endpoint {model!r}")
             if not request.headers.get("content-type", "").startswith("multipart/form-data"):
                 return _error(400, "bad_request", "content-type: must be multipart/form-data")
-            form = {k: str(v) for k, v in (await request.form()).items()}
+            if int(request.headers.get("content-length") or 0) > MAX_BODY:
+                return _error(*ERRORS["payload_too_large"])
+            form, uploads = await _read_form(request)
             accept = request.headers.get("accept", "image/*")
             self.calls.append({"model": model, "form": form, "accept": accept})
+            self.uploads.append(uploads)
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             armed = self._armed.take()
@@ -174,19 +203,40 @@ class StabilityFake:
                 return _error(*ERRORS[armed])
             if accept not in ("image/*", "application/json"):
                 return _error(400, "bad_request", "accept: must be image/* or application/json")
-            problem = self._validate(model, form)
+            problem = self._validate(model, form) or _edit_problem(model, form, uploads)
             if problem is not None:
                 return _error(400, "bad_request", problem)
             seed = int(form.get("seed", "0")) or random.randint(1, 4294967294)
-            w, h = (int(x) * 32 for x in form.get("aspect_ratio", "1:1").split(":"))
-            png = tiny_png(w, h, seed)
-            finish = "CONTENT_FILTERED" if armed == "content_filtered" else "SUCCESS"
-            if accept == "application/json":
-                body = {"image": base64.b64encode(png).decode(), "finish_reason": finish,
-                        "seed": seed}  # fmt: skip
-                return JSONResponse(body, media_type="application/json; type=image/png")
-            headers = {"seed": str(seed), "finish-reason": finish, "x-request-id": uuid.uuid4().hex}
-            return Response(png, media_type="image/png", headers=headers)
+            if "image" in uploads:
+                png = _repaint(uploads["image"][2], None, seed)
+            else:
+                w, h = (int(x) * 32 for x in form.get("aspect_ratio", "1:1").split(":"))
+                png = tiny_png(w, h, seed)
+            return _answer(png, seed, accept, armed)
+
+        @app.post("/v2beta/stable-image/edit/inpaint")
+        async def inpaint(request: Request) -> Response:
+            self.content_types.append(request.headers.get("content-type", ""))
+            denied = self._auth(request)
+            if denied is not None:
+                return denied
+            if int(request.headers.get("content-length") or 0) > MAX_BODY:
+                return _error(*ERRORS["payload_too_large"])
+            form, uploads = await _read_form(request)
+            accept = request.headers.get("accept", "image/*")
+            self.calls.append({"model": "inpaint", "form": form, "accept": accept})
+            self.uploads.append(uploads)
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            armed = self._armed.take()
+            if armed in ERRORS:
+                return _error(*ERRORS[armed])
+            problem = _inpaint_problem(form, uploads)
+            if problem is not None:
+                return _error(400, "bad_request", problem)
+            seed = int(form.get("seed", "0")) or random.randint(1, 4294967294)
+            mask = uploads["mask"][2] if "mask" in uploads else None
+            return _answer(_repaint(uploads["image"][2], mask, seed), seed, accept, armed)
 
         @app.get("/v1/user/balance")
         async def balance(request: Request) -> Response:
@@ -194,6 +244,95 @@ class StabilityFake:
             return denied or JSONResponse({"credits": self.credits})
 
         return app
+
+
+MAX_BODY = 10 * 1024 * 1024  # "payloads cannot be larger than 10MiB in size"
+
+
+async def _read_form(request: Request) -> tuple[dict[str, str], dict[str, tuple[str, str, bytes]]]:
+    """The multipart fields, and the file parts as name -> (filename, content type, bytes)."""
+    fields: dict[str, str] = {}
+    uploads: dict[str, tuple[str, str, bytes]] = {}
+    async with request.form() as form:
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                fields[key] = value
+            else:
+                uploads[key] = (value.filename or "", value.content_type or "", await value.read())
+    return fields, uploads
+
+
+def _image_problem(
+    uploads: dict[str, tuple[str, str, bytes]], pixels: tuple[int, int] | None = None
+) -> str | None:
+    if "image" not in uploads:
+        return ERRORS["image_required"][2]
+    try:
+        with Image.open(io.BytesIO(uploads["image"][2])) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError):
+        return "image: must be a jpeg, png or webp image"
+    if min(width, height) < 64:
+        return ERRORS["image_too_small"][2]
+    if pixels is not None and not pixels[0] <= width * height <= pixels[1]:
+        return f"image: must have between {pixels[0]} and {pixels[1]} pixels"
+    return None
+
+
+def _edit_problem(
+    model: str, form: dict[str, str], uploads: dict[str, tuple[str, str, bytes]]
+) -> str | None:
+    """The img2img checks of generate/sd3 (mode image-to-image) and generate/ultra."""
+    img2img = form.get("mode") == "image-to-image" or (model == "ultra" and "image" in uploads)
+    if not img2img:
+        return None
+    if model == "sd3" and "aspect_ratio" in form:
+        return "aspect_ratio: is not allowed with mode image-to-image"
+    problem = _image_problem(uploads)
+    if problem is None and not 0 <= float(form.get("strength", "-1")) <= 1:
+        problem = "strength: is required with an image and must be between 0 and 1"
+    return problem
+
+
+def _inpaint_problem(
+    form: dict[str, str], uploads: dict[str, tuple[str, str, bytes]]
+) -> str | None:
+    if not 1 <= len(form.get("prompt", "")) <= 10000:
+        return "prompt: must be 1 to 10000 characters"
+    if form.get("output_format", "png") not in ("png", "jpeg", "webp"):
+        return "output_format: must be one of png, jpeg, webp"
+    return _image_problem(uploads, (4096, 9437184))
+
+
+def _repaint(image: bytes, mask: bytes | None, seed: int) -> bytes:
+    """The image with the mask's white (or, without a mask, its transparent pixels; for
+    img2img all of it) painted in the seed's colour."""
+    with Image.open(io.BytesIO(image)) as img:
+        img.load()
+        base = img.convert("RGB")
+        alpha = img.getchannel("A") if "A" in img.getbands() else None
+    paint = Image.new("RGB", base.size, (seed % 251, 230, 30))
+    if mask is not None:
+        with Image.open(io.BytesIO(mask)) as raw:
+            where = raw.convert("L").resize(base.size)
+    elif alpha is not None:
+        where = alpha.point(lambda a: 255 - a)
+    else:
+        where = Image.new("L", base.size, 255)
+    base.paste(paint, (0, 0), where)
+    out = io.BytesIO()
+    base.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def _answer(png: bytes, seed: int, accept: str, armed: str | None) -> Response:
+    """The image as Stability answers it: raw bytes and headers, or JSON."""
+    finish = "CONTENT_FILTERED" if armed == "content_filtered" else "SUCCESS"
+    if accept == "application/json":
+        body = {"image": base64.b64encode(png).decode(), "finish_reason": finish, "seed": seed}
+        return JSONResponse(body, media_type="application/json; type=image/png")
+    headers = {"seed": str(seed), "finish-reason": finish, "x-request-id": uuid.uuid4().hex}
+    return Response(png, media_type="image/png", headers=headers)
 
 
 @case("stability")
@@ -218,4 +357,5 @@ def stability_case(request: pytest.FixtureRequest, stack: ExitStack) -> Setup:
         at_url=build,
         tls_timeout_s=0.5,
         slow=slow,
+        edit_errors=EDIT_ERRORS,
     )

@@ -16,6 +16,19 @@ Stability answers. ``n > 1`` makes n calls (at most 4 at a time) seeded seed, se
 
 Moderation comes two ways, both ContentFiltered: 403 ``content_moderation`` before
 generating, and ``finish_reason = CONTENT_FILTERED`` after (a blurred, billed image).
+
+Edits (providers.md section 13.4, from Stability's OpenAPI as vendored in tryAGI/StabilityAI
+and ComfyUI's ``nodes_stability.py``): img2img is ``generate/sd3`` with ``mode =
+image-to-image``, an ``image`` file part and ``strength`` (0 = the image as it is, 1 = ignore
+it; required, 0.75 when the request has none), no ``aspect_ratio``; with ``model = "ultra"``
+it is ``generate/ultra`` with ``image`` and ``strength``; ``core`` takes no image, so with
+``core`` (the default) img2img runs on sd3's default model (sd3.5-large). Inpainting is ``edit/inpaint``
+with ``image`` and ``mask`` (white = full strength, black = none: the internal mask as it
+is), ``prompt``, ``negative_prompt``, ``seed``, ``output_format``, ``style_preset``; it
+takes no strength and its ``grow_mask`` keeps Stability's default (5). Each call makes one
+image of about 4 MP whatever the input's size (reported as it comes); the whole request must
+stay under 10 MiB (413 ``payload_too_large``), every image side >= 64 px, inpainting's image
+4,096 to 9,437,184 pixels. Only the first input image is used.
 """
 
 from __future__ import annotations
@@ -46,6 +59,7 @@ from imagegate.providers.base import (
     Progress,
     ProgressCallback,
 )
+from imagegate.providers.edits import default_strength, filename, init_image, mask_png, require
 from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
 from imagegate.request import GeneratedImage, ImageRequest
 from imagegate.transport import (
@@ -75,6 +89,7 @@ StylePreset = Literal[
 ]  # fmt: skip
 Model = Literal["core", "ultra", "sd3", "sd3.5-large", "sd3.5-large-turbo", "sd3.5-medium"]
 
+DEFAULT_STRENGTH = 0.75  # img2img's strength when the request has none (A1111's default)
 MAX_STABILITY_SEED = 4294967294
 LOCKOUT_S = 60.0  # Stability's documented timeout after going over its rate limit
 _PARALLEL = 4  # calls in flight at once for one request with n > 1
@@ -127,6 +142,7 @@ class StabilityProvider(RemoteProvider):
     type = "stability"
     Config = StabilityConfig
     config: StabilityConfig
+    capabilities = frozenset({"txt2img", "img2img", "inpaint"})
 
     # -- public surface ------------------------------------------------------------------
 
@@ -135,7 +151,12 @@ class StabilityProvider(RemoteProvider):
     ) -> list[GeneratedImage]:
         """n calls, each one image; progress counts finished images."""
         model = self._model(request)
+        task = require(self.name, self.capabilities, request)
         form = self._form(request, model)
+        path = f"/v2beta/stable-image/generate/{model[0]}"
+        uploads: dict[str, tuple[str, bytes, str]] = {}
+        if task != "txt2img":
+            path, form, uploads = _edit(task, request, model, form)
         headers = self._headers()
         seeds = request.seeds(low=1, high=MAX_STABILITY_SEED)  # 0 asks Stability for a random one
         gate = asyncio.Semaphore(_PARALLEL)
@@ -145,7 +166,7 @@ class StabilityProvider(RemoteProvider):
             nonlocal done
             async with gate:
                 fields = {**form, "seed": str(seeds[index])}
-                image = await self._call(model, fields, headers, deadline)
+                image = await self._call(path, fields, uploads, headers, deadline)
             done += 1
             if progress is not None:
                 progress(Progress(done, request.n))
@@ -249,17 +270,19 @@ class StabilityProvider(RemoteProvider):
 
     async def _call(
         self,
-        model: tuple[str, str | None],
+        path: str,
         fields: dict[str, str],
+        uploads: dict[str, tuple[str, bytes, str]],
         headers: dict[str, str],
         deadline: Deadline,
     ) -> GeneratedImage:
         accept = "application/json" if self.config.accept == "json" else "image/*"
         # Every field as a multipart part without a filename: the API takes multipart only.
-        parts = {name: (None, value.encode()) for name, value in fields.items()}
+        parts: dict[str, Any] = {name: (None, value.encode()) for name, value in fields.items()}
+        parts.update(uploads)
         resp = await self._http().request(
             "POST",
-            f"/v2beta/stable-image/generate/{model[0]}",
+            path,
             deadline=deadline,
             files=parts,
             headers={**headers, "Accept": accept},
@@ -302,6 +325,24 @@ class StabilityProvider(RemoteProvider):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _edit(
+    task: str, request: ImageRequest, model: tuple[str, str | None], form: dict[str, str]
+) -> tuple[str, dict[str, str], dict[str, tuple[str, bytes, str]]]:
+    """(path, form fields, file parts) of an img2img or inpaint call."""
+    image = init_image(request)
+    uploads = {"image": (filename(image), image.data, image.mime)}
+    fields = {k: v for k, v in form.items() if k != "aspect_ratio"}
+    if task == "inpaint":
+        uploads["mask"] = ("mask.png", mask_png(request), "image/png")
+        fields = {k: v for k, v in fields.items() if k not in ("model", "cfg_scale")}
+        return "/v2beta/stable-image/edit/inpaint", fields, uploads
+    fields["strength"] = f"{default_strength(request, DEFAULT_STRENGTH):g}"
+    if model[0] == "ultra":
+        return "/v2beta/stable-image/generate/ultra", fields, uploads
+    fields["mode"] = "image-to-image"
+    return "/v2beta/stable-image/generate/sd3", fields, uploads
 
 
 async def _all(jobs: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
