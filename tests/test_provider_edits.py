@@ -18,10 +18,12 @@ from fakekit import solid_png
 from faults import serve_app
 from PIL import Image
 from vendor_a1111 import A1111Fake, a1111_provider
+from vendor_novita import NovitaFake
 from vendor_openai import OpenAIFake
 from vendor_stability import StabilityFake
 
 from imagegate.errors import InvalidRequest
+from imagegate.providers.novita import NovitaConfig, NovitaProvider
 from imagegate.providers.openai import OpenAIConfig, OpenAIProvider
 from imagegate.providers.stability import StabilityConfig, StabilityProvider
 from imagegate.request import InputImage
@@ -207,3 +209,53 @@ def test_stability_inpaint_sends_the_mask_white_as_repaint(stability: StabilityF
     assert stability.uploads[0]["mask"][2] == MASK.data
     assert pixel(images[0].png, 2, 2) == INIT_COLOUR
     assert pixel(images[0].png, 32, 32) != INIT_COLOUR
+
+
+# --------------------------------------------------------------------------- novita
+
+
+@pytest.fixture
+def novita(monkeypatch: pytest.MonkeyPatch) -> Iterator[NovitaFake]:
+    """The Novita fake (API and image host), with a key in the environment."""
+    monkeypatch.setenv(CANARY_ENV, "key")
+    with NovitaFake() as fake:
+        yield fake
+
+
+def _novita(fake: NovitaFake, **cfg: object) -> NovitaProvider:
+    config = {"url": fake.url, "api_key_env": CANARY_ENV, "poll_interval_s": 0.01} | cfg
+    return NovitaProvider("novita", NovitaConfig.model_validate(config))
+
+
+def test_novita_img2img_is_an_img2img_task_with_plain_base64(
+    novita: NovitaFake,
+) -> None:
+    """img2img submits /v3/async/img2img with the image as plain base64 and the strength."""
+    images = fakekit.generate(_novita(novita), edit_request(width=128, height=128))
+    req = novita.edits[0]["request"]
+    assert base64.b64decode(req["image_base64"], validate=True) == INIT.data
+    assert (req["strength"], req["width"], req["seed"]) == (0.5, 128, 7)
+    assert (images[0].width, images[0].seed) == (128, 7)
+
+
+def test_novita_inpaint_runs_on_the_inpainting_checkpoint(
+    novita: NovitaFake,
+) -> None:
+    """Inpainting submits /v3/async/inpainting on inpaint_model with the L mask, no size."""
+    images = fakekit.generate(_novita(novita), edit_request(mask=True))
+    req = novita.edits[0]["request"]
+    assert req["model_name"] == novita.inpaint_models[0]
+    assert base64.b64decode(req["mask_image_base64"]) == MASK.data
+    assert "width" not in req
+    assert pixel(images[0].png, 2, 2) == INIT_COLOUR
+    assert pixel(images[0].png, 32, 32) != INIT_COLOUR
+
+
+def test_novita_wrong_inpainting_model_is_invalid_request(
+    novita: NovitaFake,
+) -> None:
+    """A checkpoint that is not an inpainting one is Novita's 400, an InvalidRequest."""
+    provider = _novita(novita, inpaint_model="sd_xl_base_1.0.safetensors")
+    error = fakekit.failure(provider, edit_request(mask=True))
+    assert isinstance(error, InvalidRequest)
+    assert "inpainting" in str(error)

@@ -23,6 +23,15 @@ SUCCEED after ``steps * step_s`` seconds, with ``extra.seed`` as a string and pr
 URLs on a second server that refuses an ``Authorization`` header as S3 does; ``GET /v3/model``
 lists checkpoints. Errors use Novita's body ``{"code", "reason", "message", "metadata"}``.
 
+Edits (providers.md section 13.5): ``POST /v3/async/img2img`` wants ``image_base64`` (plain
+base64 of an image; a ``data:`` prefix or anything undecodable is 400 INVALID_REQUEST_BODY
+naming the field) besides txt2img's fields, ``strength`` in 0-1; ``POST /v3/async/inpainting``
+wants ``image_base64``, ``mask_image_base64`` of the same resolution, an inpainting checkpoint
+(``inpaint_models``) and no width/height (the output has the image's size). The wording of
+these 400 messages is not quoted in any source read (unverified; the body shape is the
+documented one). A finished edit's image is the input with the mask's white (for img2img:
+all of it) painted in the seed's colour. ``edits`` keeps each accepted edit body.
+
 Knobs: ``key`` (the only Bearer key accepted; None = any non-empty one), ``step_s`` (seconds
 per sampling step, default 0.01), ``min_side`` (128 as documented; the conformance case lowers
 it to 64 because the shared suite asks for 64x64), ``models`` (the checkpoint list),
@@ -32,6 +41,9 @@ uses and reports whatever was sent, as Novita does for -1).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import random
 import time
 import uuid
@@ -45,6 +57,7 @@ from fakekit import Armed, bearer_token, solid_png
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faults import serve_app
+from PIL import Image, UnidentifiedImageError
 
 from imagegate.errors import (
     AuthError,
@@ -135,8 +148,10 @@ class NovitaFake:
         self.images_url = ""
         self.counts = {"submit": 0, "poll": 0, "download": 0, "models": 0}
         self.submitted: list[dict[str, Any]] = []
+        self.edits: list[dict[str, Any]] = []
+        self.inpaint_models = ("realisticVisionV40_v40VAE-inpainting_81543.safetensors",)
         self.download_headers: list[dict[str, str]] = []
-        self._armed = Armed("Novita", {*EXPECTED, "get_result_failed"})
+        self._armed = Armed("Novita", {*EXPECTED, *EDIT_ERRORS, "get_result_failed"})
         self._tasks: dict[str, dict[str, Any]] = {}
         self._images: dict[str, bytes] = {}
         self._stack = ExitStack()
@@ -238,6 +253,14 @@ class NovitaFake:
             }
             return JSONResponse({"task_id": task_id})
 
+        @app.post("/v3/async/img2img")
+        async def img2img(request: Request) -> Response:
+            return await self._edit(request, "IMG_TO_IMG")
+
+        @app.post("/v3/async/inpainting")
+        async def inpainting(request: Request) -> Response:
+            return await self._edit(request, "INPAINTING")
+
         @app.get("/v3/async/task-result")
         async def task_result(request: Request, task_id: str = "") -> Response:
             self.counts["poll"] += 1
@@ -268,6 +291,49 @@ class NovitaFake:
 
         return app
 
+    async def _edit(self, request: Request, kind: str) -> Response:
+        """An img2img or inpainting submit: Novita's checks, then a task like txt2img's."""
+        self.counts["submit"] += 1
+        denied = self._auth(request)
+        if denied is not None:
+            return denied
+        armed = self._armed.take(*ERRORS, *EDIT_ONLY)
+        if armed is not None:
+            return _error(*{**ERRORS, **EDIT_ONLY}[armed])
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "INVALID_REQUEST_BODY", "request body is not JSON")
+        req = body.get("request") if isinstance(body, dict) else None
+        if not isinstance(req, dict):
+            return _error(400, "INVALID_REQUEST_BODY", "request: is required")
+        inpaint = kind == "INPAINTING"
+        if inpaint:
+            req = {**req, "width": 0, "height": 0}  # no size fields: the image's size is used
+        problem = _edit_problem(req, inpaint, self.inpaint_models)
+        if problem is None and not inpaint:
+            problem = self._validate({"request": req})
+        if problem is not None:
+            return _error(400, "INVALID_REQUEST_BODY", problem)
+        self.edits.append(body)
+        image = _b64_image(req["image_base64"])
+        mask = _b64_image(req["mask_image_base64"]) if inpaint else None
+        width, height = (image.width, image.height) if inpaint else (req["width"], req["height"])
+        task_id = str(uuid.uuid4())
+        self._tasks[task_id] = {
+            "started": time.monotonic(),
+            "duration": req["steps"] * self.step_s,
+            "seed": self._seed(int(req.get("seed", -1))),
+            "width": width,
+            "height": height,
+            "image_num": req["image_num"],
+            "nsfw": False,
+            "failed": self._armed.take("task_failed") is not None,
+            "task_type": kind,
+            "render": lambda seed: _repaint(image, mask, (width, height), seed),
+        }
+        return JSONResponse({"task_id": task_id})
+
     def _seed(self, sent: int) -> int:
         if self.reported_seed is not None:
             return self.reported_seed
@@ -291,7 +357,10 @@ class NovitaFake:
                 name = f"prod/{task_id}/{i}.png"
                 if name not in self._images:
                     seed = task["seed"] + i
-                    self._images[name] = tiny_png(task["width"], task["height"], seed)
+                    render = task.get("render")
+                    self._images[name] = (
+                        render(seed) if render else tiny_png(task["width"], task["height"], seed)
+                    )
                 url = (
                     f"{self.images_url}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
                     f"&X-Amz-Expires=3600&X-Amz-Signature={uuid.uuid4().hex}"
@@ -311,7 +380,7 @@ class NovitaFake:
                 "task_id": task_id,
                 "status": status,
                 "reason": reason,
-                "task_type": "TXT_TO_IMG",
+                "task_type": task.get("task_type", "TXT_TO_IMG"),
                 "eta": 0,
                 "progress_percent": percent,
             },
@@ -343,6 +412,78 @@ class NovitaFake:
         return app
 
 
+EDIT_ONLY: dict[str, tuple[int, str, str]] = {
+    "invalid_image": (400, "INVALID_REQUEST_BODY", "request.image_base64: invalid image"),
+    "mask_size_mismatch": (
+        400,
+        "INVALID_REQUEST_BODY",
+        "request.mask_image_base64: should have the same resolution as the original image",
+    ),
+    "not_inpainting_model": (
+        400,
+        "INVALID_REQUEST_BODY",
+        "request.model_name: is not an inpainting model",
+    ),
+}
+"""The edit endpoints' own 400s, armed like ERRORS (their wording is unverified)."""
+
+EDIT_ERRORS: dict[str, type[ProviderError]] = {
+    "invalid_image": InvalidRequest,
+    "mask_size_mismatch": InvalidRequest,
+    "not_inpainting_model": InvalidRequest,
+    "illegal_prompt": ContentFiltered,
+    "balance_not_enough": QuotaExceeded,
+    "task_failed": UpstreamError,
+}
+"""The documented errors of the edit tasks, and their classes."""
+
+
+def _b64_image(text: Any) -> Image.Image:
+    """The image of a plain base64 string; ValueError (as Novita's 400) otherwise."""
+    try:
+        data = base64.b64decode(str(text), validate=True)
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.copy()
+    except (binascii.Error, UnidentifiedImageError, OSError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _edit_problem(
+    req: dict[str, Any], inpaint: bool, inpaint_models: tuple[str, ...]
+) -> str | None:
+    """The edit fields' checks; the complaint, or None."""
+    names = ("model_name", "image_base64", "prompt", "image_num", "steps")
+    for name in (*names, "mask_image_base64") if inpaint else names:
+        if name not in req:
+            return f"request.{name}: is required"
+    try:
+        image = _b64_image(req["image_base64"])
+        mask = _b64_image(req["mask_image_base64"]) if inpaint else None
+    except ValueError:
+        return EDIT_ONLY["invalid_image"][2]
+    if mask is not None and mask.size != image.size:
+        return EDIT_ONLY["mask_size_mismatch"][2]
+    if inpaint and req["model_name"] not in inpaint_models:
+        return EDIT_ONLY["not_inpainting_model"][2]
+    if not 0 <= float(req.get("strength", 0.5)) <= 1:
+        return "request.strength: must be in [0, 1]"
+    return None
+
+
+def _repaint(
+    image: Image.Image, mask: Image.Image | None, size: tuple[int, int], seed: int
+) -> bytes:
+    """The input at ``size`` with the mask's white (or all of it) in the seed's colour."""
+    base = image.convert("RGB").resize(size)
+    paint = Image.new("RGB", size, (seed % 251, 210, 50))
+    where = mask.convert("L").resize(size) if mask is not None else Image.new("L", size, 255)
+    base.paste(paint, (0, 0), where)
+    out = io.BytesIO()
+    base.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
 @pytest.fixture
 def novita_fake() -> Iterator[NovitaFake]:
     """A started NovitaFake accepting any key; see the module docstring."""
@@ -367,4 +508,5 @@ def novita_case(request: pytest.FixtureRequest, stack: ExitStack) -> Setup:
         errors=EXPECTED,
         at_url=build,
         tls_timeout_s=0.5,
+        edit_errors=EDIT_ERRORS,
     )

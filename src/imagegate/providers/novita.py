@@ -14,6 +14,19 @@ document how the images of one ``image_num > 1`` task are seeded.
 Novita has no cancel endpoint: cancelling stops the polling, and the task still runs (and is
 billed) on Novita's side. NSFW detection (``nsfw_detection``) is off by default, as it is at
 Novita, and costs extra per image when on; its per-image result is not acted upon.
+
+Edits (providers.md section 13.5, from novitalabs/python-sdk ``proto.py`` ``Img2ImgV3Request``
+/ ``InpaintingRequest`` and Novita's img2img and inpainting reference pages): img2img is a
+``POST /v3/async/img2img`` task with ``image_base64`` (plain base64, no ``data:`` prefix),
+``strength`` (the SDK's default 0.5 when the request has none), ``width`` / ``height`` (the
+input's size rounded down to a multiple of 8, at least 128, unless the request names one);
+inpainting is a
+``POST /v3/async/inpainting`` task with ``image_base64`` and ``mask_image_base64`` (same
+resolution as the image; white = repaint, as the A1111 field names suggest: unverified),
+``mask_blur``, ``strength`` (the SDK's default 1.0) and ``inpainting_full_res = 0``, on an
+inpainting checkpoint (``inpaint_model``; Novita lists them with
+``filter.is_inpainting=true``). Both are polled and downloaded exactly like txt2img. Only the
+first input image is sent.
 """
 
 from __future__ import annotations
@@ -46,6 +59,7 @@ from imagegate.providers.base import (
     Progress,
     ProgressCallback,
 )
+from imagegate.providers.edits import b64, default_strength, init_image, mask_png, require
 from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
 from imagegate.request import MAX_SEED, GeneratedImage, ImageRequest
 from imagegate.transport import (
@@ -62,6 +76,17 @@ T = TypeVar("T")
 
 DEFAULT_MODEL = "sd_xl_base_1.0.safetensors"
 """The checkpoint Novita's own txt2img example uses; any ``sd_name`` from ``GET /v3/model``."""
+
+DEFAULT_INPAINT_MODEL = "realisticVisionV40_v40VAE-inpainting_81543.safetensors"
+"""The inpainting checkpoint Novita's inpainting reference uses as its example."""
+
+IMG2IMG_STRENGTH = 0.5  # the SDK's Img2ImgV3Request default
+INPAINT_STRENGTH = 1.0  # the SDK's InpaintingRequest default
+_PATHS = {
+    "txt2img": "/v3/async/txt2img",
+    "img2img": "/v3/async/img2img",
+    "inpaint": "/v3/async/inpainting",
+}
 
 SAMPLERS = (
     "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
@@ -124,6 +149,13 @@ class NovitaConfig(HostedAPIConfig):
     nsfw_detection_level: Literal[0, 1, 2] | None = Field(
         default=None, description="Novita's NSFW detection strictness: 0, 1 or 2; none = theirs."
     )
+    inpaint_model: str = Field(
+        default=DEFAULT_INPAINT_MODEL,
+        min_length=1,
+        description="The inpainting checkpoint inpainting tasks run on (Novita's inpainting "
+        "takes inpainting checkpoints only; list them with GET "
+        "/v3/model?filter.is_inpainting=true).",
+    )
     poll_interval_s: PositiveFloat = Field(
         default=0.5,
         description="The first wait between two polls of a task (> 0); it grows by half each "
@@ -137,6 +169,7 @@ class NovitaProvider(RemoteProvider):
     type = "novita"
     Config = NovitaConfig
     config: NovitaConfig
+    capabilities = frozenset({"txt2img", "img2img", "inpaint"})
 
     # -- public surface ------------------------------------------------------------------
 
@@ -145,6 +178,8 @@ class NovitaProvider(RemoteProvider):
     ) -> list[GeneratedImage]:
         """One task per image, polled until done; images downloaded before ``deadline``."""
         self._check_request(request)
+        task = require(self.name, self.capabilities, request)
+        path = _PATHS[task]
         headers = self._headers()
         seeds = request.seeds()
         tracker = _ProgressTracker(request.n, progress)
@@ -153,7 +188,9 @@ class NovitaProvider(RemoteProvider):
         async def one(index: int) -> GeneratedImage:
             async with gate:
                 body = self._body(request, seeds[index])
-                return await self._run_task(body, headers, deadline, tracker.part(index))
+                if task != "txt2img":
+                    body["request"] = _edit(task, request, body["request"], self.config)
+                return await self._run_task(path, body, headers, deadline, tracker.part(index))
 
         images = await _all(one(i) for i in range(request.n))
         tracker.finish()
@@ -243,19 +280,18 @@ class NovitaProvider(RemoteProvider):
 
     async def _run_task(
         self,
+        path: str,
         body: dict[str, Any],
         headers: Mapping[str, str],
         deadline: Deadline,
         progress: ProgressCallback,
     ) -> GeneratedImage:
         http = self._http()
-        resp = await http.request(
-            "POST", "/v3/async/txt2img", deadline=deadline, json=body, headers=headers
-        )
+        resp = await http.request("POST", path, deadline=deadline, json=body, headers=headers)
         data = self._json(resp)
         task_id = data.get("task_id") if isinstance(data, dict) else None
         if not isinstance(task_id, str) or not task_id:
-            raise self._protocol(resp, "the answer to txt2img has no task_id")
+            raise self._protocol(resp, f"the answer to {path} has no task_id")
         try:
             return await self._finish_task(task_id, body, headers, deadline, progress)
         except ProviderError as exc:
@@ -354,6 +390,29 @@ class NovitaProvider(RemoteProvider):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _edit(
+    task: str, request: ImageRequest, body: dict[str, Any], config: NovitaConfig
+) -> dict[str, Any]:
+    """The txt2img ``request`` object turned into an img2img or inpainting one."""
+    image = init_image(request)
+    edit = {**body, "image_base64": b64(image.data)}
+    if task == "img2img":
+        edit["strength"] = default_strength(request, IMG2IMG_STRENGTH)
+        edit["width"] = request.width or max(128, image.width // 8 * 8)
+        edit["height"] = request.height or max(128, image.height // 8 * 8)
+        return edit
+    for key in ("width", "height"):  # the output has the image's size
+        edit.pop(key, None)
+    edit.update(
+        model_name=request.model or config.inpaint_model,
+        mask_image_base64=b64(mask_png(request)),
+        mask_blur=request.mask_blur,
+        strength=default_strength(request, INPAINT_STRENGTH),
+        inpainting_full_res=0,
+    )
+    return edit
 
 
 class _ProgressTracker:

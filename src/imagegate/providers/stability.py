@@ -19,16 +19,16 @@ generating, and ``finish_reason = CONTENT_FILTERED`` after (a blurred, billed im
 
 Edits (providers.md section 13.4, from Stability's OpenAPI as vendored in tryAGI/StabilityAI
 and ComfyUI's ``nodes_stability.py``): img2img is ``generate/sd3`` with ``mode =
-image-to-image``, an ``image`` file part and ``strength`` (0 = the image as it is, 1 = ignore
-it; required, 0.75 when the request has none), no ``aspect_ratio``; with ``model = "ultra"``
-it is ``generate/ultra`` with ``image`` and ``strength``; ``core`` takes no image, so with
-``core`` (the default) img2img runs on sd3's default model (sd3.5-large). Inpainting is ``edit/inpaint``
-with ``image`` and ``mask`` (white = full strength, black = none: the internal mask as it
-is), ``prompt``, ``negative_prompt``, ``seed``, ``output_format``, ``style_preset``; it
-takes no strength and its ``grow_mask`` keeps Stability's default (5). Each call makes one
-image of about 4 MP whatever the input's size (reported as it comes); the whole request must
-stay under 10 MiB (413 ``payload_too_large``), every image side >= 64 px, inpainting's image
-4,096 to 9,437,184 pixels. Only the first input image is used.
+image-to-image``, an ``image`` file part and ``strength`` (0 = the image as it is, 1 =
+ignore it; required, 0.75 when the request has none), no ``aspect_ratio``; with ``model =
+"ultra"`` it is ``generate/ultra`` with ``image`` and ``strength``; ``core`` takes no image,
+so with ``core`` (the default) img2img runs on sd3's default model (sd3.5-large). Inpainting
+is ``edit/inpaint`` with ``image`` and ``mask`` (white = full strength, black = none: the
+internal mask as it is), ``prompt``, ``negative_prompt``, ``seed``, ``output_format``,
+``style_preset``; it takes no strength and its ``grow_mask`` keeps Stability's default (5).
+Each call makes one image of about 4 MP whatever the input's size (reported as it comes);
+the whole request must stay under 10 MiB (413 ``payload_too_large``), every image side >= 64
+px, inpainting's image 4,096 to 9,437,184 pixels. Only the first input image is used.
 """
 
 from __future__ import annotations
