@@ -18,6 +18,8 @@ from fakekit import solid_png
 from faults import serve_app
 from PIL import Image
 from vendor_a1111 import A1111Fake, a1111_provider
+from vendor_hf_inference import I2I_MODEL, HFInferenceFake
+from vendor_hf_inference import provider_for as hf_provider
 from vendor_novita import NovitaFake
 from vendor_openai import OpenAIFake
 from vendor_stability import StabilityFake
@@ -259,3 +261,21 @@ def test_novita_wrong_inpainting_model_is_invalid_request(
     error = fakekit.failure(provider, edit_request(mask=True))
     assert isinstance(error, InvalidRequest)
     assert "inpainting" in str(error)
+
+
+# --------------------------------------------------------------------------- hf-inference
+
+
+def test_hf_img2img_posts_the_image_as_base64_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """image-to-image posts to img2img_model with the image as inputs and prompt in parameters."""
+    monkeypatch.setenv(CANARY_ENV, "hf_token")
+    with HFInferenceFake() as fake:
+        provider = hf_provider(fake.url, img2img_model=I2I_MODEL)
+        images = fakekit.generate(provider, edit_request(width=96, height=64))
+    _, body = fake.calls[0]
+    assert fake.paths[0] == f"/models/{I2I_MODEL}"
+    assert base64.b64decode(body["inputs"]) == INIT.data
+    params = body["parameters"]
+    assert (params["prompt"], params["strength"], params["seed"]) == ("a lighthouse", 0.5, 7)
+    assert params["target_size"] == {"width": 96, "height": 64}
+    assert (images[0].width, images[0].height) == (96, 64)

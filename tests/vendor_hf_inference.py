@@ -16,11 +16,19 @@ What it follows (providers.md section 7): ``POST /models/{model}`` with ``{"inpu
 not sent) after ``num_inference_steps * step_s`` seconds; errors are ``{"error": ...}`` with
 the status, the legacy 503 carrying ``estimated_time``. ``GET /api/models/{model}`` (the
 Hub, ``expand`` = inference, inferenceProviderMapping) answers the model's status.
+
+``I2I_MODEL`` serves the ``image-to-image`` task (providers.md section 13.6): ``inputs`` must
+be a plain base64 image (else 400 ``{"error": ...}``, wording unverified), ``parameters``
+the task's (prompt, negative_prompt, num_inference_steps, guidance_scale, target_size) plus
+the extra ``seed`` and ``strength`` the client passes through; the answer is the input at
+``target_size`` (or its own size) tinted by the seed, ``strength`` being the tint's share.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import io
 import threading
 from collections.abc import Iterator
@@ -32,7 +40,7 @@ from conformance import CANARY_ENV, Setup, case
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faults import serve_app
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from imagegate.errors import (
     AuthError,
@@ -46,9 +54,10 @@ from imagegate.errors import (
 from imagegate.providers.base import Provider
 from imagegate.providers.hf_inference import HFInferenceConfig, HFInferenceProvider
 
-__all__ = ["ERRORS", "EXPECTED", "MODEL", "HFInferenceFake", "hf_fake"]
+__all__ = ["EDIT_ERRORS", "ERRORS", "EXPECTED", "I2I_MODEL", "MODEL", "HFInferenceFake", "hf_fake"]
 
 MODEL = "owner/tiny-t2i"
+I2I_MODEL = "owner/tiny-i2i"
 
 ERRORS: dict[str, tuple[int, dict[str, Any], dict[str, str]]] = {
     "unauthorized": (401, {"error": "Invalid credentials in Authorization header"}, {}),
@@ -69,6 +78,7 @@ ERRORS: dict[str, tuple[int, dict[str, Any], dict[str, str]]] = {
     ),
     "overloaded": (503, {"error": "Service Unavailable"}, {}),
     "server_error": (500, {"error": "Internal Server Error"}, {}),
+    "bad_image": (400, {"error": "Input validation error: `inputs` is not a valid image"}, {}),
 }
 """The documented errors the fake answers a call with once armed: status, body, headers."""
 
@@ -85,6 +95,13 @@ EXPECTED: dict[str, type[ProviderError]] = {
     "server_error": UpstreamError,
 }
 """What each armed error must become in the error tree."""
+
+EDIT_ERRORS: dict[str, type[ProviderError]] = {
+    "bad_image": InvalidRequest,
+    "model_loading": Unavailable,
+    "out_of_credits": QuotaExceeded,
+}
+"""The documented errors of the image-to-image task, and their classes."""
 
 
 class HFInferenceFake:
@@ -141,6 +158,8 @@ class HFInferenceFake:
             params = body.get("parameters") or {}
             if not isinstance(body.get("inputs"), str) or not body["inputs"]:
                 return JSONResponse({"error": "Input validation error: `inputs`"}, 400)
+            if model == I2I_MODEL:
+                return await self._image_to_image(body["inputs"], params)
             await asyncio.sleep(self.step_s * int(params.get("num_inference_steps", 2)))
             if self.json_instead:
                 return JSONResponse({"generated_image": "not here"})
@@ -164,6 +183,23 @@ class HFInferenceFake:
             )
 
         return app
+
+    async def _image_to_image(self, inputs: str, params: dict[str, Any]) -> Response:
+        try:
+            with Image.open(io.BytesIO(base64.b64decode(inputs, validate=True))) as img:
+                image = img.convert("RGB")
+        except (binascii.Error, UnidentifiedImageError, OSError):
+            status, body, _ = ERRORS["bad_image"]
+            return JSONResponse(body, status_code=status)
+        await asyncio.sleep(self.step_s * int(params.get("num_inference_steps", 2)))
+        size = params.get("target_size") or {"width": image.width, "height": image.height}
+        seed = int(params.get("seed", 0))
+        tint = Image.new("RGB", image.size, (seed % 251, 9, 9))
+        out = io.BytesIO()
+        Image.blend(image, tint, float(params.get("strength", 0.8))).resize(
+            (int(size["width"]), int(size["height"]))
+        ).save(out, format=self.image_format)
+        return Response(out.getvalue(), media_type=f"image/{self.image_format.lower()}")
 
 
 @pytest.fixture
@@ -194,9 +230,10 @@ def hf_inference_case(request: pytest.FixtureRequest, stack: ExitStack) -> Setup
         return provider_for(url)
 
     return Setup(
-        provider=provider_for(fake.url),
+        provider=provider_for(fake.url, img2img_model=I2I_MODEL),
         arm=fake.arm,
         errors=EXPECTED,
         at_url=at_url,
         tls_timeout_s=0.5,
+        edit_errors=EDIT_ERRORS,
     )

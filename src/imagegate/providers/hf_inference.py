@@ -25,6 +25,17 @@ Statuses map in one place, ``_map_error``: 401/403 AuthError, 402 QuotaExceeded,
 RateLimited (Retry-After), 400/422 InvalidRequest, 404 InvalidRequest(model), 503
 Unavailable, other 5xx UpstreamError. The service has no cancel endpoint: cancelling the
 task closes the connection.
+
+Edits (providers.md section 13.6, read from huggingface_hub ``InferenceClient.image_to_image``
+and ``_providers/hf_inference.py``): the ``image-to-image`` task, on ``img2img_model`` (else
+``model``), is the same ``POST {url}/models/{model}`` with ``{"inputs": <the image as plain
+base64>, "parameters": {prompt, negative_prompt, num_inference_steps, guidance_scale,
+target_size: {width, height}, seed, strength}}`` (the client sends JSON whenever a parameter
+is given) and answers the image's bytes. The task has no mask, so ``inpaint`` is not among
+the capabilities (the router sends inpainting elsewhere). ``strength`` and ``seed`` are not
+in the task's published parameters: they ride as extra parameters (``**kwargs`` in the
+client), sent only when set, which diffusers-backed models take (unverified per model). Only
+the first input image is sent.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ from imagegate.providers.base import (
     ProgressCallback,
     read_secret,
 )
+from imagegate.providers.edits import b64, init_image, require
 from imagegate.providers.local import SAMPLERS
 from imagegate.providers.remote import HostedAPIConfig, RemoteProvider
 from imagegate.request import GeneratedImage, ImageRequest
@@ -86,6 +98,12 @@ class HFInferenceConfig(HostedAPIConfig):
         description="Send x-wait-for-model; false = a loading model is Unavailable with its "
         "estimated time as Retry-After.",
     )
+    img2img_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The Hub model id (or endpoint URL) of image-to-image requests; none = "
+        "`model`.",
+    )
     hub_url: str = Field(
         default=DEFAULT_HUB_URL, description="The Hub the probe reads the model's status from."
     )
@@ -99,6 +117,7 @@ class HFInferenceProvider(RemoteProvider):
     config: HFInferenceConfig
     key_setting = "token_env"
     describes_key = False
+    capabilities = frozenset({"txt2img", "img2img"})
 
     # -- public surface ------------------------------------------------------------------
 
@@ -113,12 +132,16 @@ class HFInferenceProvider(RemoteProvider):
         parameters = self._parameters(request)
         token = self._token()
         url = self._model_url(request.model or self.config.model)
+        inputs: str = request.prompt
+        if require(self.name, self.capabilities, request) == "img2img":
+            url = self._model_url(request.model or self.config.img2img_model or self.config.model)
+            inputs, parameters = _image_to_image(request, parameters)
         headers = {"authorization": f"Bearer {token}", "accept": "image/png"}
         if self.config.wait_for_model:
             headers["x-wait-for-model"] = "true"
         images: list[GeneratedImage] = []
         for i, this_seed in enumerate(request.seeds()):
-            body = {"inputs": request.prompt, "parameters": {**parameters, "seed": this_seed}}
+            body = {"inputs": inputs, "parameters": {**parameters, "seed": this_seed}}
             resp = await self._http(token).request(
                 "POST", url, deadline=deadline, json=body, headers=headers
             )
@@ -215,6 +238,19 @@ class HFInferenceProvider(RemoteProvider):
             return await asyncio.to_thread(to_png, resp.content)
         except (OSError, ValueError) as exc:
             raise _map_error(self.name, resp, broken="a readable image") from exc
+
+
+def _image_to_image(
+    request: ImageRequest, parameters: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The image-to-image task's ``inputs`` (plain base64) and ``parameters``."""
+    params = {k: v for k, v in parameters.items() if k not in ("width", "height")}
+    params["prompt"] = request.prompt
+    if request.width is not None and request.height is not None:
+        params["target_size"] = {"width": request.width, "height": request.height}
+    if request.strength is not None:
+        params["strength"] = request.strength
+    return b64(init_image(request).data), params
 
 
 def _map_error(provider: str, resp: Response, broken: str | None = None) -> ProviderError:
