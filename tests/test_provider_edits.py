@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import fakekit
 import pytest
@@ -18,13 +20,15 @@ from fakekit import solid_png
 from faults import serve_app
 from PIL import Image
 from vendor_a1111 import A1111Fake, a1111_provider
+from vendor_comfyui import ComfyUIFake
 from vendor_hf_inference import I2I_MODEL, HFInferenceFake
 from vendor_hf_inference import provider_for as hf_provider
 from vendor_novita import NovitaFake
 from vendor_openai import OpenAIFake
 from vendor_stability import StabilityFake
 
-from imagegate.errors import InvalidRequest
+from imagegate.errors import ConfigError, InvalidRequest
+from imagegate.providers.comfyui import ComfyUIConfig, ComfyUIProvider
 from imagegate.providers.novita import NovitaConfig, NovitaProvider
 from imagegate.providers.openai import OpenAIConfig, OpenAIProvider
 from imagegate.providers.stability import StabilityConfig, StabilityProvider
@@ -279,3 +283,67 @@ def test_hf_img2img_posts_the_image_as_base64_inputs(monkeypatch: pytest.MonkeyP
     assert (params["prompt"], params["strength"], params["seed"]) == ("a lighthouse", 0.5, 7)
     assert params["target_size"] == {"width": 96, "height": 64}
     assert (images[0].width, images[0].height) == (96, 64)
+
+
+# --------------------------------------------------------------------------- comfyui
+
+
+@pytest.fixture
+def comfyui() -> Iterator[ComfyUIFake]:
+    """The ComfyUI fake without a proxy in front."""
+    with ComfyUIFake() as fake:
+        yield fake
+
+
+def _comfyui(fake: ComfyUIFake, **cfg: object) -> ComfyUIProvider:
+    config = {"url": fake.url, "checkpoint": fake.checkpoints[0], "poll_interval_s": 0.02}
+    return ComfyUIProvider("comfyui", ComfyUIConfig.model_validate(config | cfg))
+
+
+def test_comfyui_img2img_uploads_the_image_then_loads_it(comfyui: ComfyUIFake) -> None:
+    """The image goes to /upload/image (subfolder imagegate); LoadImage names what came back."""
+    images = fakekit.generate(_comfyui(comfyui), edit_request())
+    graph = comfyui.prompts[0]["prompt"]
+    loaded = next(n for n in graph.values() if n["class_type"] == "LoadImage")
+    assert loaded["inputs"]["image"].startswith("imagegate/")
+    assert comfyui.uploads[loaded["inputs"]["image"]] == INIT.data
+    assert graph["3"]["inputs"]["denoise"] == 0.5
+    assert (images[0].width, images[0].height, images[0].seed) == (64, 64, 7)
+
+
+def test_comfyui_inpaint_masks_with_the_blurred_l_mask(comfyui: ComfyUIFake) -> None:
+    """The inpaint graph loads the mask's red channel (white = repaint), blurred by mask_blur."""
+    images = fakekit.generate(_comfyui(comfyui), edit_request(mask=True, mask_blur=2))
+    graph = comfyui.prompts[0]["prompt"]
+    mask = next(n for n in graph.values() if n["class_type"] == "LoadImageMask")
+    assert mask["inputs"]["channel"] == "red"
+    assert comfyui.uploads[mask["inputs"]["image"]] != MASK.data  # blurred
+    assert pixel(images[0].png, 2, 2) == INIT_COLOUR
+    assert pixel(images[0].png, 32, 32) != INIT_COLOUR
+
+
+def test_comfyui_edit_workflow_without_image_placeholder_is_refused(
+    comfyui: ComfyUIFake, tmp_path: Path
+) -> None:
+    """A custom img2img workflow that lacks {{image}} is a ConfigError naming its key."""
+    path = tmp_path / "i2i.json"
+    path.write_text(
+        json.dumps(
+            {"1": {"class_type": "KSampler", "inputs": {"seed": "{{seed}}", "text": "{{prompt}}"}}}
+        )
+    )
+    with pytest.raises(ConfigError) as info:
+        _comfyui(comfyui, img2img_workflow=str(path))
+    assert "img2img_workflow" in str(info.value.key)
+
+
+def test_comfyui_without_checkpoint_declares_no_edits(comfyui: ComfyUIFake, tmp_path: Path) -> None:
+    """A text-to-image workflow of one's own and no checkpoint: the built-in edits cannot run."""
+    path = tmp_path / "t2i.json"
+    path.write_text(
+        json.dumps(
+            {"1": {"class_type": "KSampler", "inputs": {"seed": "{{seed}}", "text": "{{prompt}}"}}}
+        )
+    )
+    provider = _comfyui(comfyui, checkpoint=None, workflow=str(path))
+    assert provider.capabilities == {"txt2img"}

@@ -19,12 +19,23 @@ sampler step per ``step_s`` seconds, sending ``execution_start``, ``executing``,
 clientId is the prompt's ``client_id``; ``/history/{id}`` is ``{}`` until the prompt ends;
 ``/view`` serves the PNGs; ``/queue`` (GET, POST delete), ``/interrupt``, ``/system_stats``,
 ``/object_info/{class}``. ``key`` set = a reverse proxy demanding ``Bearer key`` (401).
+
+Edits (providers.md section 13.3): ``POST /upload/image`` stores the multipart part
+``image`` (a file name is required: 400 otherwise) under ``subfolder`` of the input folder,
+appending `` (1)`` to a taken name unless ``overwrite`` is true or the bytes are the same,
+and answers ``{"name", "subfolder", "type"}``; a LoadImage or LoadImageMask naming a file
+that was not uploaded fails validation with ``custom_validation_failed`` ("Invalid image
+file: ..."). LoadImage, LoadImageMask (channel), ImageScale, VAEEncode and SetLatentNoiseMask
+are known; KSampler's ``denoise`` must be in 0-1. The saved image of an edit is the loaded
+image scaled by ImageScale, with the mask's pixels (red channel) painted in the seed's
+colour, or all of it without a mask. ``uploads`` maps each stored name to its bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -37,6 +48,7 @@ from fakekit import Armed, bearer_token
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from faults import serve_app
+from PIL import Image
 from vendor_novita import tiny_png
 
 from imagegate.errors import AuthError, InvalidRequest, ProviderError, UpstreamError
@@ -111,6 +123,15 @@ EXPECTED: dict[str, type[ProviderError]] = {
 while running; ``server_error``: /prompt answers 500 (aiohttp's plain text);
 ``proxy_unauthorized``: the reverse proxy in front answers /prompt with 401."""
 
+EDIT_ERRORS: dict[str, type[ProviderError]] = {
+    "upload_too_large": InvalidRequest,
+    "node_errors": InvalidRequest,
+    "execution_error": UpstreamError,
+    "proxy_unauthorized": AuthError,
+}
+"""The errors an edit meets, and their classes. ``upload_too_large``: the next /upload/image
+answers 413 (aiohttp's answer past ``--max-upload-size``)."""
+
 _NODES: dict[str, tuple[str, ...]] = {
     "CheckpointLoaderSimple": ("ckpt_name",),
     "CLIPTextEncode": ("text", "clip"),
@@ -128,6 +149,11 @@ _NODES: dict[str, tuple[str, ...]] = {
         "denoise",
     ),
     "VAEDecode": ("samples", "vae"),
+    "LoadImage": ("image",),
+    "LoadImageMask": ("image", "channel"),
+    "ImageScale": ("image", "upscale_method", "width", "height", "crop"),
+    "VAEEncode": ("pixels", "vae"),
+    "SetLatentNoiseMask": ("samples", "mask"),
     "SaveImage": ("images", "filename_prefix"),
     "PreviewImage": ("images",),
 }
@@ -138,7 +164,16 @@ _RANGES = {
     ("KSampler", "seed"): (0, 2**64 - 1),
     ("KSampler", "steps"): (1, 10000),
     ("KSampler", "cfg"): (0.0, 100.0),
+    ("KSampler", "denoise"): (0.0, 1.0),
+    ("ImageScale", "width"): (0, 16384),
+    ("ImageScale", "height"): (0, 16384),
 }
+
+
+def _open(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return img.copy()
 
 
 def _node_error(kind: str, message: str, details: str, input_name: str, value: Any) -> Any:
@@ -171,7 +206,8 @@ class ComfyUIFake:
         self.deleted: list[str] = []
         self.ws_clients: list[str] = []
         self.history_polls = 0
-        self._armed = Armed("ComfyUI", EXPECTED)
+        self.uploads: dict[str, bytes] = {}
+        self._armed = Armed("ComfyUI", {**EXPECTED, **EDIT_ERRORS})
         self._stack = ExitStack()
         self._pending: list[dict[str, Any]] = []
         self._running: dict[str, Any] | None = None
@@ -244,7 +280,23 @@ class ComfyUIFake:
             ("CheckpointLoaderSimple", "ckpt_name"): self.checkpoints,
             ("KSampler", "sampler_name"): SAMPLER_NAMES,
             ("KSampler", "scheduler"): SCHEDULER_NAMES,
-        }
+            ("LoadImageMask", "channel"): ("alpha", "red", "green", "blue"),
+            ("ImageScale", "upscale_method"): ("nearest-exact", "bilinear", "area", "bicubic",
+                                               "lanczos"),
+            ("ImageScale", "crop"): ("disabled", "center"),
+        }  # fmt: skip
+        if kind in ("LoadImage", "LoadImageMask") and "image" in inputs:
+            name = str(inputs["image"])
+            if name not in self.uploads:
+                errors.append(
+                    _node_error(
+                        "custom_validation_failed",
+                        "Custom validation failed for node",
+                        f"image - Invalid image file: {name}",
+                        "image",
+                        name,
+                    )
+                )
         for (node, name), options in combos.items():
             if node == kind and name in inputs and inputs[name] not in options:
                 shown = f"(list of length {len(options)})" if len(options) > 20 else list(options)
@@ -362,19 +414,50 @@ class ComfyUIFake:
             cid, "executing", {"node": None, "display_node": None, "prompt_id": prompt_id}
         )
 
+    def _render(self, graph: dict[str, Any]) -> tuple[int, Any]:
+        """The batch size, and what makes an image from a seed: the edit, or a solid one."""
+        latent = next((n for n in graph.values() if n["class_type"] == "EmptyLatentImage"), None)
+        if latent is not None:
+            width, height = int(latent["inputs"]["width"]), int(latent["inputs"]["height"])
+            return int(latent["inputs"]["batch_size"]), lambda s: tiny_png(width, height, s)
+        load = next(n for n in graph.values() if n["class_type"] == "LoadImage")
+        scale = next((n for n in graph.values() if n["class_type"] == "ImageScale"), None)
+        masked = next((n for n in graph.values() if n["class_type"] == "LoadImageMask"), None)
+        image = _open(self.uploads[load["inputs"]["image"]]).convert("RGB")
+        if scale is not None:
+            image = image.resize((int(scale["inputs"]["width"]), int(scale["inputs"]["height"])))
+        mask = None
+        if masked is not None:
+            channel = {"red": "R", "green": "G", "blue": "B", "alpha": "A"}[
+                masked["inputs"]["channel"]
+            ]
+            raw = _open(self.uploads[masked["inputs"]["image"]]).convert("RGBA")
+            mask = raw.getchannel(channel).resize(image.size)
+            if channel == "A":
+                mask = mask.point(lambda a: 255 - a)
+
+        def render(seed: int) -> bytes:
+            base = image.copy()
+            paint = Image.new("RGB", base.size, (seed % 251, 60, 220))
+            base.paste(paint, (0, 0), mask if mask is not None else None)
+            out = io.BytesIO()
+            base.save(out, format="PNG", compress_level=1)
+            return out.getvalue()
+
+        return 1, render
+
     def _save(self, graph: dict[str, Any], prompt_id: str) -> dict[str, Any]:
-        latent = next(n for n in graph.values() if n["class_type"] == "EmptyLatentImage")
         sampler = next(n for n in graph.values() if n["class_type"] == "KSampler")
-        width, height = int(latent["inputs"]["width"]), int(latent["inputs"]["height"])
+        batch, render = self._render(graph)
         outputs: dict[str, Any] = {}
         for node_id, node in graph.items():
             if node["class_type"] != "SaveImage":
                 continue
             prefix = node["inputs"].get("filename_prefix", "ComfyUI")
             images = []
-            for i in range(int(latent["inputs"]["batch_size"])):
+            for i in range(batch):
                 name = f"{prefix}_{len(self._files) + 1:05}_.png"
-                self._files[name] = tiny_png(width, height, int(sampler["inputs"]["seed"]) + i)
+                self._files[name] = render(int(sampler["inputs"]["seed"]) + i)
                 images.append({"filename": name, "subfolder": "", "type": "output"})
             outputs[node_id] = {"images": images}
         return outputs
@@ -460,6 +543,30 @@ class ComfyUIFake:
             assert self._wake is not None
             self._wake.set()
             return JSONResponse({"prompt_id": prompt_id, "number": self._number, "node_errors": {}})
+
+        @app.post("/upload/image")
+        async def upload(request: Request) -> Response:
+            if self._armed.take("upload_too_large"):
+                return Response("413 Request Entity Too Large", status_code=413)
+            async with request.form() as form:
+                part = form.get("image")
+                if part is None or isinstance(part, str) or not part.filename:
+                    return Response(status_code=400)
+                data = await part.read()
+                subfolder = str(form.get("subfolder") or "")
+                overwrite = str(form.get("overwrite") or "").lower() in ("true", "1")
+                kind = str(form.get("type") or "input")
+            if ".." in subfolder or subfolder.startswith("/"):
+                return Response(status_code=400)
+            name, stem, i = part.filename, part.filename.rsplit(".", 1), 0
+            while True:
+                key = f"{subfolder}/{name}" if subfolder else name
+                if overwrite or key not in self.uploads or self.uploads[key] == data:
+                    break
+                i += 1
+                name = f"{stem[0]} ({i}).{stem[1]}" if len(stem) == 2 else f"{stem[0]} ({i})"
+            self.uploads[key] = data
+            return JSONResponse({"name": name, "subfolder": subfolder, "type": kind})
 
         @app.get("/history/{prompt_id}")
         async def history(prompt_id: str) -> Response:
@@ -585,4 +692,5 @@ def comfyui_case(request: pytest.FixtureRequest, stack: ExitStack) -> Setup:
         errors=EXPECTED,
         at_url=build,
         tls_timeout_s=0.5,
+        edit_errors=EDIT_ERRORS,
     )

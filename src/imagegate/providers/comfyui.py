@@ -23,6 +23,8 @@ value that is exactly ``"{{name}}"`` is replaced by the typed value, and ``{{nam
 longer string by its text. The placeholders (``PLACEHOLDERS``): prompt, negative_prompt,
 seed, width, height, steps, cfg, sampler_name, scheduler, checkpoint, filename_prefix;
 ``{{prompt}}`` and ``{{seed}}`` are required, so the prompt is used and the seed is known.
+Edits (img2img, inpaint) run their own workflows, with the input image uploaded first: see
+``comfyui_edit``.
 
 Samplers are AUTOMATIC1111 names, mapped to ComfyUI's ``sampler_name`` and ``scheduler``
 as providers.md section 10 tabulates (A1111 >= 1.9 "Automatic" schedules: Karras for the
@@ -70,6 +72,7 @@ from imagegate.providers.base import (
     ProviderConfig,
     RemoteConfig,
 )
+from imagegate.providers.comfyui_edit import TEMPLATES, ComfyUIEditSettings, edit_values
 from imagegate.providers.comfyui_sampling import (
     SAMPLERS,
     SCHEDULES,
@@ -77,6 +80,7 @@ from imagegate.providers.comfyui_sampling import (
     ksampler,
     reported_by_history,
 )
+from imagegate.providers.edits import require
 from imagegate.providers.remote import RemoteProvider
 from imagegate.request import GeneratedImage, ImageRequest
 from imagegate.sampling import AUTOMATIC, split_sampler
@@ -110,6 +114,9 @@ _FIELDS = {
     "scheduler": "sampler",
     "checkpoint": "checkpoint",
     "filename_prefix": "filename_prefix",
+    "image": "images",
+    "mask": "mask",
+    "denoise": "strength",
 }
 
 _POLL_CAP_S = 2.0  # the history polling interval grows to this at most
@@ -117,7 +124,7 @@ _CLEANUP_S = 2.0  # the time allowed to delete and interrupt after a cancel or f
 _WS_WAIT_S = 0.3  # how long the first prompt waits for the socket to be connected
 
 
-class ComfyUIConfig(RemoteConfig):
+class ComfyUIConfig(RemoteConfig, ComfyUIEditSettings):
     """Settings of a ComfyUI provider; width..sampler are used when the request has none."""
 
     type: Literal["comfyui"] = Field(default="comfyui", description="A ComfyUI server.")
@@ -250,6 +257,9 @@ class ComfyUIProvider(RemoteProvider):
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
         self.workflow, self._slots = _load_workflow(self.config, name)
+        self._edits = _edit_workflows(self.config, name)
+        # Edits only where their workflow loads (an instance value: it depends on the config).
+        setattr(self, "capabilities", frozenset({"txt2img", *self._edits}))  # noqa: B010
 
     @property
     def model(self) -> str:
@@ -264,6 +274,11 @@ class ComfyUIProvider(RemoteProvider):
         """Queue one prompt per image, then await each; clean up the queue on any exit."""
         sampler_name, scheduler = self._sampler(request)
         headers = self._headers()
+        task = require(self.name, self.capabilities, request)
+        workflow, slots = self._edits.get(task, (self.workflow, self._slots))
+        inputs = {}
+        if task != "txt2img":
+            inputs = await edit_values(self._http(), request, headers, deadline, self._error)
         runs = [_Run(i, seed, str(uuid.uuid4())) for i, seed in enumerate(request.seeds())]
         events = _Events(runs, progress)
         client_id = uuid.uuid4().hex
@@ -275,8 +290,9 @@ class ComfyUIProvider(RemoteProvider):
                 await asyncio.wait_for(events.ready.wait(), _WS_WAIT_S)
         try:
             for run in runs:
-                values = self._values(request, run.seed, sampler_name, scheduler)
-                await self._submit(run, values, client_id, headers, deadline, events)
+                values = self._values(request, run.seed, sampler_name, scheduler) | inputs
+                graph = (workflow, slots)
+                await self._submit(run, values, client_id, headers, deadline, events, graph)
             images: list[GeneratedImage] = []
             for run in runs:
                 images += await self._wait(run, headers, deadline)
@@ -374,9 +390,11 @@ class ComfyUIProvider(RemoteProvider):
         headers: dict[str, str],
         deadline: Deadline,
         events: _Events,
+        graph: tuple[dict[str, Any], dict[tuple[str, str], str]] | None = None,
     ) -> None:
+        workflow, slots = graph or (self.workflow, self._slots)
         body = {
-            "prompt": _fill(self.workflow, values),
+            "prompt": _fill(workflow, values),
             "client_id": client_id,
             "prompt_id": run.prompt_id,
         }
@@ -390,7 +408,7 @@ class ComfyUIProvider(RemoteProvider):
             raise
         run.submitted = resp.ok
         if not resp.ok:
-            raise _map_error(resp, self.name, self._slots)
+            raise _map_error(resp, self.name, slots)
         data = self._json(resp)
         answered = data.get("prompt_id") if isinstance(data, dict) else None
         if not isinstance(answered, str) or not answered:
@@ -534,24 +552,41 @@ class ComfyUIProvider(RemoteProvider):
 # --------------------------------------------------------------------------- workflows
 
 
-def _load_workflow(
+def _edit_workflows(
     config: ComfyUIConfig, provider: str
+) -> dict[str, tuple[dict[str, Any], dict[tuple[str, str], str]]]:
+    """The edit tasks' workflows: a built-in one is skipped when it cannot run (no checkpoint),
+    a configured one that does not load is a ConfigError."""
+    found = {}
+    for task, template in TEMPLATES.items():
+        if task == "txt2img":
+            continue
+        if getattr(config, template.setting) is None and config.checkpoint is None:
+            continue
+        found[task] = _load_workflow(config, provider, task)
+    return found
+
+
+def _load_workflow(
+    config: ComfyUIConfig, provider: str, task: str = "txt2img"
 ) -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
     """The workflow graph and, per (node id, input), the placeholder it holds."""
-    key = f"providers.{provider}.workflow"
-    if config.workflow is None:
-        text = resources.files("imagegate.providers").joinpath("comfyui_workflow.json")
+    template = TEMPLATES[task]
+    key = f"providers.{provider}.{template.setting}"
+    path: str | None = getattr(config, template.setting)
+    if path is None:
+        text = resources.files("imagegate.providers").joinpath(template.builtin)
         graph = json.loads(text.read_text(encoding="utf-8"))
     else:
         try:
-            graph = json.loads(Path(config.workflow).read_text(encoding="utf-8"))
+            graph = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
-            raise ConfigError(f"cannot read {config.workflow} ({exc.strerror})", key=key) from exc
+            raise ConfigError(f"cannot read {path} ({exc.strerror})", key=key) from exc
         except ValueError as exc:
-            raise ConfigError(f"{config.workflow} is not JSON ({exc})", key=key) from exc
+            raise ConfigError(f"{path} is not JSON ({exc})", key=key) from exc
     if isinstance(graph, dict) and isinstance(graph.get("nodes"), list):
         raise ConfigError(
-            f"{config.workflow} is a UI workflow; export it from ComfyUI with "
+            f"{path} is a UI workflow; export it from ComfyUI with "
             "'Export (API)' and point workflow at that file",
             key=key,
         )
@@ -560,7 +595,7 @@ def _load_workflow(
         for node in graph.values()
     ):
         raise ConfigError(
-            f"{config.workflow} is not an API-format workflow (node id -> {{class_type, "
+            f"{path} is not an API-format workflow (node id -> {{class_type, "
             "inputs}}); export it with 'Export (API)'",
             key=key,
         )
@@ -573,23 +608,24 @@ def _load_workflow(
                 found.update(names)
                 if names:
                     slots[(str(node_id), name)] = names[0]
-    unknown = sorted(found - set(PLACEHOLDERS))
+    unknown = sorted(found - {*PLACEHOLDERS, *template.placeholders})
     if unknown:
         raise ConfigError(
-            f"{config.workflow} uses unknown placeholders {unknown}",
+            f"{path} uses unknown placeholders {unknown}",
             key=key,
-            allowed=[f"{{{{{p}}}}}" for p in PLACEHOLDERS],
+            allowed=[f"{{{{{p}}}}}" for p in (*PLACEHOLDERS, *template.placeholders)],
         )
-    missing = [name for name in _REQUIRED if name not in found]
+    missing = [name for name in (*_REQUIRED, *template.required) if name not in found]
     if missing:
         raise ConfigError(
-            f"{config.workflow} lacks {', '.join(f'{{{{{m}}}}}' for m in missing)}; put it "
-            "where the prompt text and the sampler's seed go, so both are what was asked",
+            f"{path} lacks {', '.join(f'{{{{{m}}}}}' for m in missing)}; put it "
+            "where the prompt text, the sampler's seed (and LoadImage's image, the mask's "
+            "loader) go, so each is what was asked",
             key=key,
         )
     if "checkpoint" in found and config.checkpoint is None:
         raise ConfigError(
-            f"{config.workflow} uses {{{{checkpoint}}}}; set checkpoint as well",
+            f"{path} uses {{{{checkpoint}}}}; set checkpoint as well",
             key=f"providers.{provider}.checkpoint",
         )
     return graph, slots
