@@ -45,6 +45,8 @@ class Setup:
     tls_timeout_s: float = 0.5
     slow: Callable[[], None] | None = None
     """Make the fake's next answers take seconds (for the cancel check), where 40 steps don't."""
+    editor: Provider | None = None
+    """The same provider configured for edits, where edits need configuration (gradio)."""
     edit_errors: Mapping[str, type[ProviderError]] = field(default_factory=dict)
     """Each documented error of the edit endpoints (armed with ``arm`` like the others)."""
     cancellable: bool = True

@@ -19,7 +19,7 @@ from PIL import Image
 from imagegate.config import Settings
 from imagegate.errors import ImagegateError, InvalidRequest, ProviderError, Timeout
 from imagegate.gateway import Gateway
-from imagegate.providers.base import Deadline, Progress
+from imagegate.providers.base import Deadline, Progress, Provider
 from imagegate.request import ImageRequest, InputImage
 
 T = TypeVar("T")
@@ -173,31 +173,35 @@ def _mask_png(size: int = 64) -> bytes:
 
 INIT = InputImage.from_bytes(solid_png(64, 64, (20, 120, 200)))
 MASK = InputImage.from_bytes(_mask_png())
+EDIT = REQUEST.model_copy(update={"width": None, "height": None, "images": (INIT,)})
+"""An edit takes its size from the input image."""
 EDITS = {
-    "img2img": REQUEST.model_copy(update={"images": (INIT,), "strength": 0.5}),
-    "inpaint": REQUEST.model_copy(update={"images": (INIT,), "strength": 0.5, "mask": MASK}),
-    "variations": REQUEST.model_copy(update={"images": (INIT,), "variation": True}),
+    "img2img": EDIT.model_copy(update={"strength": 0.5}),
+    "inpaint": EDIT.model_copy(update={"strength": 0.5, "mask": MASK}),
+    "variations": EDIT.model_copy(update={"variation": True}),
 }
 
 
-def _capable(setup: Setup, task: str) -> ImageRequest:
-    if task not in setup.provider.capabilities:
-        pytest.skip(f"{setup.provider.type} does not declare {task}")
-    return EDITS[task]
+def _editor(setup: Setup, task: str) -> Provider:
+    """The provider that edits (``editor`` where edits need configuration); skip if it can't."""
+    editor = setup.editor or setup.provider
+    if task not in editor.capabilities:
+        pytest.skip(f"{editor.type} does not declare {task}")
+    return editor
 
 
 @pytest.mark.parametrize("task", ["img2img", "inpaint", "variations"])
 def test_edit_returns_an_image_with_the_seed(setup: Setup, task: str) -> None:
     """Each edit task the provider declares returns one image and reports the seed asked."""
-    req = _capable(setup, task)
+    editor = _editor(setup, task)
 
-    async def body() -> list[tuple[int, int, int]]:
-        images = await setup.provider.generate(req, Deadline(30), None)
-        return [(img.seed, img.width, img.height) for img in images]
+    async def body() -> list[int]:
+        images = await editor.generate(EDITS[task], Deadline(30), None)
+        return [img.seed for img in images]
 
-    made = drive(setup.provider, body)
-    assert len(made) == 1
-    assert made[0][0] == 11 or task == "variations"
+    seeds = drive(editor, body)
+    assert len(seeds) == 1
+    assert seeds[0] == 11 or task == "variations"
 
 
 @pytest.mark.parametrize("task", ["img2img", "inpaint", "variations"])
@@ -212,23 +216,24 @@ def test_a_task_not_declared_is_refused_before_sending(setup: Setup, task: str) 
 
 def test_documented_edit_errors_map_to_their_classes(setup: Setup) -> None:
     """Each documented error of the vendor's edit endpoints comes out as its tree class."""
+    editor = setup.editor or setup.provider
     if not setup.edit_errors:
-        pytest.skip(f"{setup.provider.type} has no edit endpoint")
-    task = "inpaint" if "inpaint" in setup.provider.capabilities else "img2img"
+        pytest.skip(f"{editor.type} has no edit endpoint")
+    task = "inpaint" if "inpaint" in editor.capabilities else "img2img"
 
     async def body() -> dict[str, ProviderError | None]:
         seen: dict[str, ProviderError | None] = {}
         for name in setup.edit_errors:
             setup.arm(name)
             try:
-                await setup.provider.generate(EDITS[task], Deadline(30), None)
+                await editor.generate(EDITS[task], Deadline(30), None)
             except ProviderError as exc:
                 seen[name] = exc
             else:
                 seen[name] = None
         return seen
 
-    for name, error in drive(setup.provider, body).items():
+    for name, error in drive(editor, body).items():
         expected = setup.edit_errors[name]
         assert type(error) is expected, f"{name}: got {type(error).__name__}"
         assert CANARY not in str(error)

@@ -21,6 +21,8 @@ from faults import serve_app
 from PIL import Image
 from vendor_a1111 import A1111Fake, a1111_provider
 from vendor_comfyui import ComfyUIFake
+from vendor_gradio import gradio_app
+from vendor_gradio import provider_for as gradio_provider
 from vendor_hf_inference import I2I_MODEL, HFInferenceFake
 from vendor_hf_inference import provider_for as hf_provider
 from vendor_novita import NovitaFake
@@ -347,3 +349,37 @@ def test_comfyui_without_checkpoint_declares_no_edits(comfyui: ComfyUIFake, tmp_
     )
     provider = _comfyui(comfyui, checkpoint=None, workflow=str(path))
     assert provider.capabilities == {"txt2img"}
+
+
+# --------------------------------------------------------------------------- gradio
+
+
+def test_gradio_declares_edits_only_when_the_image_parameter_is_named() -> None:
+    """Which input takes the image is the app's choice: no image_param, no edits."""
+    url = "http://127.0.0.1:9"
+    assert gradio_provider(url).capabilities == {"txt2img"}
+    assert gradio_provider(url, image_param="image").capabilities == {"txt2img", "img2img"}
+    both = gradio_provider(url, image_param="image", mask_param="mask")
+    assert both.capabilities == {"txt2img", "img2img", "inpaint"}
+
+
+def test_gradio_inpaint_uploads_image_and_mask_then_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both files go to /gradio_api/upload, then the call paints only the mask's white."""
+    monkeypatch.setenv(CANARY_ENV, "hf_token")
+    app = gradio_app()
+    provider = gradio_provider(app.url, api_name="inpaint", image_param="image", mask_param="mask")
+    images = fakekit.generate(provider, edit_request(mask=True, strength=None, steps=None))
+    assert len(app.state.paths("POST", "/gradio_api/upload")) == 1
+    assert pixel(images[0].png, 2, 2) == INIT_COLOUR
+    assert pixel(images[0].png, 32, 32) != INIT_COLOUR
+    assert images[0].seed == 7
+
+
+def test_gradio_strength_without_a_parameter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inpaint endpoint has no strength: a request with one is refused, not dropped."""
+    monkeypatch.setenv(CANARY_ENV, "hf_token")
+    app = gradio_app()
+    provider = gradio_provider(app.url, api_name="inpaint", image_param="image", mask_param="mask")
+    error = fakekit.failure(provider, edit_request(mask=True, steps=None))
+    assert isinstance(error, InvalidRequest)
+    assert error.field == "strength"

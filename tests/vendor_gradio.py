@@ -15,7 +15,10 @@ The app is the ``gradio`` package itself (Gradio 5+, ``/gradio_api``), mounted o
 and served by uvicorn on a thread. Its endpoints: ``/infer`` (prompt, negative_prompt, seed,
 randomize_seed, width, height, guidance_scale, num_inference_steps -> a WebP image and the
 seed, the shape of most text-to-image Spaces), ``/paint`` (description, noise_seed -> an
-image: names the default mapping does not know) and ``/caption`` (text -> text). It sleeps
+image: names the default mapping does not know), ``/caption`` (text -> text), and the edit
+endpoints ``/edit`` (image, prompt, strength, seed -> the image tinted by strength, and the
+seed) and ``/inpaint`` (image, mask, prompt, seed -> the image with the mask's white painted:
+an app taking a plain mask image, providers.md section 13.8). It sleeps
 ``STEP_S`` per step. Nothing in it reaches beyond the loopback: analytics are off, there is no
 share link, and an audit hook records any connection to another address (``OUTSIDE``,
 ``GradioApp.outside_at_start``).
@@ -65,6 +68,11 @@ HTTP_ERRORS: dict[str, tuple[int, dict[str, Any], dict[str, str]]] = {
 }
 """Errors the app's call route answers once armed: status, body, headers."""
 
+UPLOAD_ERRORS: dict[str, tuple[int, bytes]] = {
+    "upload_too_large": (413, b"File size exceeds the maximum allowed size of 1 MB"),
+}
+"""Errors the app's upload route answers once armed (gradio's plain-text 413)."""
+
 APP_ERRORS: dict[str, str] = {
     "app_error": "CUDA out of memory. Tried to allocate 2.00 GiB",
     "gpu_quota": "You have exceeded your GPU quota (60s requested vs. 0s left). Try again later",
@@ -83,6 +91,14 @@ ERRORS: dict[str, type[ProviderError]] = {
     "out_of_range": InvalidRequest,
 }
 """What each armed error must become in the error tree."""
+
+EDIT_ERRORS: dict[str, type[ProviderError]] = {
+    "upload_too_large": InvalidRequest,
+    "app_error": UpstreamError,
+    "queue_full": Unavailable,
+    "gpu_quota": QuotaExceeded,
+}
+"""The errors an edit meets (the upload, then the call), and their classes."""
 
 OUTSIDE: list[Any] = []
 """Addresses beyond the loopback that anything in this process tried to reach, once the
@@ -115,8 +131,9 @@ class AppState:
 
     def arm(self, name: str) -> None:
         """Answer the next call with the error ``name`` (one of ERRORS)."""
-        if name not in ERRORS:
-            raise KeyError(f"unknown Gradio error {name!r}; known: {sorted(ERRORS)}")
+        if name not in ERRORS and name not in EDIT_ERRORS:
+            known = sorted({*ERRORS, *EDIT_ERRORS})
+            raise KeyError(f"unknown Gradio error {name!r}; known: {known}")
         with self.lock:
             self.armed.append(name)
 
@@ -159,6 +176,13 @@ class _Watch:
         if scope["type"] == "http":
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             self.state.seen.append((scope["method"], scope["path"], headers))
+            is_upload = scope["method"] == "POST" and scope["path"].endswith("/upload")
+            if is_upload and (name := self.state.take(UPLOAD_ERRORS)) is not None:
+                status, text = UPLOAD_ERRORS[name]
+                raw = [(b"content-type", b"text/plain; charset=utf-8")]
+                await send({"type": "http.response.start", "status": status, "headers": raw})
+                await send({"type": "http.response.body", "body": text})
+                return
             is_call = scope["method"] == "POST" and "/call/" in scope["path"]
             armed = self.state.take(HTTP_ERRORS) if is_call else None
             if armed is not None:
@@ -206,6 +230,27 @@ def _build(state: AppState) -> ASGIApp:
         def caption(text: str) -> str:
             return text.upper()
 
+        def edit(
+            image: Any, prompt: str, strength: float, seed: float, num_inference_steps: float
+        ) -> tuple[Any, int]:
+            armed = state.take(APP_ERRORS)
+            if armed is not None:
+                raise gr.Error(APP_ERRORS[armed])
+            if image is None:
+                raise gr.Error("No input image given")
+            time.sleep(STEP_S * int(num_inference_steps))
+            tint = Image.new("RGB", image.size, (int(seed) % 251, 240, 0))
+            return Image.blend(image.convert("RGB"), tint, float(strength)), int(seed)
+
+        def inpaint(image: Any, mask: Any, prompt: str, seed: float) -> tuple[Any, int]:
+            if image is None or mask is None:
+                raise gr.Error("Upload an image and a mask")
+            if mask.size != image.size:
+                raise gr.Error("The mask must have the image's size")
+            out = image.convert("RGB")
+            out.paste((int(seed) % 251, 240, 0), (0, 0, *out.size), mask.convert("L"))
+            return out, int(seed)
+
         with gr.Blocks(analytics_enabled=False) as demo:
             text = gr.Textbox(label="Text")
             said = gr.Textbox(label="Caption")
@@ -228,6 +273,20 @@ def _build(state: AppState) -> ASGIApp:
             noise = gr.Number(label="Noise seed", value=0)
             painted = gr.Image(type="pil", format="png", label="Painting")
             gr.Button("paint").click(paint, [description, noise], [painted], api_name="paint")
+            source = gr.Image(type="pil", label="Input image")
+            mask = gr.Image(type="pil", image_mode="L", label="Mask")
+            strength = gr.Slider(0, 1, value=0.6, label="Strength")
+            edited = gr.Image(type="pil", format="png", label="Edited")
+            edit_seed = gr.Number(label="Seed", value=0)
+            gr.Button("edit").click(
+                edit,
+                [source, prompt, strength, edit_seed, steps],
+                [edited, used],
+                api_name="edit",
+            )
+            gr.Button("inpaint").click(
+                inpaint, [source, mask, prompt, edit_seed], [edited, used], api_name="inpaint"
+            )
         mounted: ASGIApp = gr.mount_gradio_app(FastAPI(), demo, path="")
         return mounted
 
@@ -323,4 +382,6 @@ def gradio_case(request: pytest.FixtureRequest, stack: ExitStack) -> Setup:
         errors=ERRORS,
         at_url=provider_for,
         tls_timeout_s=0.5,
+        editor=provider_for(app.url, api_name="edit", image_param="image"),
+        edit_errors=EDIT_ERRORS,
     )

@@ -27,10 +27,12 @@ its per-stage budgets inside the request's deadline. One attempt, in stages:
 4. The image's file data is fetched from ``{prefix}/file={path}`` in the same deadline and
    re-encoded as PNG (Gradio sends WebP). An output labelled "seed" is the seed reported.
 
-n > 1 is n calls seeded seed, seed+1, ... Cancelling closes the stream and, in the
-background, ``POST {prefix}/cancel`` (``CANCEL_BUDGET_S``). The token (``token_env``) goes
-to the Hub as ``Authorization`` and to the Space as ``x-hf-authorization`` (gradio_client's
-header, stripped by the Space proxy), never elsewhere. Answers map in ``_map_error``.
+Edits: with ``image_param`` (and ``mask_param``) set, the input images are uploaded first
+and passed as FileData (``gradio_edit``). n > 1 is n calls seeded seed, seed+1, ...
+Cancelling closes the stream and, in the background, ``POST {prefix}/cancel``
+(``CANCEL_BUDGET_S``). The token (``token_env``) goes to the Hub as ``Authorization`` and to
+the Space as ``x-hf-authorization`` (gradio_client's header, stripped by the Space proxy),
+never elsewhere. Answers map in ``_map_error``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ from imagegate.providers.base import (
     RemoteConfig,
     read_secret,
 )
+from imagegate.providers.edits import require
+from imagegate.providers.gradio_edit import GradioEditSettings, edit_params, upload_inputs
+from imagegate.providers.gradio_edit import capabilities as edit_capabilities
 from imagegate.providers.gradio_protocol import Endpoint
 from imagegate.request import GeneratedImage, ImageRequest
 from imagegate.transport import (
@@ -87,7 +92,15 @@ __all__ = ["DEFAULT_PARAMS", "GradioConfig", "GradioProvider"]
 log = logging.getLogger(__name__)
 
 RequestField = Literal[
-    "prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance", "sampler"
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "width",
+    "height",
+    "steps",
+    "guidance",
+    "sampler",
+    "strength",
 ]
 
 DEFAULT_PARAMS: dict[str, tuple[str, ...]] = {
@@ -99,6 +112,7 @@ DEFAULT_PARAMS: dict[str, tuple[str, ...]] = {
     "steps": ("steps", "num_inference_steps", "num_steps", "inference_steps"),
     "guidance": ("guidance", "guidance_scale", "cfg", "cfg_scale"),
     "sampler": ("sampler", "sampler_name"),
+    "strength": ("strength", "denoising_strength", "denoise"),
 }
 """Endpoint parameter names each request field goes to, in order of preference."""
 
@@ -127,7 +141,7 @@ GRADIO_CONCURRENCY = 2
 """Requests in flight to one Gradio app: one running, one waiting in the Space's queue."""
 
 
-class GradioConfig(RemoteConfig):
+class GradioConfig(RemoteConfig, GradioEditSettings):
     """Settings of a Gradio app or a Hugging Face Space; ``space`` or ``url`` is required.
 
     With both, ``space`` is checked on the Hub (runtime stage, wake) and ``url`` overrides
@@ -218,6 +232,8 @@ class GradioProvider(Provider):
         self._app: _App | None = None
         self._waking: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Edits only where configured (an instance value: it depends on the config).
+        setattr(self, "capabilities", edit_capabilities(self.config))  # noqa: B010
 
     # -- public surface ------------------------------------------------------------------
 
@@ -238,6 +254,7 @@ class GradioProvider(Provider):
     ) -> list[GeneratedImage]:
         """Make ``request.n`` images, one call each, on a Space known to be running."""
         self._check_request(request)
+        require(self.name, self.capabilities, request)
         token = self._token()
         seeds = request.seeds(high=SEED_LIMIT)
         with self._forget_on_failure():
@@ -245,8 +262,15 @@ class GradioProvider(Provider):
             app = await self._schema(host, deadline, token)
         self._check_fields(app.endpoint, request)
         with self._forget_on_failure():
+            files = None
+            if request.images:
+                files = await upload_inputs(
+                    self._host(), f"{app.host}{app.prefix}", request, _space_auth(token),
+                    deadline, lambda resp: _map_error(self.name, "upload", resp=resp),
+                )  # fmt: skip
             return [
-                await self._one(app, request, seed, deadline, token, progress) for seed in seeds
+                await self._one(app, request, seed, deadline, token, progress, files)
+                for seed in seeds
             ]
 
     async def probe(self, deadline: Deadline) -> str | None:
@@ -399,12 +423,15 @@ class GradioProvider(Provider):
             found = next((n for n in names if n in available), None)
             if found is not None:
                 fields[field] = found
-        for field, name in self.config.params.items():
+        mapped: dict[str, str] = {str(k): v for k, v in self.config.params.items()}
+        mapped.update(edit_params(self.config))
+        for field, name in mapped.items():
             if name not in available:
+                setting = f"{field}_param" if field in ("image", "mask") else f"params.{field}"
                 raise InvalidRequest(
-                    f"params.{field}: endpoint {key} has no parameter {name!r} (it has: "
-                    f"{', '.join(available)}); fix params.{field}",
-                    field=f"params.{field}",
+                    f"{setting}: endpoint {key} has no parameter {name!r} (it has: "
+                    f"{', '.join(available)}); fix {setting}",
+                    field=setting,
                     limit=f"one of {', '.join(available)}",
                     provider=self.name,
                 )
@@ -430,12 +457,14 @@ class GradioProvider(Provider):
         deadline: Deadline,
         token: str | None,
         progress: ProgressCallback | None,
+        files: dict[str, Any] | None = None,
     ) -> GeneratedImage:
         endpoint = app.endpoint
         base = f"{app.host}{app.prefix}/call/{endpoint.api_name}"
         headers = _space_auth(token)
         session = uuid.uuid4().hex
-        body = {"data": proto.call_data(endpoint, request, seed), "session_hash": session}
+        data = proto.call_data(endpoint, request, seed, files)
+        body = {"data": data, "session_hash": session}
         resp = await self._host().request(
             "POST", base, deadline=deadline, json=body, headers=headers
         )
@@ -519,7 +548,8 @@ class GradioProvider(Provider):
 
     def _check_fields(self, endpoint: Endpoint, request: ImageRequest) -> None:
         """Refuse a request field the endpoint has no parameter for: nothing is dropped."""
-        for field, value in proto.request_values(request, request.seed).items():
+        inputs = {"image": request.images or None, "mask": request.mask}
+        for field, value in proto.request_values(request, request.seed, inputs).items():
             if value is not None and field not in endpoint.fields:
                 raise InvalidRequest(
                     f"{field}: endpoint /{endpoint.api_name} of {self.model} takes no {field}; "
@@ -589,7 +619,7 @@ class GradioProvider(Provider):
 
 def _map_error(
     provider: str,
-    what: Literal["hub", "config", "info", "call", "stream", "event", "file", "image"],
+    what: Literal["hub", "config", "info", "upload", "call", "stream", "event", "file", "image"],
     *,
     resp: Response | None = None,
     event: Any = None,

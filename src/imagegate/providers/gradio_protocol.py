@@ -52,18 +52,27 @@ def fn_index(dependencies: list[Any], api_name: str) -> int | None:
     return None
 
 
-def request_values(request: ImageRequest, seed: int | None) -> dict[str, Any]:
-    """The request's fields by name; None (or an empty negative prompt) = not given."""
+def request_values(
+    request: ImageRequest, seed: int | None, files: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The request's fields by name; None (or an empty negative prompt) = not given.
+
+    ``files``: the uploaded input images' FileData by field ("image", "mask"); for a check
+    before the upload, any non-None value per input the request has."""
+    files = files or {}
     return {
         "prompt": request.prompt, "negative_prompt": request.negative_prompt or None,
         "seed": seed, "width": request.width, "height": request.height, "steps": request.steps,
         "guidance": request.guidance, "sampler": request.sampler,
+        "strength": request.strength, "image": files.get("image"), "mask": files.get("mask"),
     }  # fmt: skip
 
 
-def call_data(endpoint: Endpoint, request: ImageRequest, seed: int) -> list[Any]:
+def call_data(
+    endpoint: Endpoint, request: ImageRequest, seed: int, files: Mapping[str, Any] | None = None
+) -> list[Any]:
     """The call's positional data: the request's fields where mapped, the app's defaults else."""
-    values = request_values(request, seed)
+    values = request_values(request, seed, files)
     given = {name: values[f] for f, name in endpoint.fields.items() if values[f] is not None}
     data: list[Any] = []
     for param in endpoint.parameters:
