@@ -237,3 +237,32 @@ def test_documented_edit_errors_map_to_their_classes(setup: Setup) -> None:
         expected = setup.edit_errors[name]
         assert type(error) is expected, f"{name}: got {type(error).__name__}"
         assert CANARY not in str(error)
+
+
+def test_a_mixed_route_fails_over_only_through_capable_providers(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """Inpainting on hf-inference (no mask task) -> a1111 (fails) -> stability: the first is
+    skipped with its reason, the second fails, the third answers."""
+    monkeypatch.setenv(CANARY_ENV, CANARY)
+    with ExitStack() as stack:
+        names = ("hf-inference", "a1111", "stability")
+        setups = [CASES[name](request, stack) for name in names]
+        providers = {s.provider.name: s.provider for s in setups}
+        setups[1].arm("server_error")
+        settings = Settings.model_validate({"gateway": {"route": list(providers)}})
+
+        async def scenario() -> tuple[str, list[tuple[str, str, str]]]:
+            async with Gateway(settings, providers=providers) as gateway:
+                result = await gateway.generate(EDITS["inpaint"])
+            attempts = [
+                (a.provider, str(a.outcome), a.error.message if a.error else "")
+                for a in result.attempts
+            ]
+            return result.provider, attempts
+
+        answered, attempts = asyncio.run(scenario())
+    hf, sd, stability = (s.provider.name for s in setups)
+    assert answered == stability
+    assert [(p, o) for p, o, _ in attempts] == [(hf, "skipped"), (sd, "error"), (stability, "ok")]
+    assert "inpaint" in attempts[0][2]
