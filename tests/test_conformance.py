@@ -206,7 +206,10 @@ def test_edit_returns_an_image_with_the_seed(setup: Setup, task: str) -> None:
 
 @pytest.mark.parametrize("task", ["img2img", "inpaint", "variations"])
 def test_a_task_not_declared_is_refused_before_sending(setup: Setup, task: str) -> None:
-    """A provider asked for a task it does not declare raises InvalidRequest naming it."""
+    """A remote provider asked for a task it does not declare raises InvalidRequest naming
+    it, before sending anything (the router skips it first; this guards a direct call)."""
+    if setup.at_url is None:
+        pytest.xfail("this provider sends nothing; the router's skip is the guard")
     if task in setup.provider.capabilities:
         pytest.skip(f"{setup.provider.type} declares {task}")
     with pytest.raises(InvalidRequest) as info:

@@ -332,7 +332,9 @@ def _edit(
 ) -> tuple[str, dict[str, str], dict[str, tuple[str, bytes, str]]]:
     """(path, form fields, file parts) of an img2img or inpaint call."""
     image = init_image(request)
-    uploads = {"image": (filename(image), image.data, image.mime)}
+    uploads: dict[str, tuple[str, bytes, str]] = {
+        "image": (filename(image), image.data, image.mime)
+    }
     fields = {k: v for k, v in form.items() if k != "aspect_ratio"}
     if task == "inpaint":
         uploads["mask"] = ("mask.png", mask_png(request), "image/png")
