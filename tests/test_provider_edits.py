@@ -383,3 +383,27 @@ def test_gradio_strength_without_a_parameter_is_refused(monkeypatch: pytest.Monk
     error = fakekit.failure(provider, edit_request(mask=True, steps=None))
     assert isinstance(error, InvalidRequest)
     assert error.field == "strength"
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_more_images_than_the_provider_takes_is_refused_before_sending(
+    a1111: tuple[A1111Fake, str],
+) -> None:
+    """Two input images to a provider that takes one: InvalidRequest naming images, not sent."""
+    state, base = a1111
+    error = fakekit.failure(a1111_provider(base, auth_env=None), edit_request(images=(INIT, INIT)))
+    assert isinstance(error, InvalidRequest)
+    assert (error.field, error.limit) == ("images", "at most 1")
+    assert state.edits == []
+
+
+def test_dall_e_2_takes_one_image_gpt_image_sixteen(openai: tuple[OpenAIFake, str]) -> None:
+    """dall-e-2 refuses a second input image; a GPT image model takes it."""
+    _, url = openai
+    two = edit_request(images=(INIT, INIT), mask=True)
+    error = fakekit.failure(_oai(url, model="dall-e-2"), two)
+    assert isinstance(error, InvalidRequest)
+    assert error.field == "images"
+    assert len(fakekit.generate(_oai(url, model="gpt-image-1"), two)) == 1

@@ -7,7 +7,7 @@ What it relies on (providers.md section 13.2, read from A1111 v1.10.1 ``modules/
 
 * ``init_images`` is a list of base64 strings (no ``data:`` prefix needed); missing, the
   server answers 404 ``Init image not found``; undecodable, 500 ``Invalid encoded image``.
-  Only the first input image is sent: A1111 repeats one init image ``batch_size`` times.
+  One input image (A1111 repeats one init image ``batch_size`` times); more is refused.
 * ``mask`` is one base64 image. An L mask reads white = inpaint (an RGBA one would be read
   from its alpha, opaque = inpaint, so the internal L mask is sent as it is, never RGBA).
 * ``denoising_strength`` (0-1, A1111's API default 0.75, used here when the request has no

@@ -23,7 +23,8 @@ What it relies on (providers.md section 13.3, read from ComfyUI's ``server.py``,
 A workflow of your own (``img2img_workflow``, ``inpaint_workflow``, exported with "Export
 (API)") uses the text-to-image placeholders plus ``{{image}}`` (required), ``{{mask}}``
 (required for inpainting) and ``{{denoise}}``. Without a checkpoint the built-in templates
-cannot run, and the provider then declares no edits.
+cannot run, and the provider then declares no edits. One input image per request; more is
+refused (InvalidRequest naming images).
 """
 
 from __future__ import annotations

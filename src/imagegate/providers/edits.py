@@ -10,8 +10,9 @@ vendor wants something else, and the conversion happens here, once per form:
   OpenAI, ComfyUI's ``LoadImage`` MASK output);
 * ``as_png(image)``: an input image as PNG, for a vendor that takes PNG only (dall-e-2);
 * ``b64(data)``: plain base64, without a ``data:`` prefix;
-* ``require(provider, request)``: refuse a task the provider did not declare (the router
-  skips such a provider before calling it; this guards direct calls);
+* ``require(provider, capabilities, request)``: refuse a task the provider did not declare
+  (the router skips such a provider before calling it; this guards direct calls), and more
+  input images than the provider takes (one, unless it says otherwise);
 * ``default_strength(request, default)``: the request's strength, else the provider's.
 """
 
@@ -40,9 +41,22 @@ EDIT_TASKS = frozenset({"img2img", "inpaint", "variations"})
 """The tasks that take input images (``txt2img`` takes none)."""
 
 
-def require(provider: str, capabilities: frozenset[str], request: ImageRequest) -> str:
-    """The request's task, or InvalidRequest when ``capabilities`` lack it."""
+def require(
+    provider: str, capabilities: frozenset[str], request: ImageRequest, *, max_images: int = 1
+) -> str:
+    """The request's task, or InvalidRequest when ``capabilities`` lack it or the request
+    brings more than ``max_images`` input images (none is dropped silently; the router
+    then tries the next provider)."""
     task = request.task
+    if len(request.images) > max_images:
+        raise InvalidRequest(
+            f"images: provider {provider} takes at most {max_images} input image"
+            f"{'s' if max_images > 1 else ''} for {task}; got {len(request.images)}. Send "
+            "fewer, or route to a provider that takes more (OpenAI's GPT image models take 16)",
+            field="images",
+            limit=f"at most {max_images}",
+            provider=provider,
+        )
     if task not in capabilities:
         can = ", ".join(sorted(capabilities))
         raise InvalidRequest(

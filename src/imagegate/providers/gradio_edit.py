@@ -18,7 +18,8 @@ image parameter too; the mask is uploaded as the internal L PNG (white = repaint
 convention of Spaces that take a plain mask image (an app that reads transparency wants a
 workflow of its own). ``strength`` goes to a parameter named strength, denoising_strength or
 denoise (or the one ``params.strength`` names); a request whose strength has nowhere to go
-is refused, as every unmapped field is. Only the first input image is sent.
+is refused, as every unmapped field is. One input image per request; more is refused
+(InvalidRequest naming images).
 """
 
 from __future__ import annotations

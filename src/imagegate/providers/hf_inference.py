@@ -34,8 +34,8 @@ target_size: {width, height}, seed, strength}}`` (the client sends JSON whenever
 is given) and answers the image's bytes. The task has no mask, so ``inpaint`` is not among
 the capabilities (the router sends inpainting elsewhere). ``strength`` and ``seed`` are not
 in the task's published parameters: they ride as extra parameters (``**kwargs`` in the
-client), sent only when set, which diffusers-backed models take (unverified per model). Only
-the first input image is sent.
+client), sent only when set, which diffusers-backed models take (unverified per model). One
+input image per request; more is refused (InvalidRequest naming images).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ inpainting is a
 resolution as the image; white = repaint, as the A1111 field names suggest: unverified),
 ``mask_blur``, ``strength`` (the SDK's default 1.0) and ``inpainting_full_res = 0``, on an
 inpainting checkpoint (``inpaint_model``; Novita lists them with
-``filter.is_inpainting=true``). Both are polled and downloaded exactly like txt2img. Only the
-first input image is sent.
+``filter.is_inpainting=true``). Both are polled and downloaded exactly like txt2img. One input
+image per request; more is refused (InvalidRequest naming images).
 """
 
 from __future__ import annotations

@@ -158,7 +158,8 @@ class OpenAIProvider(RemoteProvider):
                     body[key] = value
             if request.images and request.strength is not None:
                 body["strength"] = request.strength
-        task = require(self.name, self.capabilities, request)
+        most = 1 if request.variation else _max_images(model)
+        task = require(self.name, self.capabilities, request, max_images=most)
         if task == "txt2img":
             resp = await transport.request(
                 "POST", "images/generations", deadline=deadline, json=body, headers=headers
@@ -283,6 +284,11 @@ def _capabilities(model: str | None) -> frozenset[str]:
     if name.startswith(_ALWAYS_B64_MODELS):
         return frozenset({"txt2img", "img2img", "inpaint"})
     return frozenset({"txt2img", "img2img", "inpaint", "variations"})
+
+
+def _max_images(model: str | None) -> int:
+    """Input images one edit takes: 1 for dall-e-2 (and variations), 16 for GPT image models."""
+    return 1 if (model or "").lower().startswith("dall-e") else 16
 
 
 _FilePart = tuple[str, tuple[str, bytes, str]]

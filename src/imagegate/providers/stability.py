@@ -28,7 +28,8 @@ internal mask as it is), ``prompt``, ``negative_prompt``, ``seed``, ``output_for
 ``style_preset``; it takes no strength and its ``grow_mask`` keeps Stability's default (5).
 Each call makes one image of about 4 MP whatever the input's size (reported as it comes);
 the whole request must stay under 10 MiB (413 ``payload_too_large``), every image side >= 64
-px, inpainting's image 4,096 to 9,437,184 pixels. Only the first input image is used.
+px, inpainting's image 4,096 to 9,437,184 pixels. One input image per request; more is
+refused (InvalidRequest naming images).
 """
 
 from __future__ import annotations
