@@ -86,6 +86,7 @@ def accelerate(
     if compile_unet:
         cache_dir.mkdir(parents=True, exist_ok=True)
         os.environ[CACHE_ENV] = str(cache_dir)
+        os.environ.setdefault("TRITON_CACHE_DIR", str(cache_dir / "triton"))  # GPU kernels
         import torch._inductor.config as inductor
 
         inductor.fx_graph_cache = True
