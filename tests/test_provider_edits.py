@@ -407,3 +407,21 @@ def test_dall_e_2_takes_one_image_gpt_image_sixteen(openai: tuple[OpenAIFake, st
     assert isinstance(error, InvalidRequest)
     assert error.field == "images"
     assert len(fakekit.generate(_oai(url, model="gpt-image-1"), two)) == 1
+
+
+class _Forgetful(dict[str, bytes]):
+    """An input folder that keeps nothing (ComfyUI restarted with a fresh one, say)."""
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        pass
+
+
+def test_comfyui_an_image_it_lost_is_invalid_request_naming_images(
+    comfyui: ComfyUIFake,
+) -> None:
+    """LoadImage naming a file ComfyUI no longer has fails validation: InvalidRequest(images)."""
+    comfyui.uploads = _Forgetful()
+    error = fakekit.failure(_comfyui(comfyui), edit_request())
+    assert isinstance(error, InvalidRequest)
+    assert error.field == "images"
+    assert "Invalid image file" in str(error)
