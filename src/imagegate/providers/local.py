@@ -55,6 +55,7 @@ from imagegate.providers.base import (
 )
 from imagegate.providers.local_accel import AccelConfig, accelerate, compile_cache_dir
 from imagegate.providers.local_batch import Batcher, default_max_batch
+from imagegate.providers.local_edit import EDIT_TASKS, edit_sync
 from imagegate.request import GeneratedImage, ImageRequest, seed_series
 
 __all__ = [
@@ -315,6 +316,8 @@ class _Loaded:
     base_scheduler: Any
     defaults: ModelDefaults
     schedulers: dict[str, Any] = field(default_factory=dict)
+    edits: dict[str, Any] = field(default_factory=dict)
+    """The image-to-image and inpainting pipelines, made from ``pipe`` on first use."""
 
 
 class DiffusersProvider(Provider):
@@ -322,6 +325,7 @@ class DiffusersProvider(Provider):
 
     type = "diffusers"
     Config = DiffusersConfig
+    capabilities = frozenset({"txt2img", "img2img", "inpaint"})
     config: DiffusersConfig
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
@@ -354,7 +358,7 @@ class DiffusersProvider(Provider):
             deadline, _threadsafe(progress, asyncio.get_running_loop()), finish=finishing_early()
         )
         seed = request.seeds()[0]
-        if getattr(request, "task", "txt2img") == "txt2img":  # edits run one at a time
+        if request.task == "txt2img":  # edits are not batched
             return await self._batcher.generate(
                 self._executor(), loaded, request, seed, run, started
             )
@@ -629,6 +633,8 @@ class DiffusersProvider(Provider):
             raise _Stopped("cancelled")
         if run.deadline.expired:  # it waited behind another generation
             raise _Stopped("deadline")
+        if request.task in EDIT_TASKS:
+            return edit_sync(self, loaded, request, seed, run)
         torch, _ = _import_torch()
         pipe = loaded.pipe
         width, height, steps, guidance = self.call_size(loaded, request)
