@@ -28,8 +28,8 @@ input; ``drift`` compares each non-default variant with the default (PSNR of the
 cosine similarity of the U-Net output). ``environment`` lists the CPU flags that matter.
 
 Prints one JSON document. Usage: ``python benchmarks/local_speed.py [--runs 3] [--quick]``;
-``--quick`` is a small check (256x256, one timed run, no compile variants). ``--gpu`` runs the
-GPU profile on CUDA: SD 1.5 architecture, 512x512, 20 steps, guidance 7.5, float16, plain
+``--quick`` is a small check (256x256, at most 2 steps, one timed run, no compile variants).
+``--gpu`` runs the GPU profile on CUDA: SD 1.5 architecture, 512x512, 20 steps, guidance 7.5, float16, plain
 diffusers against imagegate with ``compile`` off and on, one request at a time and 8 at once
 batched (``max_batch = 8``) against one call each.
 """
@@ -394,7 +394,7 @@ def main() -> None:
         "--only", choices=VARIANTS, action="append", help="run only these variants (repeatable)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a small check: 256x256, 1 run, no compile"
+        "--quick", action="store_true", help="a small check: 256x256, at most 2 steps, 1 run, no compile"
     )
     parser.add_argument(
         "--gpu", action="store_true", help="the GPU profile: SD 1.5, 20 steps, float16, CUDA"
@@ -419,6 +419,7 @@ def main() -> None:
     variants = list(args.only or (GPU_VARIANTS if args.gpu else CPU_VARIANTS))
     if args.quick:
         prof["size"] = 256
+        prof["steps"] = min(prof["steps"], 2)
         variants = [v for v in variants if v not in COMPILE_VARIANTS]
     with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as scratch:
         folder = Path(scratch)
