@@ -29,9 +29,9 @@ cosine similarity of the U-Net output). ``environment`` lists the CPU flags that
 
 Prints one JSON document. Usage: ``python benchmarks/local_speed.py [--runs 3] [--quick]``;
 ``--quick`` is a small check (256x256, at most 2 steps, one timed run, no compile variants).
-``--gpu`` runs the GPU profile on CUDA: SD 1.5 architecture, 512x512, 20 steps, guidance 7.5, float16, plain
-diffusers against imagegate with ``compile`` off and on, one request at a time and 8 at once
-batched (``max_batch = 8``) against one call each.
+``--gpu`` runs the GPU profile on CUDA: SD 1.5 architecture, 512x512, 20 steps, guidance
+7.5, float16, plain diffusers against imagegate with ``compile`` off and on, one request at a
+time and 8 at once batched (``max_batch = 8``) against one call each.
 """
 
 from __future__ import annotations
@@ -394,7 +394,9 @@ def main() -> None:
         "--only", choices=VARIANTS, action="append", help="run only these variants (repeatable)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a small check: 256x256, at most 2 steps, 1 run, no compile"
+        "--quick",
+        action="store_true",
+        help="a small check: 256x256, at most 2 steps, 1 run, no compile",
     )
     parser.add_argument(
         "--gpu", action="store_true", help="the GPU profile: SD 1.5, 20 steps, float16, CUDA"
