@@ -19,6 +19,7 @@ from editkit import INIT, INIT_COLOUR, MASK, edit_request, pixel
 from fakekit import solid_png
 from faults import serve_app
 from PIL import Image
+from pydantic import ValidationError
 from vendor_a1111 import A1111Fake, a1111_provider
 from vendor_comfyui import ComfyUIFake
 from vendor_gradio import gradio_app
@@ -425,3 +426,9 @@ def test_comfyui_an_image_it_lost_is_invalid_request_naming_images(
     assert isinstance(error, InvalidRequest)
     assert error.field == "images"
     assert "Invalid image file" in str(error)
+
+
+def test_gradio_mask_param_without_image_param_is_a_config_error() -> None:
+    """A mask parameter alone cannot inpaint: the config is refused, naming image_param."""
+    with pytest.raises(ValidationError, match="image_param"):
+        gradio_provider("http://127.0.0.1:9", mask_param="mask")

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from imagegate.errors import ProtocolError, ProviderError
 from imagegate.providers.base import Deadline
@@ -53,6 +53,14 @@ class GradioEditSettings(BaseModel):
         description="The endpoint's parameter that takes the mask image (white = repaint); "
         "none = no inpainting. Needs image_param.",
     )
+
+    @model_validator(mode="after")
+    def _mask_needs_image(self) -> GradioEditSettings:
+        if self.mask_param and not self.image_param:
+            raise ValueError(
+                "mask_param needs image_param: name the parameter that takes the image too"
+            )
+        return self
 
 
 def capabilities(settings: GradioEditSettings) -> frozenset[str]:
