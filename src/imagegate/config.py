@@ -275,6 +275,12 @@ class ServerSettings(BaseModel):
         ge=1024,
         description="The largest request body the server reads, in bytes (>= 1024); more is a 413.",
     )
+    max_edit_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="The largest request body of the routes that take input images (OpenAI "
+        "edits and variations, A1111 img2img, jobs), in bytes (>= 1024; default 64 MiB).",
+    )
 
 
 class WebhookSettings(BaseModel):

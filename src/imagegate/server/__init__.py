@@ -110,7 +110,11 @@ def create_app(
     for surface in (openai, a1111, jobs, images, keys_api, usage, health, web):
         app.include_router(surface.router)
     web.mount_ui(app)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.server.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.server.max_body_bytes,
+        edit_limit=settings.server.max_edit_body_bytes,
+    )
     if keys:  # added after the rest, so it runs before: nothing is read before the key is checked
         app.add_middleware(AuthMiddleware, keys=keys, signer=signer, cache=app.state.key_cache)
     if tracing.setup_from_env():  # outermost: the request's span covers the key check too

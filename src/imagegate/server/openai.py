@@ -1,4 +1,4 @@
-"""The OpenAI images API: POST /v1/images/generations and GET /v1/models.
+"""The OpenAI images API: POST /v1/images/generations, /edits and /variations, GET /v1/models.
 
 Works with the official client unchanged. ``model`` names a route (``[routes.NAME]``, or
 ``route`` / ``default`` for the ``[gateway] route``), a provider (pins it) or a provider's
@@ -15,10 +15,18 @@ from typing import Annotated, Any, Literal
 
 import pybase64
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imagegate.errors import InvalidRequest
-from imagegate.request import MAX_N, MAX_PROMPT_CHARS, ImageRequest, parse_size
+from imagegate.inputs import MAX_INPUT_BYTES, MAX_INPUT_IMAGES, InputImage, normalize_mask
+from imagegate.request import (
+    MAX_N,
+    MAX_PROMPT_CHARS,
+    ImageRequest,
+    ImageResult,
+    invalid_request_from,
+    parse_size,
+)
 from imagegate.server.deps import Ctx, ServerContext, base_url
 from imagegate.server.errors import error_responses
 from imagegate.server.jobs import run_to_end
@@ -94,9 +102,11 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def to_image_request(ctx: ServerContext, body: ImageGenerationBody) -> ImageRequest:
-    """The ImageRequest an OpenAI body asks for; InvalidRequest names the field."""
+def to_image_request(ctx: ServerContext, body: ImageGenerationBody, **inputs: Any) -> ImageRequest:
+    """The ImageRequest an OpenAI body (and an edit's ``inputs``) asks for; InvalidRequest
+    names the field."""
     fields: dict[str, Any] = {
+        **inputs,
         "prompt": body.prompt,
         "n": body.n if body.n is not None else 1,
         "negative_prompt": body.negative_prompt,
@@ -142,8 +152,15 @@ async def create_images(
 ) -> Response:
     request = to_image_request(ctx, body)
     result = await run_to_end(ctx, request, "openai", caller)
+    return await images_response(ctx, http, result, body.response_format)
+
+
+async def images_response(
+    ctx: ServerContext, http: Request, result: ImageResult, response_format: str | None
+) -> Response:
+    """OpenAI's images answer for ``result``: base64 PNGs, or URLs of the stored images."""
     created = int(time.time())
-    if body.response_format == "url":
+    if response_format == "url":
         base = await base_url(http)  # only here: building it costs more than the rest
         data = [{"url": ctx.image_url(base, image.id or "")} for image in result.images]
         payload = json.dumps(
@@ -176,3 +193,95 @@ async def list_models(ctx: Ctx) -> ModelList:
         for name, provider in ctx.gateway.providers.items()
     ]
     return ModelList(data=cards)
+
+
+# -- edits and variations (multipart, as the official client sends them) -----------------------
+
+EDIT_FIELDS = frozenset(ImageGenerationBody.model_fields) - {"stream", "partial_images"}
+"""The form fields an edit takes as an image generation's (the rest of OpenAI's edit fields,
+``input_fidelity`` and the like, are accepted and not used)."""
+IGNORED_EDIT_FIELDS = frozenset({"input_fidelity", "stream", "partial_images"})
+
+
+@router.post(
+    "/v1/images/edits",
+    response_model=ImagesResponse,
+    summary="Edit images (OpenAI images API: image or image[], optional mask)",
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": {}}}},
+)
+async def edit_images(ctx: Ctx, http: Request, caller: CallerDep) -> Response:
+    """``image`` (or ``image[]``, up to 16) and an optional ``mask`` (transparent = edit,
+    OpenAI's convention), ``prompt`` and the generation fields, imagegate's extensions
+    (``strength`` among them) included."""
+    form, images, mask = await _edit_form(http, masked=True)
+    body = _form_body(form, ("strength", "mask_blur"))
+    extra = {k: form[k] for k in ("strength", "mask_blur") if isinstance(form.get(k), str)}
+    request = to_image_request(ctx, body, images=images, mask=mask, **extra)
+    result = await run_to_end(ctx, request, "openai", caller)
+    return await images_response(ctx, http, result, body.response_format)
+
+
+@router.post(
+    "/v1/images/variations",
+    response_model=ImagesResponse,
+    summary="Variations of an image (OpenAI images API)",
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": {}}}},
+)
+async def image_variations(ctx: Ctx, http: Request, caller: CallerDep) -> Response:
+    """``image`` (one PNG), ``n``, ``size``, ``response_format``, ``model``."""
+    form, images, _ = await _edit_form(http, masked=False)
+    body = _form_body({**form, "prompt": form.get("prompt") or VARIATION_PROMPT}, ())
+    request = to_image_request(ctx, body, images=images[:1], variation=True)
+    result = await run_to_end(ctx, request, "openai", caller)
+    return await images_response(ctx, http, result, body.response_format)
+
+
+VARIATION_PROMPT = "a variation of the image"
+"""The prompt a variation carries (OpenAI's variations take none; providers ignore it)."""
+
+
+async def _edit_form(
+    http: Request, *, masked: bool
+) -> tuple[dict[str, Any], tuple[InputImage, ...], InputImage | None]:
+    """The text fields, the input images and the mask (the internal form) of a multipart
+    edit; InvalidRequest naming the field for anything that is not right."""
+    if not http.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest(
+            "image: an edit is sent as multipart/form-data with the image as a file part",
+            field="image",
+            limit="multipart/form-data",
+        )
+    async with http.form(max_files=MAX_INPUT_IMAGES + 1, max_part_size=MAX_INPUT_BYTES) as form:
+        uploads = [*form.getlist("image"), *form.getlist("image[]")]
+        files = [part for part in uploads if not isinstance(part, str)]
+        if not files:
+            raise InvalidRequest("image: required, as a file part", field="image", limit="1")
+        if len(files) > MAX_INPUT_IMAGES:
+            raise InvalidRequest(
+                f"image: at most {MAX_INPUT_IMAGES} images; got {len(files)}",
+                field="image",
+                limit=f"at most {MAX_INPUT_IMAGES}",
+            )
+        images = tuple([InputImage.from_bytes(await p.read(), field="image") for p in files])
+        mask = None
+        raw_mask = form.get("mask")
+        if masked and raw_mask is not None and not isinstance(raw_mask, str):
+            given = InputImage.from_bytes(await raw_mask.read(), field="mask")
+            mask = normalize_mask(given, images[0], convention="alpha-transparent")
+        text = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    return text, images, mask
+
+
+def _form_body(form: dict[str, Any], own: tuple[str, ...]) -> ImageGenerationBody:
+    """The generation body of an edit's text fields; unknown ones are refused by name."""
+    unknown = (
+        set(form) - EDIT_FIELDS - IGNORED_EDIT_FIELDS - set(own) - {"image", "image[]", "mask"}
+    )
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidRequest(f"{name}: is not a known field", field=name, limit="a known field")
+    fields = {k: v for k, v in form.items() if k in EDIT_FIELDS and v != ""}
+    try:
+        return ImageGenerationBody.model_validate(fields)
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
