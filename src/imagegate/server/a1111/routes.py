@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
-import pybase64
 from fastapi import APIRouter, Query
 
 from imagegate.deadline import finish_early
-from imagegate.errors import Cancelled
-from imagegate.request import ImageRequest, ImageResult
 from imagegate.server.a1111 import answers, catalog
+from imagegate.server.a1111.generate import generate
+from imagegate.server.a1111.img2img import Img2ImgBody, img2img
 from imagegate.server.a1111.models import (
     ProgressResponse,
     ProgressState,
@@ -21,10 +19,9 @@ from imagegate.server.a1111.models import (
     checkpoint,
     to_request,
 )
-from imagegate.server.deps import Ctx, ServerContext
+from imagegate.server.deps import Ctx
 from imagegate.server.errors import A1111_RESPONSES
-from imagegate.server.jobs import run_to_end
-from imagegate.server.tenants import Caller, CallerDep, only_owner
+from imagegate.server.tenants import CallerDep, only_owner
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"], responses=A1111_RESPONSES)
 
@@ -34,31 +31,16 @@ _EMPTY_LISTS = (
 )  # fmt: skip
 
 
-async def generate(
-    ctx: ServerContext, body: Txt2ImgBody, request: ImageRequest, caller: Caller | None
-) -> Txt2ImgResponse:
-    """Run ``request`` as an A1111 job and answer as A1111 does; an interrupted job answers
-    200 with what was made so far (nothing, where its provider cannot stop early)."""
-    started = datetime.now(UTC)
-    interrupted = False
-    try:
-        result = await run_to_end(ctx, request, "a1111", caller)
-    except Cancelled:
-        interrupted = True
-        result = ImageResult(
-            images=[], provider="", model="", attempts=[], elapsed_s=0.0, request=request
-        )
-    info = answers.info_of(ctx, body, result, started_at=started, interrupted=interrupted)
-    return Txt2ImgResponse(
-        images=[pybase64.b64encode_as_string(image.png) for image in result.images],
-        parameters=answers.parameters_of(body, result),
-        info=json.dumps(info),
-    )
-
-
 @router.post("/txt2img", response_model=Txt2ImgResponse, summary="Text to image (A1111)")
 async def txt2img(body: Txt2ImgBody, ctx: Ctx, caller: CallerDep) -> Txt2ImgResponse:
     return await generate(ctx, body, to_request(ctx, body), caller)
+
+
+@router.post(
+    "/img2img", response_model=Txt2ImgResponse, summary="Image to image and inpainting (A1111)"
+)
+async def img2img_route(body: Img2ImgBody, ctx: Ctx, caller: CallerDep) -> Txt2ImgResponse:
+    return await img2img(ctx, body, caller)
 
 
 @router.get("/sd-models", summary="Checkpoints: the routes and providers")
