@@ -25,6 +25,7 @@ from imagegate.cli_usage import add_usage_parser, usage_command
 from imagegate.config import Settings, load_config
 from imagegate.console import Console
 from imagegate.errors import ConfigError, ImagegateError, InvalidRequest
+from imagegate.inputs import InputImage, normalize_mask
 from imagegate.providers.base import Progress, provider_types
 from imagegate.redaction import install_log_redaction
 from imagegate.request import ImageRequest, ImageResult, parse_size
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from imagegate.gateway import Gateway
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_FAILED = 0, 1, 2, 3
-TUNED_COMMANDS = frozenset({"generate", "serve", "worker"})  # may run a local pipeline
+TUNED_COMMANDS = frozenset({"generate", "edit", "serve", "worker"})  # may run a local pipeline
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,21 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate images from a prompt")
     gen.add_argument("prompt", help="what to draw (1-4000 characters)")
-    gen.add_argument("--negative", default="", help="negative prompt")
-    gen.add_argument("--size", help="WIDTHxHEIGHT, e.g. 512x512 (multiples of 8)")
-    gen.add_argument("--steps", type=int, help="sampling steps (1-150); default: the provider's")
-    gen.add_argument("--guidance", type=float, help="CFG scale (0-30); default: the provider's")
-    gen.add_argument("--seed", type=int, help="seed (0 to 2^32-1); default: random")
-    gen.add_argument("-n", type=int, default=1, help="number of images (1-8)")
-    gen.add_argument("--sampler", help='AUTOMATIC1111 sampler name, e.g. "Euler a"')
-    gen.add_argument(
-        "--scheduler", help='AUTOMATIC1111 scheduler, e.g. "karras"; default: automatic'
+    _generation_args(gen)
+
+    edit = sub.add_parser("edit", help="edit an image: image to image, or inpainting with --mask")
+    edit.add_argument("image", type=Path, help="the image to edit (PNG, JPEG or WebP)")
+    edit.add_argument("prompt", help="what the edited image shows (1-4000 characters)")
+    edit.add_argument(
+        "--mask", type=Path, help="inpaint only here: an image of the same size, white = repaint"
     )
-    gen.add_argument("--route", help="a named route ([routes.NAME]); default: [gateway] route")
-    gen.add_argument("--provider", help="use only this provider")
-    gen.add_argument("--model", help="a provider's model, or a provider or route name")
-    gen.add_argument("--out", type=Path, help="output file (or folder when -n > 1)")
-    _common(gen, json_flag=True)
+    edit.add_argument(
+        "--strength", type=float, help="share of the image re-noised (0-1); default 0.75"
+    )
+    edit.add_argument("--mask-blur", type=int, help="pixels of mask blur (0-64); default 4")
+    _generation_args(edit)
 
     serve = sub.add_parser("serve", help="run the HTTP server (OpenAI, A1111 and jobs APIs)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -123,10 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.tune = lambda: None
     if as_program and args.command in TUNED_COMMANDS:
         args.tune = lambda: reexec_tuned(raw)  # the bytes as typed, not the decoded text
-        if args.command != "generate":  # generate first checks it can run at all
+        if args.command not in ("generate", "edit"):  # these first check they can run at all
             args.tune()
     handler = {
         "generate": _generate,
+        "edit": _edit,
         "serve": _serve,
         "worker": _worker,
         "providers": _providers,
@@ -202,8 +202,53 @@ def _error_json(exc: ImagegateError) -> dict[str, Any]:
     }
 
 
-def _generate(args: argparse.Namespace, console: Console) -> int:
+def _generation_args(gen: argparse.ArgumentParser) -> None:
+    """The flags ``generate`` and ``edit`` share."""
+    gen.add_argument("--negative", default="", help="negative prompt")
+    gen.add_argument("--size", help="WIDTHxHEIGHT, e.g. 512x512 (multiples of 8)")
+    gen.add_argument("--steps", type=int, help="sampling steps (1-150); default: the provider's")
+    gen.add_argument("--guidance", type=float, help="CFG scale (0-30); default: the provider's")
+    gen.add_argument("--seed", type=int, help="seed (0 to 2^32-1); default: random")
+    gen.add_argument("-n", type=int, default=1, help="number of images (1-8)")
+    gen.add_argument("--sampler", help='AUTOMATIC1111 sampler name, e.g. "Euler a"')
+    gen.add_argument(
+        "--scheduler", help='AUTOMATIC1111 scheduler, e.g. "karras"; default: automatic'
+    )
+    gen.add_argument("--route", help="a named route ([routes.NAME]); default: [gateway] route")
+    gen.add_argument("--provider", help="use only this provider")
+    gen.add_argument("--model", help="a provider's model, or a provider or route name")
+    gen.add_argument("--out", type=Path, help="output file (or folder when -n > 1)")
+    _common(gen, json_flag=True)
+
+
+def _edit(args: argparse.Namespace, console: Console) -> int:
+    """``imagegate edit IMAGE PROMPT``: ``generate`` with the image, and the mask when given."""
+    image = InputImage.from_bytes(_read_input(args.image, "IMAGE"), field="IMAGE")
+    inputs: dict[str, Any] = {"images": (image,), "strength": args.strength}
+    if args.mask is not None:
+        given = InputImage.from_bytes(_read_input(args.mask, "--mask"), field="--mask")
+        inputs["mask"] = normalize_mask(given, image, convention="white", field="--mask")
+    if args.mask_blur is not None:
+        inputs["mask_blur"] = args.mask_blur
+    return _generate(args, console, **inputs)
+
+
+def _read_input(path: Path, field: str) -> bytes:
+    """The bytes of an input image file; InvalidRequest naming ``field`` when unreadable."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(
+            f"{field}: cannot read {path}: {exc.strerror or exc}",
+            field=field,
+            limit="a readable image file",
+            fix="Check the path and try again.",
+        ) from None
+
+
+def _generate(args: argparse.Namespace, console: Console, **inputs: Any) -> int:
     fields: dict[str, Any] = {
+        **inputs,
         "prompt": args.prompt,
         "negative_prompt": args.negative,
         "steps": args.steps,
