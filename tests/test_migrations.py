@@ -27,6 +27,8 @@ TABLES = {
     "alembic_version",
     "api_keys",
     "breakers",
+    "image_blobs",
+    "image_chunks",
     "images",
     "job_events",
     "jobs",

@@ -510,7 +510,7 @@ def _history(args: argparse.Namespace, console: Console) -> int:
     settings = load_config(args.config)
 
     async def fetch() -> list[Any]:
-        async with Store(settings.data_dir) as store:
+        async with Store(settings.data_dir, storage=settings.storage) as store:
             return list(await store.list_jobs(limit=args.limit))
 
     jobs = asyncio.run(fetch())

@@ -75,7 +75,7 @@ def settings_store(settings: Settings) -> Store:
         from imagegate.backplane.postgres import shared_store
 
         return shared_store(settings)
-    return Store(settings.data_dir)
+    return Store(settings.data_dir, storage=settings.storage)
 
 
 async def _prune(settings: Settings, older_than: datetime, dry_run: bool) -> PruneReport:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 from dotenv import load_dotenv
@@ -362,6 +362,58 @@ class ScaleSettings(BaseModel):
     )
 
 
+class StorageSettings(BaseModel):
+    """The ``[storage]`` table: where image bytes live."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["file", "postgresql", "s3"] = Field(
+        default="file",
+        description="Where image bytes live: `file` (default: `images/` in the data dir), "
+        "`postgresql` (in the `[scale] backplane` database, which it needs) or `s3` (an "
+        "S3-compatible bucket, which `bucket` names).",
+    )
+    bucket: str | None = Field(
+        default=None,
+        max_length=63,
+        description='The S3 bucket (3-63 characters; required with `backend = "s3"`, '
+        "default none).",
+    )
+    prefix: str = Field(
+        default="",
+        max_length=512,
+        description="Prepended to every S3 object key, e.g. `imagegate/` (default empty, at "
+        "most 512 characters).",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="The S3 endpoint URL for a store other than AWS (MinIO, R2, GCS "
+        "interoperability); default none = AWS's. Credentials come only from the standard "
+        "`AWS_*` environment variables.",
+    )
+    region: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The S3 region (default none = `AWS_REGION` / `AWS_DEFAULT_REGION`, else "
+        "us-east-1).",
+    )
+    timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="What one S3 call may wait for the store to connect or answer, > 0 to "
+        "600 s (default 30); a store that stops answering fails the job with a StorageError.",
+    )
+    chunk_kb: int = Field(
+        default=256,
+        ge=16,
+        le=16_384,
+        description="Size of the pieces image bytes are written and streamed in, in KiB "
+        "(16-16384, default 256).",
+    )
+
+
 class Settings(BaseModel):
     """Everything imagegate reads from configuration, validated."""
 
@@ -385,6 +437,10 @@ class Settings(BaseModel):
     webhooks: WebhookSettings = Field(
         default_factory=WebhookSettings,
         description="Signed callbacks posted when a job ends.",
+    )
+    storage: StorageSettings = Field(
+        default_factory=StorageSettings,
+        description="Where image bytes live: the data dir, the database or an S3 bucket.",
     )
     providers: dict[str, ProviderConfig] = Field(
         default_factory=dict,
@@ -475,6 +531,7 @@ def parse_settings(raw: dict[str, Any], *, source: str | None = None) -> Setting
                 allowed=sorted(providers),
             )
     _check_routes(settings, providers, source)
+    _check_storage(settings, source)
     return settings.model_copy(update={"providers": providers})
 
 
@@ -502,6 +559,19 @@ def _check_routes(
                     key=f"{key}.route",
                     allowed=sorted(providers),
                 )
+
+
+def _check_storage(settings: Settings, source: str | None) -> None:
+    storage = settings.storage
+    if storage.backend == "s3" and not storage.bucket:
+        raise ConfigError('backend = "s3" needs a bucket', file=source, key="storage.bucket")
+    if storage.backend == "postgresql" and not settings.scale.backplane:
+        raise ConfigError(
+            'backend = "postgresql" keeps images in the [scale] backplane database; set '
+            "scale.backplane to a postgresql:// URL",
+            file=source,
+            key="storage.backend",
+        )
 
 
 def _provider_config(name: str, cfg: Any, source: str | None) -> ProviderConfig:

@@ -21,6 +21,7 @@ from imagegate.config import (
     ScaleSettings,
     ServerSettings,
     Settings,
+    StorageSettings,
     WebhookSettings,
 )
 from imagegate.registry import provider_types
@@ -42,6 +43,7 @@ TABLES: dict[str, type[BaseModel]] = {
     "server": ServerSettings,
     "scale": ScaleSettings,
     "webhooks": WebhookSettings,
+    "storage": StorageSettings,
 }
 """The fixed top-level tables of imagegate.toml, in the order the reference shows them."""
 

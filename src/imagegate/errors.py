@@ -6,6 +6,7 @@ Every failure a caller can see is one of these classes::
      ├── ConfigError            a config file, key or value is wrong (names file, key, allowed)
      ├── MissingDependency      an optional extra is not installed (names the pip line)
      ├── Cancelled              the caller cancelled the request or job
+     ├── StorageError           the image store refused or did not answer (names the backend)
      ├── QueueFull              the job queue is full (retry_after)
      ├── Interrupted            the process running a job stopped; it could not run again
      ├── AllProvidersFailed     every provider on the route failed (carries each attempt)
@@ -71,6 +72,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "Stage",
+    "StorageError",
     "Timeout",
     "Unavailable",
     "UpstreamError",
@@ -215,6 +217,17 @@ class MissingDependency(ImagegateError):
         )
         self.extra = extra
         self.module = module
+
+
+class StorageError(ImagegateError):
+    """The image store (``[storage] backend``) refused or did not answer; names the backend
+    and the store's own error class and reason."""
+
+    recorded: ClassVar[tuple[str, ...]] = ("backend",)
+
+    def __init__(self, message: str, *, backend: str | None = None, fix: str | None = None):
+        super().__init__(f"{backend} storage: {message}" if backend else message, fix=fix)
+        self.backend = backend
 
 
 class Cancelled(ImagegateError):

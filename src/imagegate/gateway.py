@@ -23,6 +23,7 @@ from imagegate.errors import (
     ImagegateError,
     InvalidRequest,
     ProviderError,
+    StorageError,
     Timeout,
 )
 from imagegate.providers.base import (
@@ -102,7 +103,7 @@ class Gateway:
         if self.store is None and self._default_store:
             from imagegate.store import Store
 
-            self.store = Store(self.settings.data_dir)
+            self.store = Store(self.settings.data_dir, storage=self.settings.storage)
         if self.store is not None:
             await self.store.open()
 
@@ -364,12 +365,17 @@ class Gateway:
             job_id=job_id,
         )
         if recorder is not None and job_id is not None:
-            result = await recorder.finish_job(
-                job_id,
-                result,
-                cost=provider.config.cost_of([(i.width, i.height) for i in result.images]),
-                effective=effective_params(provider, request),
-            )
+            try:
+                result = await recorder.finish_job(
+                    job_id,
+                    result,
+                    cost=provider.config.cost_of([(i.width, i.height) for i in result.images]),
+                    effective=effective_params(provider, request),
+                )
+            except StorageError as exc:  # the image was not kept: the job failed
+                exc.attempts = list(outcome.attempts)
+                await recorder.fail_job(job_id, exc, exc.attempts, time.monotonic() - started)
+                raise
         return result
 
 

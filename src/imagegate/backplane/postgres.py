@@ -262,13 +262,13 @@ class PostgresJobQueue(JobQueue):
         if job.status == "succeeded":
             images = [
                 GeneratedImage(
-                    png=await asyncio.to_thread(self.store.image_path(image).read_bytes),
+                    png=await self.store.image_bytes(image),
                     width=image.width,
                     height=image.height,
                     seed=image.seed,
                     sha256=image.sha256,
                     id=image.id,
-                    path=str(self.store.image_path(image)),
+                    path=self.store.image_file(image),
                 )
                 for image in job.images
             ]
@@ -621,9 +621,12 @@ async def _connect_or_close(url: str) -> psycopg.AsyncConnection[Any]:
 
 
 def shared_store(settings: Settings) -> Store:
-    """The Store on the ``[scale] backplane`` database; images stay in the (shared) data dir."""
+    """The Store on the ``[scale] backplane`` database; images where ``[storage]`` says (the
+    data dir, then shared by every replica and worker, or the database, or S3)."""
     assert settings.scale.backplane
-    return Store(settings.data_dir, url=sqlalchemy_url(settings.scale.backplane))
+    return Store(
+        settings.data_dir, url=sqlalchemy_url(settings.scale.backplane), storage=settings.storage
+    )
 
 
 def postgres_backplane(

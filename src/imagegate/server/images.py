@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel
 
 from imagegate.server.deps import BaseUrl, Ctx
@@ -59,19 +59,29 @@ async def get_image(image_id: str, ctx: Ctx, caller: CallerDep) -> Response:
             record = None
     if record is None or store is None:
         return openai_error(404, "not_found_error", f"no image {image_id!r}", param="id")
-    path = store.image_path(record)
-    if not path.is_file():
-        return openai_error(
-            404, "not_found_error", f"the file of image {image_id!r} is missing", param="id"
-        )
-    return FileResponse(
-        path,
+    headers = {
+        "x-imagegate-provider": record.provider,
+        "x-imagegate-job": record.job_id,
+        "cache-control": "private, max-age=31536000, immutable",
+    }
+    path = store.images.local_path(record.sha256)
+    if path is not None:
+        if not path.is_file():
+            return _missing(image_id)
+        return FileResponse(path, media_type="image/png", headers=headers)
+    size = await store.images.size(record.sha256)
+    if not size:
+        return _missing(image_id)
+    return StreamingResponse(
+        store.images.chunks(record.sha256),
         media_type="image/png",
-        headers={
-            "x-imagegate-provider": record.provider,
-            "x-imagegate-job": record.job_id,
-            "cache-control": "private, max-age=31536000, immutable",
-        },
+        headers={**headers, "content-length": str(size)},
+    )
+
+
+def _missing(image_id: str) -> Response:
+    return openai_error(
+        404, "not_found_error", f"the file of image {image_id!r} is missing", param="id"
     )
 
 

@@ -30,10 +30,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from imagegate.config import StorageSettings
 from imagegate.errors import ImagegateError
 from imagegate.request import Attempt, ImageRequest, ImageResult, Reported
 from imagegate.store import jobsql
-from imagegate.store.files import IMAGES_DIR, write_png
+from imagegate.store.blobs import FileImages, ImageStore, image_store
+from imagegate.store.files import IMAGES_DIR
 from imagegate.store.migrate import upgrade
 from imagegate.store.models import (
     EVENT_KINDS,
@@ -130,9 +132,14 @@ def _sqlite_file(url: str) -> Path | None:
 class Store:
     """Job and image history: ``async with Store(data_dir) as store: ...``."""
 
-    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, url: str | None = None, storage: StorageSettings | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.url = url if url is not None else default_url(self.data_dir)
+        self.images: ImageStore = image_store(
+            storage or StorageSettings(), self.data_dir, lambda: self.engine
+        )
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._writer: jobsql.SQLiteWriter | None = None
@@ -176,6 +183,7 @@ class Store:
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer.close()
+        await self.images.close()
         if engine is not None:
             await engine.dispose()
 
@@ -212,8 +220,21 @@ class Store:
         return now
 
     def image_path(self, image: ImageRecord) -> Path:
-        """The absolute path of a stored image's file."""
+        """The absolute path of a stored image's file (``[storage] backend = "file"``)."""
         return self.data_dir / image.path
+
+    async def image_bytes(self, image: ImageRecord) -> bytes:
+        """A stored image's bytes, from whichever backend keeps them."""
+        return await self.images.read(image.sha256)
+
+    def image_file(self, image: ImageRecord) -> str | None:
+        """The absolute path of a stored image's file, or None where the bytes are not on
+        this disk (the database or S3 backend)."""
+        return self._local(image.sha256)
+
+    def _local(self, sha256: str) -> str | None:
+        path = self.images.local_path(sha256)
+        return None if path is None else str(path)
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -408,10 +429,16 @@ class Store:
             ]
 
         event_id: int | None = None
+        files = self.images if isinstance(self.images, FileImages) else None
+        early: list[tuple[bytes, str, str]] | None = None
+        if files is None:  # the bytes go to another store first: a failure there ends here
+            early = await self._put_images(result, meta, effective or {})
         if self._writer is not None:
 
             def step(conn: sqlite3.Connection) -> tuple[list[tuple[bytes, str, str]], int | None]:
-                stored = self._write_images(result, meta, effective or {})
+                stored = early
+                if stored is None:
+                    stored = self._write_images(result, meta, effective or {})
                 with jobsql.transaction(conn):
                     if jobsql.update_job(conn, job_id, values) != 1:
                         raise LookupError(f"no job {job_id!r} in the store")
@@ -433,7 +460,10 @@ class Store:
 
             stored, event_id = await self._writer.run(step)
         else:
-            stored = await asyncio.to_thread(self._write_images, result, meta, effective or {})
+            if early is None:
+                stored = await asyncio.to_thread(self._write_images, result, meta, effective or {})
+            else:
+                stored = early
             async with self._session() as session, session.begin():
                 job = await self._job_row(session, job_id)
                 for key, value in values.items():
@@ -461,10 +491,10 @@ class Store:
                     "png": png,
                     "sha256": sha256,
                     "id": image_id,
-                    "path": str(self.data_dir / relative),
+                    "path": self._local(sha256),
                 }
             )
-            for image_id, original, (png, sha256, relative) in zip(
+            for image_id, original, (png, sha256, _) in zip(
                 image_ids, result.images, stored, strict=True
             )
         ]
@@ -478,6 +508,22 @@ class Store:
     def _write_images(
         self, result: ImageResult, meta: dict[str, Any], effective: Mapping[str, Any]
     ) -> list[tuple[bytes, str, str]]:
+        """The PNGs with their metadata, written as files on this thread (the file backend)."""
+        assert isinstance(self.images, FileImages)
+        return [
+            (png, *self.images.put_blocking(png)) for png in self._render(result, meta, effective)
+        ]
+
+    async def _put_images(
+        self, result: ImageResult, meta: dict[str, Any], effective: Mapping[str, Any]
+    ) -> list[tuple[bytes, str, str]]:
+        """The PNGs with their metadata, put in the image store one by one."""
+        pngs = await asyncio.to_thread(self._render, result, meta, effective)
+        return [(png, *(await self.images.put(png))) for png in pngs]
+
+    def _render(
+        self, result: ImageResult, meta: dict[str, Any], effective: Mapping[str, Any]
+    ) -> list[bytes]:
         request = result.request
 
         def pick(key: str, fallback: Any) -> Any:
@@ -499,9 +545,7 @@ class Store:
                 guidance=_first(reported.guidance, pick("guidance", request.guidance)),
                 model_hash=reported.model_hash,
             )
-            png = png_with_metadata(image.png, parameters, meta)
-            sha256, relative = write_png(self.data_dir, png)
-            stored.append((png, sha256, relative))
+            stored.append(png_with_metadata(image.png, parameters, meta))
         return stored
 
     async def fail_job(

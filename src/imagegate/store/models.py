@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -215,3 +216,27 @@ class WebhookOutbox(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_webhook_outbox_status_next_at", "status", "next_at"),)
+
+
+class ImageBlob(Base):
+    """The bytes of one image in the database (``[storage] backend = "postgresql"``), by
+    digest: stored once however many image rows name it; ``touched_at`` is the last time a
+    job stored (or found) it, so retention leaves alone what a job is about to name."""
+
+    __tablename__ = "image_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    touched_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ImageChunk(Base):
+    """One piece of an image blob, in order: written and streamed a piece at a time."""
+
+    __tablename__ = "image_chunks"
+
+    sha256: Mapped[str] = mapped_column(
+        String(64), ForeignKey("image_blobs.sha256", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

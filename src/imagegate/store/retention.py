@@ -1,15 +1,18 @@
 """Retention: delete the oldest images (rows and files) past an age or over a size.
 
 ``prune`` plans first, read-only: the oldest images older than ``older_than``, then more of
-the oldest while the image files add up to more than ``max_bytes``. Files are content-addressed
-and may be shared by several image rows, so a file is freed only when every row that names it
-goes. Unless it is a dry run, the rows are deleted in short transactions, then the freed files.
+the oldest while the stored images add up to more than ``max_bytes``. Images are
+content-addressed and may be shared by several image rows, so bytes are freed only when every
+row that names them goes. Unless it is a dry run, the rows are deleted in short transactions,
+then the freed bytes, by the image store (``[storage] backend``; each backend's ``reclaim``).
 
 It never deletes what a running job is writing: a job's image rows appear only when it ends
-(in the transaction that marks it succeeded), and a file modified within ``grace_s`` is left
-alone. A file is first renamed aside; after ``settle_s`` (longer than a job takes from finding
-a file already stored to committing its row) the references are counted again, and a file a
-new row names is put back, so a job storing the same bytes as an old image keeps its file. On
+(in the transaction that marks it succeeded), and bytes stored or found by a job within
+``grace_s`` are left alone. On the file backend a file is first renamed aside; after
+``settle_s`` (longer than a job takes from finding a file already stored to committing its
+row) the references are counted again, and a file a new row names is put back, so a job
+storing the same bytes as an old image keeps its file (the database backend gets the same from
+the row lock its touch and its delete share). On
 PostgreSQL an advisory lock lets one sweeper run at a time across every replica; another
 sweep that finds it taken returns at once (``skipped``).
 """
@@ -17,7 +20,6 @@ sweep that finds it taken returns at once (``skipped``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -28,8 +30,8 @@ from pathlib import Path
 from sqlalchemy import delete, func, select
 
 from imagegate.config import GatewaySettings
+from imagegate.store.blobs import FileImages
 from imagegate.store.db import Store
-from imagegate.store.files import IMAGES_DIR
 from imagegate.store.models import Image
 
 log = logging.getLogger("imagegate.retention")
@@ -64,12 +66,8 @@ class PruneReport:
 
 
 def store_bytes(data_dir: Path) -> int:
-    """The size of every image file in the data dir."""
-    total = 0
-    for path in (data_dir / IMAGES_DIR).glob("*/*.png"):
-        with contextlib.suppress(FileNotFoundError):
-            total += path.stat().st_size
-    return total
+    """The size of every image file in the data dir (the file backend)."""
+    return FileImages(data_dir)._total_bytes()
 
 
 async def prune(
@@ -108,7 +106,7 @@ async def _prune(
     grace_s: float,
     settle_s: float,
 ) -> None:
-    total = await asyncio.to_thread(store_bytes, store.data_dir) if max_bytes is not None else 0
+    total = await store.images.total_bytes() if max_bytes is not None else 0
     doomed: dict[str, int] = {}  # sha256 -> rows planned for deletion
     refs: dict[str, int] = {}  # sha256 -> rows naming it
     freed: dict[str, str] = {}  # sha256 -> relative path, once every row naming it goes
@@ -147,7 +145,7 @@ async def _prune(
                 doomed[row.sha256] = doomed.get(row.sha256, 0) + 1
                 if doomed[row.sha256] == refs.get(row.sha256, 0):
                     freed[row.sha256] = row.path
-                    report.bytes += _size(store.data_dir / row.path)
+                    report.bytes += await store.images.size(row.sha256)
             if stop:
                 break
             after = (rows[-1].created_at, rows[-1].id)
@@ -159,26 +157,13 @@ async def _prune(
     for chunk in _chunks(ids, BATCH):
         async with store.engine.begin() as conn:
             await conn.execute(delete(Image).where(Image.id.in_(chunk)))
-    shas = list(freed)
-    still = await _named(store, shas)
-    cutoff = time.time() - grace_s
-    aside: dict[str, tuple[Path, Path]] = {}
-    for sha in shas:
-        if sha not in still:
-            path = store.data_dir / freed[sha]
-            moved = _move_aside_unless_fresh(path, cutoff)
-            if moved is not None:
-                aside[sha] = (path, moved)
-    if not aside:
-        return
-    await asyncio.sleep(settle_s)
-    named_now = await _named(store, list(aside))
-    for sha, (path, moved) in aside.items():
-        with contextlib.suppress(FileNotFoundError):
-            if sha in named_now and not path.exists():
-                moved.replace(path)  # a job stored these bytes meanwhile: put the file back
-            else:
-                moved.unlink()
+
+    async def named(shas: Sequence[str]) -> set[str]:
+        return await _named(store, shas)
+
+    await store.images.reclaim(
+        list(freed), untouched_since=time.time() - grace_s, settle_s=settle_s, named=named
+    )
 
 
 async def _named(store: Store, shas: Sequence[str]) -> set[str]:
@@ -191,25 +176,6 @@ async def _named(store: Store, shas: Sequence[str]) -> set[str]:
             )
             found.update(named.scalars())
     return found
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _move_aside_unless_fresh(path: Path, cutoff: float) -> Path | None:
-    """Rename ``path`` aside unless it was modified after ``cutoff``; the new name, or None."""
-    aside = path.with_name(f".{path.name}.prune")
-    try:
-        if path.stat().st_mtime > cutoff:
-            return None
-        path.rename(aside)
-    except FileNotFoundError:
-        return None
-    return aside
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
