@@ -33,8 +33,10 @@ def pg_url() -> Iterator[str]:
     yield from _database()
 
 
-def _start(args: list[str], config: Path) -> subprocess.Popen[bytes]:
+def _start(args: list[str], config: Path, data_dir: Path | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OPENAI_API_KEY": "sk-test"}
+    if data_dir is not None:
+        env["IMAGEGATE_DATA_DIR"] = str(data_dir)
     return subprocess.Popen(
         [sys.executable, "-m", "imagegate", *args, "--config", str(config)],
         stdout=subprocess.DEVNULL,
@@ -44,8 +46,10 @@ def _start(args: list[str], config: Path) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def _process(args: list[str], config: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with stopped_at_exit(_start(args, config)) as proc:
+def _process(
+    args: list[str], config: Path, data_dir: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    with stopped_at_exit(_start(args, config, data_dir)) as proc:
         yield proc
 
 
@@ -136,3 +140,51 @@ def test_two_replicas_two_workers_lose_nothing_when_a_worker_is_killed(
     assert sum(job["status"] == "succeeded" for job in jobs.values()) >= JOBS - len(paid)
     hit = [p for p, job in jobs.items() if job["retries"] or job["status"] == "failed"]
     assert hit, "the killed worker had no job in flight"
+
+
+def test_postgresql_storage_serves_every_image_from_every_replica_without_a_shared_disk(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """storage = "postgresql": two replicas and a worker, each with its own empty data dir;
+    every image a job made is served, byte for byte, by both replicas, and no PNG file is
+    written to any data dir."""
+    fake = OpenAIFake()
+    with ExitStack() as stack:
+        url = stack.enter_context(serve_app(fake.app()))
+        config = tmp_path / "imagegate.toml"
+        config.write_text(
+            '[gateway]\nroute = ["free"]\n\n'
+            f'[providers.free]\ntype = "openai"\nurl = "{url}/v1"\npaid = false\n\n'
+            f'[scale]\nbackplane = "{pg_url}"\n\n[storage]\nbackend = "postgresql"\n'
+        )
+        dirs = [tmp_path / name for name in ("replica-0", "replica-1", "worker")]
+        ports = [free_port(), free_port()]
+        bases = [f"http://127.0.0.1:{port}" for port in ports]
+        servers = [
+            stack.enter_context(_process(["serve", "--port", str(port)], config, data))
+            for port, data in zip(ports, dirs, strict=False)
+        ]
+        for base, server in zip(bases, servers, strict=True):
+            _ready(base, server)
+        stack.enter_context(_process(["worker", "--queue", "remote"], config, dirs[2]))
+        ids = []
+        for i in range(6):
+            answer = httpx.post(f"{bases[i % 2]}/v1/jobs", json={"prompt": f"p{i}"}, timeout=10)
+            assert answer.status_code == 202, answer.text
+            ids.append(answer.json()["id"])
+        deadline = time.monotonic() + 30
+        while True:
+            jobs = [httpx.get(f"{bases[0]}/v1/jobs/{i}", timeout=5).json() for i in ids]
+            if all(job["status"] in TERMINAL for job in jobs):
+                break
+            assert time.monotonic() < deadline, Counter(job["status"] for job in jobs)
+            time.sleep(0.1)
+        assert [job["status"] for job in jobs] == ["succeeded"] * len(ids), jobs
+        images = [image["id"] for job in jobs for image in job["images"]]
+        assert len(images) == len(ids)
+        for image_id in images:
+            got = [httpx.get(f"{base}/v1/images/{image_id}", timeout=5) for base in bases]
+            assert [r.status_code for r in got] == [200, 200]
+            assert got[0].content == got[1].content
+            assert got[0].content.startswith(b"\x89PNG")
+    assert not [p for data in dirs for p in data.rglob("*.png")]
