@@ -275,6 +275,11 @@ class ServerSettings(BaseModel):
         ge=1024,
         description="The largest request body the server reads, in bytes (>= 1024); more is a 413.",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (besides loopback ones) the server answers without keys, and "
+        "the hosts of web pages allowed to write to it; default none.",
+    )
     max_edit_body_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,

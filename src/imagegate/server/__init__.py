@@ -31,6 +31,7 @@ from imagegate.request import ImageResult
 from imagegate.server import a1111, errors, health, images, jobs, openai, tenants, usage, web
 from imagegate.server import keys as keys_api
 from imagegate.server.auth import AuthMiddleware, keys_from_env
+from imagegate.server.browsers import BrowserGuardMiddleware
 from imagegate.server.deps import ServerContext
 from imagegate.server.limits import BodyLimitMiddleware
 from imagegate.server.metrics import Metrics
@@ -117,6 +118,9 @@ def create_app(
     )
     if keys:  # added after the rest, so it runs before: nothing is read before the key is checked
         app.add_middleware(AuthMiddleware, keys=keys, signer=signer, cache=app.state.key_cache)
+    app.add_middleware(  # before the key check: a refused Host or page never reaches it
+        BrowserGuardMiddleware, keys_on=bool(keys), allowed_hosts=settings.server.allowed_hosts
+    )
     if tracing.setup_from_env():  # outermost: the request's span covers the key check too
         app.add_middleware(TraceMiddleware)
     return app
