@@ -22,10 +22,12 @@ Each provider converts the internal form to its vendor's convention in its own m
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import io
 from typing import Any, Literal
 
+import pybase64
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from imagegate.errors import InvalidRequest
@@ -67,6 +69,27 @@ class InputImage(BaseModel):
     @classmethod
     def _from_base64(cls, value: Any) -> Any:
         return base64.b64decode(value) if isinstance(value, str) else value
+
+    @classmethod
+    def from_text(cls, text: str, *, field: str = "image") -> InputImage:
+        """A base64 string or ``data:`` URI (the JSON surfaces' form) decoded and checked as
+        :meth:`from_bytes` does; a URL is refused (a gateway fetching any URL is a request
+        forgery risk), as is text that is not base64."""
+        if text.startswith(("http://", "https://")):
+            raise InvalidRequest(
+                f"{field}: image URLs are not fetched (a gateway fetching any URL is a request "
+                "forgery risk); send the image as base64 or a data: URI",
+                field=field,
+                limit="base64 or a data: URI",
+            )
+        raw = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
+        try:
+            data = pybase64.b64decode(raw, validate=False)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(
+                f"{field}: Invalid encoded image; send base64", field=field, limit="base64"
+            ) from None
+        return cls.from_bytes(data, field=field)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, field: str = "image") -> InputImage:

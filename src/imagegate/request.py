@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from imagegate.attempts import Attempt, AttemptError, Outcome
 from imagegate.errors import InvalidRequest
-from imagegate.inputs import MAX_INPUT_IMAGES, InputImage
+from imagegate.inputs import MAX_INPUT_IMAGES, InputImage, normalize_mask
 from imagegate.sampling import AUTOMATIC, SCHEDULERS, canonical_scheduler, split_sampler
 
 MAX_PROMPT_CHARS = 4000
@@ -88,6 +88,33 @@ class ImageRequest(BaseModel):
         if self.variation:
             return "variations"
         return "inpaint" if self.mask is not None else "img2img"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encoded_inputs(cls, data: Any) -> Any:
+        """Input images sent as base64 or ``data:`` URIs (the JSON surfaces) or raw bytes are
+        decoded and checked; a mask sent so is read as white = repaint, the first image's size
+        (imagegate's native convention)."""
+        if not isinstance(data, dict):
+            return data
+        images, mask = data.get("images"), data.get("mask")
+        if isinstance(images, list | tuple) and any(isinstance(i, str | bytes) for i in images):
+            if len(images) > MAX_INPUT_IMAGES:
+                raise InvalidRequest(
+                    f"images: at most {MAX_INPUT_IMAGES} images; got {len(images)}",
+                    field="images",
+                    limit=f"at most {MAX_INPUT_IMAGES}",
+                    fix="Send fewer images and try again.",
+                )
+            images = tuple(_input(image, "images") for image in images)
+            data = {**data, "images": images}
+        if isinstance(mask, str | bytes):
+            given = _input(mask, "mask")
+            first = images[0] if isinstance(images, list | tuple) and images else None
+            if isinstance(first, InputImage):
+                given = normalize_mask(given, first, convention="white")
+            data = {**data, "mask": given}
+        return data
 
     @model_validator(mode="after")
     def _inputs_fit(self) -> ImageRequest:
@@ -178,6 +205,16 @@ def parse_size(size: str, *, field: str = "size") -> dict[str, int]:
             fix=f"Change {field} and try again.",
         )
     return {"width": int(match[1]), "height": int(match[2])}
+
+
+def _input(value: Any, field: str) -> Any:
+    """One input image as sent: base64 text, raw bytes, or already an InputImage (or its
+    stored form, left to validation)."""
+    if isinstance(value, str):
+        return InputImage.from_text(value, field=field)
+    if isinstance(value, bytes):
+        return InputImage.from_bytes(value, field=field)
+    return value
 
 
 def _misfit(field: str, limit: str, fix: str) -> InvalidRequest:

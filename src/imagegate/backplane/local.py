@@ -512,7 +512,7 @@ class LocalJobQueue(JobQueue):
                 await self._end_unrun(job_id, ended)
                 continue
             try:
-                parsed = ImageRequest.model_validate(request)
+                parsed = await self.store.load_request(request)
             except ValueError:
                 await self.store.fail_job(
                     job_id, ImagegateError("the stored request no longer validates"), [], 0.0

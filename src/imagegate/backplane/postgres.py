@@ -278,7 +278,7 @@ class PostgresJobQueue(JobQueue):
                 model=job.model or "",
                 attempts=[Attempt.model_validate(a) for a in job.attempts],
                 elapsed_s=job.elapsed_s or 0.0,
-                request=ImageRequest.model_validate(job.request),
+                request=await self.store.load_request(job.request),
                 job_id=job_id,
             )
             return JobOutcome(job_id, "succeeded", result=result)
@@ -305,7 +305,11 @@ class PostgresJobQueue(JobQueue):
             return  # cancelled, finished or gone meanwhile
         job = await self.store.get_job(job_id)
         assert job is not None
-        request = ImageRequest.model_validate(job.request)
+        try:
+            request = await self.store.load_request(job.request)
+        except ValueError as exc:
+            await self.store.fail_job(job_id, ImagegateError(str(exc)), [], 0.0)
+            return
         pump = ProgressPump(self.store, job_id, every_s=PROGRESS_EVERY_S)
         recorder = Recorder(self.store, pump, stopping=lambda: self.stopping)
         queued_s = max(0.0, (datetime.now(UTC) - job.created_at).total_seconds())

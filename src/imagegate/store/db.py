@@ -14,6 +14,7 @@ Reads and every other database go through SQLAlchemy.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -236,6 +237,29 @@ class Store:
         path = self.images.local_path(sha256)
         return None if path is None else str(path)
 
+    async def load_request(self, stored: Mapping[str, Any]) -> ImageRequest:
+        """A job's stored request (its input images named by sha256 only) with the images'
+        bytes read back from their content-addressed files; ValueError when an input is gone
+        or no longer validates."""
+        data = dict(stored)
+
+        async def read(image: Mapping[str, Any]) -> dict[str, Any]:
+            sha256 = str(image.get("sha256"))
+            try:
+                body = await self.images.read(sha256)
+            except FileNotFoundError:
+                missing = f"the input image {sha256[:12]} of the job is gone from the store"
+                raise ValueError(missing) from None
+            if hashlib.sha256(body).hexdigest() != sha256:
+                raise ValueError(f"the input image {sha256[:12]} no longer matches its digest")
+            return {**image, "data": body}
+
+        if data.get("images"):
+            data["images"] = [await read(image) for image in data["images"]]
+        if data.get("mask"):
+            data["mask"] = await read(data["mask"])
+        return ImageRequest.model_validate(data)
+
     # -- jobs --------------------------------------------------------------------------------
 
     async def create_job(
@@ -282,6 +306,10 @@ class Store:
         _check("source", source, SOURCES)
         for kind, _ in events:
             _check("kind", kind, EVENT_KINDS)
+        inputs = [*request.images, *([request.mask] if request.mask is not None else [])]
+        if inputs:  # the job keeps their sha256 (InputImage.data is left out of dumps)
+            for image in inputs:
+                await self.images.put(image.data)
         now = self._now()
         values: dict[str, Any] = {
             "id": uuid4().hex,

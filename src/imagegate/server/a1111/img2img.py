@@ -15,12 +15,9 @@ alpha, opaque = repaint; any other by its brightness, white = repaint), inverted
 
 from __future__ import annotations
 
-import binascii
 import io
 import json
 from typing import Any
-
-import pybase64
 
 from imagegate.errors import InvalidRequest
 from imagegate.inputs import InputImage, normalize_mask
@@ -91,21 +88,7 @@ async def img2img(ctx: ServerContext, body: Img2ImgBody, caller: Caller | None) 
 
 def _decode(text: str, field: str, size: tuple[int, int] | None) -> InputImage:
     """A base64 string or ``data:`` URI as an input image, resized to ``size`` when given."""
-    if text.startswith(("http://", "https://")):
-        raise InvalidRequest(
-            f"{field}: image URLs are not fetched (a gateway fetching any URL is a request "
-            "forgery risk); send the image as base64 or a data: URI",
-            field=field,
-            limit="base64 or a data: URI",
-        )
-    raw = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
-    try:
-        data = pybase64.b64decode(raw, validate=False)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(
-            f"{field}: Invalid encoded image; send base64", field=field, limit="base64"
-        ) from None
-    image = InputImage.from_bytes(data, field=field)
+    image = InputImage.from_text(text, field=field)
     if size is None or size == (image.width, image.height):
         return image
     from PIL import Image
