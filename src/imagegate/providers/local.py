@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -467,33 +467,42 @@ class DiffusersProvider(Provider):
             raise _Stopped("deadline")
         if request.task in EDIT_TASKS:
             return edit_sync(self, loaded, request, seed, run)
-        torch, _ = _import_torch()
         pipe = loaded.pipe
         width, height, steps, guidance = self.call_size(loaded, request)
         pipe.scheduler = self._scheduler(loaded, request.sampler, request.scheduler)
+        made, seeds = self.call_pipeline(
+            pipe,
+            request,
+            seed,
+            run,
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+        )
+        return [_to_image(img, s) for img, s in zip(made, seeds, strict=True)]
+
+    def call_pipeline(
+        self, pipe: Any, request: ImageRequest, seed: int, run: _Run, **call: Any
+    ) -> tuple[list[Any], list[int]]:
+        """One pipeline call for ``request``: a seeded generator per image, each step
+        reported to ``run``; the images and their seeds, or ContentFiltered when the model's
+        safety checker flagged any."""
+        torch, _ = _import_torch()
         seeds = seed_series(seed, request.n)
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         with torch.inference_mode():
             out = pipe(
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt or None,
-                width=width,
-                height=height,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
                 num_images_per_prompt=request.n,
-                generator=generators,
+                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                 callback_on_step_end=run.on_step_end,
+                **call,
             )
-        flagged = getattr(out, "nsfw_content_detected", None) or []
-        if any(flagged):
-            raise ContentFiltered(
-                f"the model's own safety checker flagged {sum(map(bool, flagged))} of "
-                f"{request.n} images and blacked them out; it stays on for this provider. "
-                "Change the prompt or the seed and try again.",
-                provider=self.name,
-            )
-        return [_to_image(img, s) for img, s in zip(out.images, seeds, strict=True)]
+        refusal = safety_refusal(getattr(out, "nsfw_content_detected", None), self.name)
+        if refusal is not None:
+            raise refusal
+        return list(out.images), seeds
 
     def effective_params(self, request: ImageRequest) -> dict[str, Any]:
         """The steps, guidance and sampler that ran (or will run) for ``request``."""
@@ -678,3 +687,17 @@ def _consume(fut: asyncio.Future[Any]) -> None:
     """Retrieve an abandoned future's outcome so asyncio does not log it as lost."""
     if not fut.cancelled():
         fut.exception()
+
+
+def safety_refusal(flags: Sequence[bool] | None, provider: str) -> ContentFiltered | None:
+    """ContentFiltered when the model's own safety checker flagged any of the images of a
+    request (it blacks them out; it stays on); None when it flagged none."""
+    flagged = sum(map(bool, flags or ()))
+    if not flagged:
+        return None
+    return ContentFiltered(
+        f"the model's own safety checker flagged {flagged} of {len(flags or ())} images and "
+        "blacked them out; it stays on for this provider. Change the prompt, the input "
+        "image or the seed and try again.",
+        provider=provider,
+    )

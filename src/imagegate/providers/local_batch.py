@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imagegate.errors import Cancelled, ContentFiltered, ImagegateError
+from imagegate.errors import Cancelled, ImagegateError
 from imagegate.providers.base import Progress
 from imagegate.request import GeneratedImage, ImageRequest, seed_series
 
@@ -176,7 +176,7 @@ class Batcher:
         self, loaded: _Loaded, batch: list[_Member]
     ) -> list[list[GeneratedImage] | ImagegateError]:
         """One pipeline call for several requests: each image with its own generator."""
-        from imagegate.providers.local import _import_torch, _to_image
+        from imagegate.providers.local import _import_torch, _to_image, safety_refusal
 
         torch, _ = _import_torch()
         provider = self._provider
@@ -229,15 +229,8 @@ class Batcher:
             index += n
             if member.left or member.run.stop.is_set():
                 results.append(Cancelled("cancelled while its batch ran"))
-            elif any(marks):
-                results.append(
-                    ContentFiltered(
-                        f"the model's own safety checker flagged {sum(map(bool, marks))} of "
-                        f"{n} images and blacked them out; it stays on for this provider. "
-                        "Change the prompt or the seed and try again.",
-                        provider=provider.name,
-                    )
-                )
+            elif (refusal := safety_refusal(marks, provider.name)) is not None:
+                results.append(refusal)
             else:
                 results.append([_to_image(img, seed) for img, seed in mine])
         return results

@@ -29,8 +29,8 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Any
 
-from imagegate.errors import ContentFiltered, InvalidRequest
-from imagegate.request import GeneratedImage, ImageRequest, seed_series
+from imagegate.errors import InvalidRequest
+from imagegate.request import GeneratedImage, ImageRequest
 
 if TYPE_CHECKING:
     from imagegate.providers.local import DiffusersProvider, _Loaded, _Run
@@ -53,9 +53,8 @@ def edit_sync(
     """One image-to-image or inpainting call on the worker thread."""
     from PIL import Image
 
-    from imagegate.providers.local import _import_torch, _to_image
+    from imagegate.providers.local import _to_image
 
-    torch, _ = _import_torch()
     _, _, steps, guidance = provider.call_size(loaded, request)
     strength = request.strength if request.strength is not None else DEFAULT_STRENGTH
     if effective_steps(steps, strength) < 1:
@@ -80,30 +79,17 @@ def edit_sync(
         if request.mask_blur:
             mask = pipe.mask_processor.blur(mask, blur_factor=request.mask_blur)
         extra = {"mask_image": mask, "width": width, "height": height}
-    seeds = seed_series(seed, request.n)
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    with torch.inference_mode():
-        out = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
-            image=init,
-            strength=strength,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            num_images_per_prompt=request.n,
-            generator=generators,
-            callback_on_step_end=run.on_step_end,
-            **extra,
-        )
-    flagged = getattr(out, "nsfw_content_detected", None) or []
-    if any(flagged):
-        raise ContentFiltered(
-            f"the model's own safety checker flagged {sum(map(bool, flagged))} of "
-            f"{request.n} images and blacked them out; it stays on for this provider. "
-            "Change the prompt, the image or the seed and try again.",
-            provider=provider.name,
-        )
-    made = out.images
+    made, seeds = provider.call_pipeline(
+        pipe,
+        request,
+        seed,
+        run,
+        image=init,
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        **extra,
+    )
     if mask is not None:  # outside the mask, the input as it was (A1111 does the same)
         made = [pipe.image_processor.apply_overlay(mask, init, image) for image in made]
     return [_to_image(img, s) for img, s in zip(made, seeds, strict=True)]
