@@ -21,6 +21,7 @@ from imagegate.backplane import JobContext, LocalBackplane
 from imagegate.request import ImageRequest, ImageResult
 from imagegate.store import Store
 from imagegate.store.files import relative_path
+from imagegate.store.pngmeta import read_metadata
 
 EDIT = edit_request(mask=True)
 
@@ -147,6 +148,10 @@ def test_a_native_job_takes_base64_images_and_mask(local: Live) -> None:
     job = httpx.get(f"{local.url}/v1/jobs/{job_id}").json()
     assert job["request"]["images"][0]["sha256"] == INIT.sha256
     assert job["request"]["mask"]["sha256"] == MASK.sha256
+    png = httpx.get(job["images"][0]["url"], timeout=10).content
+    parameters, _ = read_metadata(png)
+    assert parameters is not None
+    assert "Denoising strength: 0.5, Mask blur: 4, Version:" in parameters
 
 
 @pytest.mark.parametrize(

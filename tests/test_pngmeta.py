@@ -239,3 +239,34 @@ def test_provenance_records_how_the_image_was_made() -> None:
         "version": imagegate_version(),
         "created_at": "2025-01-02T03:04:05+00:00",
     }
+
+
+def test_an_img2img_infotext_carries_the_denoising_strength() -> None:
+    """An edit writes A1111's ``Denoising strength`` after Model, before Version."""
+    from editkit import edit_request
+
+    text = _infotext(edit_request(strength=0.75))
+
+    assert text.splitlines()[1] == (
+        f"Steps: 2, Seed: 7, Size: 64x64, Model: tiny, Denoising strength: 0.75, Version: {VERSION}"
+    )
+
+
+def test_an_inpaint_infotext_carries_mask_blur_and_masked_content() -> None:
+    """An inpaint adds ``Mask blur`` and a fill other than "original" as ``Masked content``."""
+    from editkit import edit_request
+
+    text = _infotext(edit_request(mask=True, inpaint_fill="latent noise"))
+
+    assert parse_infotext(text) | {"Version": ""} == {
+        "Prompt": "a lighthouse",
+        "Negative prompt": "",
+        "Steps": "2",
+        "Seed": "7",
+        "Size": "64x64",
+        "Model": "tiny",
+        "Denoising strength": "0.5",
+        "Mask blur": "4",
+        "Masked content": "latent noise",
+        "Version": "",
+    }

@@ -8,8 +8,10 @@ prompt, negative prompt, steps, sampler, CFG scale, seed, size and model::
     Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1234,
     Size: 512x512, Model hash: 0123456789, Model: m, Version: ...
 
-(``Schedule type`` and ``Model hash`` only where known.) A backend that writes its own text
-(A1111) has it kept as it wrote it.
+(``Schedule type`` and ``Model hash`` only where known.) An edit adds A1111's img2img keys
+before ``Version``: ``Denoising strength: 0.75``, and for an inpaint ``Mask blur: 4`` and
+``Masked content`` (when not "original"). A backend that writes its own text (A1111) has it
+kept as it wrote it.
 
 ``imagegate`` holds JSON provenance (provider, model, request, attempts, elapsed_s, version,
 created_at). Both are built only from the request and the attempts, which hold no secret.
@@ -104,6 +106,7 @@ def infotext(
         "Size": f"{width}x{height}",
         "Model hash": model_hash,
         "Model": model,
+        **_edit_params(request),
         "Version": f"imagegate {imagegate_version()}",
     }
     line = ", ".join(
@@ -113,6 +116,22 @@ def infotext(
     )
     negative = f"\n{_NEGATIVE} {request.negative_prompt}" if request.negative_prompt else ""
     return f"{request.prompt}{negative}\n{line}".strip()
+
+
+def _edit_params(request: ImageRequest) -> dict[str, object | None]:
+    """An edit's infotext keys as A1111's img2img writes them: ``Denoising strength`` (where
+    the request names it), then for an inpaint ``Mask blur`` (when not 0) and ``Masked
+    content`` (unless "original", A1111's default)."""
+    if not request.images:
+        return {}
+    params: dict[str, object | None] = {
+        "Denoising strength": None if request.strength is None else _number(request.strength)
+    }
+    if request.mask is not None:
+        params["Mask blur"] = request.mask_blur or None
+        if request.inpaint_fill != "original":
+            params["Masked content"] = request.inpaint_fill
+    return params
 
 
 def parse_infotext(text: str) -> dict[str, str]:
