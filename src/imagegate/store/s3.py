@@ -27,6 +27,7 @@ from imagegate.store.blobs import Named, read_all
 from imagegate.store.files import IMAGES_DIR, relative_path
 
 ASIDE = ".prune/"
+ATTEMPTS = 2  # botocore's tries of one call (a retry for a reset or a timeout)
 
 
 class S3Images:
@@ -49,8 +50,9 @@ class S3Images:
         self._config = Config(
             connect_timeout=storage.timeout_s,
             read_timeout=storage.timeout_s,
-            retries={"max_attempts": 2, "mode": "standard"},
+            retries={"max_attempts": ATTEMPTS, "mode": "standard"},
         )
+        self._bound_s = storage.timeout_s * 2 * (ATTEMPTS + 1)  # the store's own timeouts first
         self._client: Any = None
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
@@ -58,9 +60,13 @@ class S3Images:
     async def _s3(self) -> Any:
         async with self._lock:
             if self._client is None:
-                self._client = await self._stack.enter_async_context(
+                client = await self._stack.enter_async_context(
                     self._session.client("s3", endpoint_url=self._endpoint, config=self._config)
                 )
+                # botocore asks for "100-continue" before a PUT body, and that wait has no
+                # timeout in aiohttp: a store that stops answering then hangs the job forever
+                client.meta.events.register_last("before-call.s3.PutObject", _no_expect)
+                self._client = client
         return self._client
 
     def _key(self, sha256: str) -> str:
@@ -76,11 +82,17 @@ class S3Images:
         sha256 = hashlib.sha256(data).hexdigest()
         key = self._key(sha256)
         try:
-            if not await self._head(key):
-                s3 = await self._s3()
-                await s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="image/png")
+            async with asyncio.timeout(self._bound_s):
+                if not await self._head(key):
+                    s3 = await self._s3()
+                    await s3.put_object(
+                        Bucket=self.bucket, Key=key, Body=data, ContentType="image/png"
+                    )
         except StorageError:
             raise
+        except TimeoutError as exc:
+            timeout = TimeoutError(f"the store did not answer within {self._bound_s:g} s")
+            raise self._fail(f"storing image {sha256[:12]} in", timeout) from exc
         except Exception as exc:
             raise self._fail(f"storing image {sha256[:12]} in", exc) from exc
         return sha256, relative_path(sha256)
@@ -103,7 +115,8 @@ class S3Images:
             if _missing(exc):
                 raise FileNotFoundError(f"no image {sha256} in s3://{self.bucket}") from None
             raise self._fail("reading", exc) from exc
-        async with got["Body"] as body:
+        body = got["Body"]
+        async with body:
             async for chunk in body.iter_chunks(self.chunk_size):
                 yield chunk
 
@@ -179,6 +192,10 @@ class S3Images:
     async def close(self) -> None:
         self._client = None
         await self._stack.aclose()
+
+
+def _no_expect(params: dict[str, Any], **_: Any) -> None:
+    params.get("headers", {}).pop("Expect", None)
 
 
 def _missing(exc: BaseException) -> bool:
