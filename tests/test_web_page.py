@@ -6,15 +6,19 @@ with auth on and on a phone, and never reach past the server's own host.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from PIL import Image
 from serverkit import NUMPY_COPY_WARNING, Fake, Live, fake_settings, live, tiny_settings
 
 from imagegate import request as limits
@@ -24,7 +28,7 @@ from imagegate.server import web
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
-from playwright.sync_api import Browser, Page, expect  # noqa: E402
+from playwright.sync_api import Browser, FilePayload, Page, expect  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -159,6 +163,71 @@ def test_a_history_item_fills_the_form_with_its_parameters(tiny: Live, page: Pag
     expect(page.locator("#height")).to_have_value("72")
     expect(page.locator("#guidance")).to_have_value("5.5")
     expect(page.locator("#sampler")).to_have_value("Euler")
+
+
+def png_file(name: str, size: tuple[int, int] = (64, 64), colour: str = "#1478c8") -> FilePayload:
+    """An uploaded PNG as Playwright hands it to a file input."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return {"name": name, "mimeType": "image/png", "buffer": buf.getvalue()}
+
+
+def set_strength(page: Page, value: str) -> None:
+    page.locator("#strength").evaluate(
+        "(node, value) => { node.value = value; node.dispatchEvent(new Event('input', "
+        "{bubbles: true})); }",
+        value,
+    )
+
+
+def newest_job(server: Live) -> dict[str, Any]:
+    job: dict[str, Any] = httpx.get(f"{server.url}/v1/jobs?limit=1").json()["data"][0]
+    return job
+
+
+def test_an_uploaded_image_is_edited_at_the_chosen_strength(tiny: Live, page: Page) -> None:
+    """A picked image and the strength slider make an image-to-image job of that image."""
+    upload = png_file("in.png")
+    page.goto(tiny.url)
+    page.locator("#edit summary").click()
+    page.locator("#image").set_input_files(upload)
+    expect(page.locator("#edit-preview")).to_be_visible()
+    set_strength(page, "0.5")
+    expect(page.locator("#edit-digest")).to_have_text("image · strength 0.5")
+    generate_on_page(page, "a lighthouse in fog", steps="2")
+    expect(page.locator("#job-status")).to_have_text(re.compile(r"^Done in .* on local"))
+    request = newest_job(tiny)["request"]
+    assert request["strength"] == 0.5
+    assert request["images"][0]["sha256"] == hashlib.sha256(upload["buffer"]).hexdigest()
+
+
+def test_edit_this_on_a_history_image_edits_that_image(tiny: Live, page: Page) -> None:
+    """ "Edit this" on a stored image puts it in the edit panel; Generate edits it."""
+    made = submit_and_wait(tiny, prompt="a green kite", steps=2, seed=9)
+    images = made["images"]
+    assert isinstance(images, list)
+    stored = httpx.get(f"{tiny.url}/v1/images/{images[0]['id']}").content
+    page.goto(tiny.url)
+    page.get_by_role("button", name=re.compile(r"^Edit this: a green kite")).first.click()
+    expect(page.locator("#edit-preview")).to_be_visible()
+    expect(page.locator("#prompt")).to_have_value("a green kite")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#job-status")).to_have_text(re.compile(r"^Done in .* on local"))
+    request = newest_job(tiny)["request"]
+    assert request["images"][0]["sha256"] == hashlib.sha256(stored).hexdigest()
+
+
+def test_a_mask_of_another_size_is_refused_under_the_mask_field(tiny: Live, page: Page) -> None:
+    """A mask whose size differs from the image's is shown under Mask; no job is made."""
+    before = httpx.get(f"{tiny.url}/v1/jobs").json()["data"]
+    page.goto(tiny.url)
+    page.locator("#edit summary").click()
+    page.locator("#image").set_input_files(png_file("in.png"))
+    page.locator("#mask").set_input_files(png_file("mask.png", (32, 32), "#ffffff"))
+    generate_on_page(page, "a lighthouse", steps="2")
+    expect(page.locator("#err-mask")).to_contain_text("64x64")
+    expect(page.locator("#mask")).to_have_attribute("aria-invalid", "true")
+    assert httpx.get(f"{tiny.url}/v1/jobs").json()["data"] == before
 
 
 def test_cancel_stops_a_running_job(slow: Live, page: Page) -> None:

@@ -9,6 +9,8 @@ const FIELDS = [
   "prompt", "negative_prompt", "width", "height", "steps", "guidance", "seed", "n", "sampler",
   "route", "provider",
 ];
+// The edit inputs, and the error fields the API names for them.
+const EDIT_ERRORS = { images: "image", image: "image", mask: "mask", strength: "strength" };
 const INTEGERS = new Set(["width", "height", "steps", "seed", "n"]);
 const NUMBERS = new Set([...INTEGERS, "guidance"]);
 const HISTORY_LIMIT = 24;
@@ -24,6 +26,7 @@ let needsKey = false;
 let started = false; // the history, samplers and provider refresh are loaded
 let current = null; // the job this page follows: {id, controller, lastEvent, done, started}
 const blobs = new Map(); // image id -> Promise<object URL>
+const edit = { image: null, mask: null, thumb: null }; // the image to edit (a Blob) and mask
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -175,7 +178,8 @@ function forgetKey() {
 
 function clearFieldError(event) {
   const name = event.target.name;
-  if (!FIELDS.includes(name) || !event.target.hasAttribute("aria-invalid")) return;
+  const known = FIELDS.includes(name) || Object.values(EDIT_ERRORS).includes(name);
+  if (!known || !event.target.hasAttribute("aria-invalid")) return;
   event.target.removeAttribute("aria-invalid");
   $(`err-${name}`).textContent = "";
 }
@@ -187,14 +191,20 @@ function clearErrors() {
   }
 }
 
+function errorField(param) {
+  if (FIELDS.includes(param)) return param;
+  return EDIT_ERRORS[param] || "form";
+}
+
 function showFieldError(param, message) {
-  const name = FIELDS.includes(param) ? param : "form";
+  const name = errorField(param);
   // Next to its field, "width: must be ..." need not say "width" again.
-  const text = name === "form" ? message : message.replace(new RegExp(`^${name}: `), "");
+  const text = name === "form" ? message : message.replace(new RegExp(`^${param}: `), "");
   $(`err-${name}`).textContent = text.charAt(0).toUpperCase() + text.slice(1);
   if (name !== "form") {
     const input = form().elements[name];
     if (input.closest("#settings")) $("settings").open = true;
+    if (input.closest("#edit")) $("edit").open = true;
     input.setAttribute("aria-invalid", "true");
     input.focus();
   }
@@ -257,6 +267,68 @@ function showDigest() {
   $("settings-digest").textContent = parts.join(" · ");
 }
 
+// --- the image to edit ---------------------------------------------------------------------
+
+function setEditImage(blob) {
+  edit.image = blob;
+  if (edit.thumb) URL.revokeObjectURL(edit.thumb);
+  edit.thumb = blob ? URL.createObjectURL(blob) : null;
+  $("edit-thumb").src = edit.thumb || "";
+  $("edit-preview").hidden = !blob;
+  if (blob) $("edit").open = true;
+  showEditDigest();
+}
+
+function clearEdit() {
+  $("image").value = "";
+  $("mask").value = "";
+  edit.mask = null;
+  setEditImage(null);
+}
+
+function showEditDigest() {
+  const parts = [];
+  if (edit.image) parts.push(`image · strength ${$("strength").value}`);
+  if (edit.image && edit.mask) parts.push("mask");
+  $("strength-value").textContent = $("strength").value;
+  $("edit-digest").textContent = parts.length ? parts.join(" · ") : "optional";
+}
+
+function dataUrl(blob) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
+async function addInputs(body) {
+  // An edit sends its image (and mask) as data: URIs in the job's JSON.
+  if (!edit.image) {
+    if (edit.mask) throw new FieldError("mask", "mask: needs an image to edit; choose one.");
+    return;
+  }
+  body.images = [await dataUrl(edit.image)];
+  if (edit.mask) body.mask = await dataUrl(edit.mask);
+  body.strength = Number($("strength").value);
+}
+
+async function editThis(image) {
+  let blob;
+  try {
+    blob = await (await api(`v1/images/${encodeURIComponent(image.id)}`)).blob();
+  } catch (err) {
+    $("err-form").textContent = `Could not load that image: ${err.message}`;
+    return;
+  }
+  $("image").value = "";
+  setEditImage(blob);
+  if (!$("prompt").value.trim()) $("prompt").value = image.prompt || "";
+  $("compose").scrollIntoView({ block: "start", behavior: "smooth" });
+  $("prompt").focus({ preventScroll: true });
+}
+
 function hasOption(select, value) {
   return Array.from(select.options).some((option) => option.value === value);
 }
@@ -277,6 +349,7 @@ async function generate(event) {
   let body;
   try {
     body = readForm();
+    await addInputs(body);
   } catch (err) {
     showFieldError(err.field, err.message);
     return;
@@ -293,7 +366,7 @@ async function generate(event) {
     showStatus("Not started: fix the highlighted field and try again.", null);
     if (err.status === 401) return;
     showFieldError(err.param, err.message);
-    if (!FIELDS.includes(err.param)) showStatus(`Not started: ${err.message}`, null);
+    if (errorField(err.param) === "form") showStatus(`Not started: ${err.message}`, null);
     return;
   }
   await follow(accepted);
@@ -601,7 +674,14 @@ function historyTile(image) {
     title: `${image.prompt}\n${meta}\n${clock(image.created_at)}`,
     onclick: () => reuse(image),
   }, img, el("span", { class: "caption", text: image.prompt }), el("span", { class: "meta", text: meta }));
-  return el("li", {}, button);
+  const editButton = el("button", {
+    type: "button",
+    class: "ghost small tile-edit",
+    "aria-label": `Edit this: ${image.prompt} (${meta})`,
+    text: "Edit this",
+    onclick: () => editThis(image),
+  });
+  return el("li", {}, button, editButton);
 }
 
 async function reuse(image) {
@@ -715,7 +795,19 @@ function start() {
 async function boot() {
   $("gen").addEventListener("submit", generate);
   $("cancel").addEventListener("click", cancel);
-  $("reset").addEventListener("click", () => { form().reset(); clearErrors(); showDigest(); });
+  $("reset").addEventListener("click", () => {
+    form().reset();
+    clearErrors();
+    clearEdit();
+    showDigest();
+  });
+  $("image").addEventListener("change", () => setEditImage($("image").files[0] || null));
+  $("mask").addEventListener("change", () => {
+    edit.mask = $("mask").files[0] || null;
+    showEditDigest();
+  });
+  $("strength").addEventListener("input", showEditDigest);
+  $("edit-clear").addEventListener("click", clearEdit);
   form().addEventListener("input", showDigest);
   form().addEventListener("input", clearFieldError);
   form().addEventListener("change", showDigest);
