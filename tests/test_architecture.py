@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"backplane", "imagegate"},
     {"doctor"},
     {"server"},
-    {"cli", "cli_config", "cli_history", "cli_keys", "cli_usage", "__main__"},
+    {"cli", "cli_config", "cli_history", "cli_keys", "cli_usage", "cli_storage", "__main__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

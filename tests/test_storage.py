@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -229,4 +230,58 @@ def test_bad_storage_config_exits_2_naming_the_key(
     run = cli("config", "check", str(path), cwd=isolated_env)
     assert run.returncode == 2, run.stdout
     assert f"bad.toml: {key}: " in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def _migrate(home: Path, *args: str) -> dict[str, object]:
+    run = cli("storage", "migrate", *args, "--json", cwd=home)
+    assert run.returncode == 0, run.stderr
+    answer: dict[str, object] = json.loads(run.stdout)
+    return answer
+
+
+def test_storage_migrate_copies_every_image_once_and_resumes(isolated_env: Path) -> None:
+    """file -> postgresql: a first run copies all, a run after a loss copies only what is
+    missing, a third copies nothing; the bytes arrive intact."""
+    from imagegate.backplane.postgres import sqlalchemy_url
+
+    pngs = [noisy_png(40 + i) for i in range(3)]
+    for url in _database():
+        (isolated_env / "imagegate.toml").write_text(f'[scale]\nbackplane = "{url}"\n')
+        files = FileImages(isolated_env / "data")
+        shas = [asyncio.run(files.put(png))[0] for png in pngs]
+        target = Store(isolated_env / "data", url=sqlalchemy_url(url), storage=PG_STORAGE)
+
+        first = _migrate(isolated_env, "--to", "postgresql")
+        asyncio.run(_forget(target, shas[1]))
+        second = _migrate(isolated_env, "--to", "postgresql")
+        third = _migrate(isolated_env, "--to", "postgresql")
+
+        assert (first["copied"], first["skipped"]) == (3, 0)
+        assert (second["copied"], second["skipped"]) == (1, 2)
+        assert (third["copied"], third["skipped"]) == (0, 3)
+        assert asyncio.run(_read_all(target, shas)) == pngs
+
+
+async def _forget(store: Store, sha256: str) -> None:
+    async with store:
+        await store.images.delete(sha256)
+
+
+async def _read_all(store: Store, shas: list[str]) -> list[bytes]:
+    async with store:
+        return [await store.images.read(sha) for sha in shas]
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [(["--to", "s3"], "--bucket"), (["--to", "postgresql"], "--to"), (["--to", "file"], "--to")],
+)
+def test_storage_migrate_bad_target_exits_2_naming_the_flag(
+    isolated_env: Path, args: list[str], flag: str
+) -> None:
+    """s3 without a bucket, postgresql without a backplane, the backend already used: exit 2."""
+    run = cli("storage", "migrate", *args, cwd=isolated_env)
+    assert run.returncode == 2, run.stdout
+    assert f"{flag}: " in run.stderr
     assert "Traceback" not in run.stderr

@@ -21,6 +21,7 @@ from imagegate.allocator import reexec_tuned
 from imagegate.cli_config import add_config_parser, run_config
 from imagegate.cli_history import add_prune, prune_command
 from imagegate.cli_keys import add_keys_parser, keys_command
+from imagegate.cli_storage import add_storage_parser, storage_command
 from imagegate.cli_usage import add_usage_parser, usage_command
 from imagegate.config import Settings, load_config
 from imagegate.console import Console
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_parser(sub, _Parser)
     add_keys_parser(sub, _Parser)
     add_usage_parser(sub, _Parser)
+    add_storage_parser(sub, _Parser)
     return parser
 
 
@@ -136,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": run_config,
         "keys": keys_command,
         "usage": usage_command,
+        "storage": storage_command,
     }[args.command]
     try:
         return handler(args, console)
