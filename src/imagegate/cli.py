@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -381,20 +382,18 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
     import uvicorn
 
     from imagegate.server import create_app
+    from imagegate.server.connections import uvicorn_config
 
     app = create_app(settings)
     console.info(
         f"imagegate on http://{args.host}:{args.port} (auth {'on' if auth else 'off'}, "
         f"route {', '.join(settings.gateway.route)}, data {settings.data_dir})"
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    server = uvicorn.Server(uvicorn_config(app, settings.server, args.host, args.port))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE: the port was taken or the app failed to start
     return EXIT_OK
 
 

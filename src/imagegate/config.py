@@ -286,6 +286,43 @@ class ServerSettings(BaseModel):
         description="The largest request body of the routes that take input images (OpenAI "
         "edits and variations, A1111 img2img, jobs), in bytes (>= 1024; default 64 MiB).",
     )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="The largest request line plus headers the server reads, in bytes, before "
+        "any auth (1 KiB to 1 MiB; default 64 KiB); more is a 400 and the connection closes.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds a connection may take to send a complete request line and headers, "
+        "counted from its opening or its previous answer (> 0, at most 300; default 10); "
+        "later, it is closed.",
+    )
+    keep_alive_s: int = Field(
+        default=5,
+        ge=1,
+        le=300,
+        description="Seconds an idle keep-alive connection stays open after an answer "
+        "(1 to 300; default 5).",
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=8,
+        le=65536,
+        description="Open connections at most (8 to 65536; default 512, below the usual "
+        "1024 file descriptors); one more closes the connection that has waited longest for "
+        "a request, never one being served.",
+    )
+    max_event_streams: int = Field(
+        default=16,
+        ge=1,
+        le=10000,
+        description="Job event streams (`GET /v1/jobs/{id}/events`) open at once per key, or "
+        "for all callers without keys (1 to 10000; default 16); one more is a 429.",
+    )
 
 
 class WebhookSettings(BaseModel):

@@ -51,6 +51,8 @@ class ServerContext:
     a1111_options: dict[str, Any] = field(default_factory=dict)
     webhooks: bool = False
     """Whether a webhook signing secret is set (else ``webhook_url`` is refused)."""
+    event_streams: dict[str | None, int] = field(default_factory=dict)
+    """Job event streams open now, per key name (None = callers without a named key)."""
 
     def image_url(self, base: str, image_id: str) -> str:
         """Where an image is fetched: presigned (expiry + signature) when auth is on."""

@@ -353,7 +353,7 @@ async def cancel_job(job_id: str, ctx: Ctx, base: BaseUrl, caller: CallerDep) ->
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "server-sent events"},
-        **error_responses(404),
+        **error_responses(404, 429),
     },
     summary="Server-sent events: queued, started, progress, succeeded, failed, cancelled",
 )
@@ -368,12 +368,32 @@ async def job_events(
     if job is None or not sees(caller, job.owner):
         return _not_found(job_id)
     start = max(last_event_id or 0, after or 0)
+    limit = ctx.settings.server.max_event_streams
+    stream_key = caller.name if caller is not None else None
+    open_now = ctx.event_streams.get(stream_key, 0)
+    if open_now >= limit:
+        return openai_error(
+            429,
+            "rate_limit_error",
+            f"{open_now} event streams are open for this key; at most {limit} "
+            "(server.max_event_streams)",
+            code="too_many_streams",
+            headers={"retry-after": "1"},
+        )
+    ctx.event_streams[stream_key] = open_now + 1
 
     async def stream() -> AsyncIterator[bytes]:
-        yield b"retry: 1000\n\n"
-        async for event in ctx.backplane.events.subscribe(job_id, start):
-            data = json.dumps({"job_id": job_id, **event.data}, separators=(",", ":"))
-            yield f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n".encode()
+        try:
+            yield b"retry: 1000\n\n"
+            async for event in ctx.backplane.events.subscribe(job_id, start):
+                data = json.dumps({"job_id": job_id, **event.data}, separators=(",", ":"))
+                yield f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n".encode()
+        finally:
+            left = ctx.event_streams.get(stream_key, 1) - 1
+            if left > 0:
+                ctx.event_streams[stream_key] = left
+            else:
+                ctx.event_streams.pop(stream_key, None)
 
     return StreamingResponse(
         stream(),

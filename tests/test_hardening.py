@@ -1,0 +1,158 @@
+"""`imagegate serve` bounds what a client can hold before auth: request heads are size-limited
+and must arrive in time, silent connections cannot use up the connection cap, and a key's job
+event streams are capped (issue 16 item 1). Against a live server on loopback, bounded."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from serverkit import Fake, Live, fake_settings, free_port, live, stopped_at_exit, wait_until_up
+
+HEADER_TIMEOUT_S = 1.0
+MAX_CONNECTIONS = 8
+MAX_HEADER_BYTES = 4096
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """`imagegate serve` with a 1 s header timeout, 8 connections and 4 KiB of headers at most."""
+    home = tmp_path_factory.mktemp("hardening")
+    config = home / "imagegate.toml"
+    config.write_text(
+        '[gateway]\nroute = ["sd"]\n\n[providers.sd]\ntype = "a1111"\nurl = "http://127.0.0.1:9"\n'
+        f"\n[server]\nheader_timeout_s = {HEADER_TIMEOUT_S}\nmax_connections = {MAX_CONNECTIONS}"
+        f"\nmax_header_bytes = {MAX_HEADER_BYTES}\n"
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "IMAGEGATE_API_KEYS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagegate", "serve", "--port", str(port), "--config", str(config)],
+        cwd=home,
+        env={**env, "IMAGEGATE_DATA_DIR": str(home / "data"), "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with stopped_at_exit(proc):
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/healthz", proc, "imagegate serve did not start", every_s=0.1)
+        yield url, port
+
+
+def _connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` within ``seconds`` (what it sends first is read)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def test_an_oversized_request_head_is_refused_before_auth(served: tuple[str, int]) -> None:
+    """Headers past server.max_header_bytes get a 400 and the connection closes."""
+    _, port = served
+    with _connect(port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 64 * 1024)
+        sock.settimeout(5)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 400")
+
+
+def test_a_silent_connection_is_closed_after_the_header_timeout(served: tuple[str, int]) -> None:
+    """A connection that sends nothing is closed once server.header_timeout_s passes."""
+    _, port = served
+    with _connect(port) as sock:
+        assert _closed_within(sock, HEADER_TIMEOUT_S + 3)
+
+
+def test_a_slow_loris_head_is_closed_after_the_header_timeout(served: tuple[str, int]) -> None:
+    """A request head trickled a few bytes at a time is cut off at the header timeout."""
+    _, port = served
+    with _connect(port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < HEADER_TIMEOUT_S + 3:
+            try:
+                sock.sendall(b"X-a: b\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.1)
+        assert closed or _closed_within(sock, 0.5)
+
+
+def test_silent_connections_past_the_cap_do_not_lock_out_a_prompt_client(
+    served: tuple[str, int],
+) -> None:
+    """Three times server.max_connections silent connections: a normal request still succeeds."""
+    url, port = served
+    silent = [_connect(port) for _ in range(3 * MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.2)
+        answer = httpx.get(f"{url}/healthz", timeout=5)
+        assert answer.status_code == 200
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_keep_alive_reuse_still_works(served: tuple[str, int]) -> None:
+    """A client reusing its connection for several requests is served each time."""
+    url, _ = served
+    with httpx.Client(timeout=5) as client:
+        assert [client.get(f"{url}/healthz").status_code for _ in range(3)] == [200] * 3
+
+
+@pytest.fixture
+def one_stream() -> Iterator[Live]:
+    """A server allowing one job event stream per key, with a provider that takes ~1 s."""
+    settings = fake_settings(["slow"], max_event_streams=1)
+    with live(settings, {"slow": Fake("slow", steps=20, step_s=0.05, concurrency=1)}) as s:
+        yield s
+
+
+def test_event_streams_past_the_cap_are_429_naming_the_key(one_stream: Live) -> None:
+    """A second open event stream for the same caller is refused with 429 naming the setting."""
+    url = one_stream.url
+    job = httpx.post(f"{url}/v1/jobs", json={"prompt": "a fox"}).json()
+    events = f"{url}/v1/jobs/{job['id']}/events"
+    with httpx.stream("GET", events, timeout=10) as first:
+        assert first.status_code == 200
+        second = httpx.get(events, timeout=10)
+        assert second.status_code == 429
+        assert "server.max_event_streams" in second.json()["error"]["message"]
+        for _ in first.iter_lines():
+            pass
+    again = httpx.get(events, timeout=10)
+    assert again.status_code == 200
+
+
+def test_connection_settings_default_to_bounded_values() -> None:
+    """The defaults bound headers, the head timeout, connections and event streams."""
+    from imagegate.config import ServerSettings
+
+    server = ServerSettings()
+    assert server.max_header_bytes == 64 * 1024
+    assert server.header_timeout_s == 10
+    assert server.max_connections == 512
+    assert server.max_event_streams == 16
