@@ -15,7 +15,15 @@ same queue (concurrency 1 each, as GPU workers run), in this process, against th
 at ``--pg`` (default ``postgresql://postgres@127.0.0.1:5432``; a scratch database is created
 and dropped). Without psycopg/procrastinate or a database, PostgreSQL is skipped with a note.
 
-    python benchmarks/scale.py [--jobs 200] [--probes 20] [--pg URL]
+``storage`` compares where the image bytes live, ``file`` (the data dir) against
+``postgresql`` (``[storage] backend = "postgresql"``: chunks in the same database), on the
+PostgreSQL backplane with 2 workers, for a 64 KB and a 1.5 MB PNG (random pixels, so they do
+not compress): ``jobs_per_s`` of a burst of ``--storage-jobs`` jobs (each stores its image),
+and ``fetch_ms`` p50/p95 of reading ``--fetches`` stored images whole the way the server
+streams them (``ImageStore.chunks``), from a store opened as another replica would.
+
+    python benchmarks/scale.py [--jobs 200] [--probes 20] [--storage-jobs 60] [--fetches 60]
+        [--pg URL]
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import argparse
 import asyncio
 import io
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -34,6 +43,7 @@ from typing import Any
 from PIL import Image
 
 from imagegate.backplane import Backplane, JobContext, LocalBackplane
+from imagegate.config import StorageSettings
 from imagegate.request import GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
 
@@ -150,6 +160,94 @@ async def _postgres(server: str, workers: int, jobs: int, probes: int) -> dict[s
             await a.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def _noise_png(approx_bytes: int) -> bytes:
+    """A PNG of random pixels of about ``approx_bytes``."""
+    side = int((approx_bytes / 3) ** 0.5)
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (side, side), random.randbytes(side * side * 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _handler_for(png: bytes) -> Any:
+    async def handler(job: JobContext) -> ImageResult:
+        assert job.recorder is not None
+        result = ImageResult(
+            images=[GeneratedImage(png=png, width=64, height=64, seed=1)],
+            provider="fake",
+            model="fake",
+            attempts=[],
+            elapsed_s=0.0,
+            request=job.request,
+        )
+        return await job.recorder.finish_job(job.job_id, result)
+
+    return handler
+
+
+async def _storage(
+    server: str, backend: str, png: bytes, jobs: int, fetches: int
+) -> dict[str, Any]:
+    import psycopg
+
+    from imagegate.backplane.postgres import PostgresBackplane, sqlalchemy_url
+
+    storage = StorageSettings.model_validate({"backend": backend})
+    name = f"imagegate_bench_{uuid.uuid4().hex[:10]}"
+    handler = _handler_for(png)
+    async with await psycopg.AsyncConnection.connect(f"{server}/postgres", autocommit=True) as a:
+        await a.execute(f"CREATE DATABASE {name}")
+        url = f"{server}/{name}"
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                stores = [
+                    Store(Path(tmp), url=sqlalchemy_url(url), storage=storage) for _ in range(4)
+                ]
+                submitter = PostgresBackplane(stores[0], url, max_queue=jobs + 10)
+                fleet = [
+                    PostgresBackplane(store, url, worker_queues=["fake"], worker_name=f"w{i}")
+                    for i, store in enumerate(stores[1:3])
+                ]
+                await submitter.start(handler)
+                for worker in fleet:
+                    await worker.start(handler)
+                try:
+                    started = time.perf_counter()
+                    ids = [
+                        (
+                            await submitter.jobs.submit(
+                                REQUEST, route=["fake"], source="jobs", queue="fake"
+                            )
+                        ).job_id
+                        for _ in range(jobs)
+                    ]
+                    await asyncio.gather(*(submitter.jobs.wait(job_id) for job_id in ids))
+                    elapsed = time.perf_counter() - started
+                    reader = stores[3]
+                    await reader.open()
+                    images = await reader.list_images(limit=fetches)
+                    took = []
+                    for image in images:
+                        begun = time.perf_counter()
+                        size = sum([len(c) async for c in reader.images.chunks(image.sha256)])
+                        took.append((time.perf_counter() - begun) * 1000)
+                        assert size > 0
+                    took.sort()
+                    return {
+                        "jobs_per_s": round(jobs / elapsed, 1),
+                        "fetch_ms": {
+                            "p50": round(statistics.median(took), 2),
+                            "p95": round(took[int(0.95 * (len(took) - 1))], 2),
+                        },
+                    }
+                finally:
+                    for backplane in (submitter, *fleet):
+                        await backplane.stop()
+                    for store in stores:
+                        await store.close()
+        finally:
+            await a.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "benchmark": "scale",
@@ -170,6 +268,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         report["postgres"] = {"skipped": f"{type(exc).__name__}: {exc}"}
     except Exception as exc:  # psycopg.OperationalError and kin: no database to use
         report["postgres"] = {"skipped": f"{type(exc).__name__}: {exc}"}
+    report["storage"] = {"workers": 2, "jobs": args.storage_jobs, "fetches": args.fetches}
+    try:
+        for label, size in (("64KB", 64 * 1024), ("1.5MB", 1_500_000)):
+            png = _noise_png(size)
+            report["storage"][label] = {"png_bytes": len(png)}
+            for backend in ("file", "postgresql"):
+                report["storage"][label][backend] = await _storage(
+                    args.pg, backend, png, args.storage_jobs, args.fetches
+                )
+    except (ImportError, OSError) as exc:
+        report["storage"]["skipped"] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # no database to use
+        report["storage"]["skipped"] = f"{type(exc).__name__}: {exc}"
     return report
 
 
@@ -177,5 +288,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--probes", type=int, default=20)
+    parser.add_argument("--storage-jobs", type=int, default=60)
+    parser.add_argument("--fetches", type=int, default=60)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432")
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))

@@ -253,19 +253,22 @@ class DatabaseImages:
                 )
 
     async def chunks(self, sha256: str) -> AsyncIterator[bytes]:
-        query = (
-            select(ImageChunk.data)
-            .where(ImageChunk.sha256 == sha256)
-            .order_by(ImageChunk.seq)
-            .execution_options(yield_per=2)
-        )
-        found = False
+        """One chunk per query, by primary key, on a pooled connection held meanwhile: a
+        64 KB image is one round trip, and only one chunk is in memory at a time."""
         async with self._engine().connect() as conn:
-            result = await conn.stream(query)
-            async for (chunk,) in result:
-                found = True
+            seq = 0
+            while True:
+                found = await conn.execute(
+                    select(ImageChunk.data).where(
+                        ImageChunk.sha256 == sha256, ImageChunk.seq == seq
+                    )
+                )
+                chunk = found.scalar()
+                if chunk is None:
+                    break
                 yield bytes(chunk)
-        if not found:
+                seq += 1
+        if seq == 0:
             raise FileNotFoundError(f"no image {sha256} in the database")
 
     async def read(self, sha256: str) -> bytes:
