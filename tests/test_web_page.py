@@ -201,6 +201,25 @@ def test_an_uploaded_image_is_edited_at_the_chosen_strength(tiny: Live, page: Pa
     assert request["images"][0]["sha256"] == hashlib.sha256(upload["buffer"]).hexdigest()
 
 
+def test_an_image_dropped_on_the_form_is_the_image_to_edit(tiny: Live, page: Page) -> None:
+    """Dropping an image file on the form puts it in the edit panel."""
+    page.goto(tiny.url)
+    page.locator("#prompt").evaluate(
+        """(node) => {
+            const canvas = document.createElement("canvas");
+            canvas.width = canvas.height = 64;
+            return new Promise((resolve) => canvas.toBlob((blob) => {
+                const data = new DataTransfer();
+                data.items.add(new File([blob], "dropped.png", {type: "image/png"}));
+                node.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+                resolve();
+            }, "image/png"));
+        }"""
+    )
+    expect(page.locator("#edit-preview")).to_be_visible()
+    expect(page.locator("#edit-digest")).to_have_text("image · strength 0.75")
+
+
 def test_edit_this_on_a_history_image_edits_that_image(tiny: Live, page: Page) -> None:
     """ "Edit this" on a stored image puts it in the edit panel; Generate edits it."""
     made = submit_and_wait(tiny, prompt="a green kite", steps=2, seed=9)

@@ -808,6 +808,19 @@ async function boot() {
   });
   $("strength").addEventListener("input", showEditDigest);
   $("edit-clear").addEventListener("click", clearEdit);
+  // An image file dropped anywhere on the form is the image to edit.
+  $("compose").addEventListener("dragover", (event) => {
+    if (event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files")) {
+      event.preventDefault();
+    }
+  });
+  $("compose").addEventListener("drop", (event) => {
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (!file || !file.type.startsWith("image/")) return;
+    event.preventDefault();
+    $("image").value = "";
+    setEditImage(file);
+  });
   form().addEventListener("input", showDigest);
   form().addEventListener("input", clearFieldError);
   form().addEventListener("change", showDigest);
