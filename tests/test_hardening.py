@@ -156,3 +156,15 @@ def test_connection_settings_default_to_bounded_values() -> None:
     assert server.header_timeout_s == 10
     assert server.max_connections == 512
     assert server.max_event_streams == 16
+
+
+def test_the_connection_cap_leaves_half_the_file_descriptors_free() -> None:
+    """server.max_connections is lowered to half of RLIMIT_NOFILE, so the cap bites first."""
+    import resource
+
+    from imagegate.config import ServerSettings
+    from imagegate.server.connections import connection_cap
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = connection_cap(ServerSettings(max_connections=65536))
+    assert cap == (65536 if soft == resource.RLIM_INFINITY else max(8, min(65536, soft // 2)))

@@ -312,9 +312,9 @@ class ServerSettings(BaseModel):
         default=512,
         ge=8,
         le=65536,
-        description="Open connections at most (8 to 65536; default 512, below the usual "
-        "1024 file descriptors); one more closes the connection that has waited longest for "
-        "a request, never one being served.",
+        description="Open connections at most (8 to 65536; default 512), lowered to half the "
+        "process's file-descriptor limit; one more closes the connection that has waited "
+        "longest for a request, never one being served.",
     )
     max_event_streams: int = Field(
         default=16,

@@ -8,15 +8,16 @@ connection closes), with :class:`BoundedH11Protocol` on top, which
 
 * closes a connection whose request head has not fully arrived ``header_timeout_s`` after it
   opened or after its previous answer (slow-loris and silent connections), and
-* keeps at most ``max_connections`` open: one over that closes the connection that has waited
-  longest for a request head (usually the newcomer or an idle keep-alive one), never one whose
-  request is being served, so silent connections cannot use up the file descriptors or lock
-  out clients that send their requests promptly.
+* keeps at most ``max_connections`` open (at most half the file-descriptor limit): one over
+  that closes the connection that has waited longest for a request head (usually the newcomer
+  or an idle keep-alive one), never one whose request is being served, so silent connections
+  cannot use up the file descriptors or lock out clients that send their requests promptly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 from typing import Any
 
 import h11
@@ -80,6 +81,15 @@ class BoundedH11Protocol(H11Protocol):
             oldest.transport.close()
 
 
+def connection_cap(server: ServerSettings) -> int:
+    """``server.max_connections``, lowered to half the process's file-descriptor limit (the other
+    half stays for the database, upstream connections and image files), at least 8."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return server.max_connections
+    return max(8, min(server.max_connections, soft // 2))
+
+
 def bounded_protocol(server: ServerSettings) -> type[BoundedH11Protocol]:
     """The protocol class carrying ``server``'s header timeout and connection cap."""
     return type(
@@ -87,7 +97,7 @@ def bounded_protocol(server: ServerSettings) -> type[BoundedH11Protocol]:
         (BoundedH11Protocol,),
         {
             "header_timeout_s": server.header_timeout_s,
-            "max_connections": server.max_connections,
+            "max_connections": connection_cap(server),
         },
     )
 
