@@ -136,8 +136,9 @@ class StallingRelay:
     """127.0.0.1:<port> relayed to ``target`` until a PUT starts; from then on the store
     stops answering: every byte from the client is swallowed and nothing comes back."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, *, stall_on_put: bool = True) -> None:
         self.target = target
+        self.stall_on_put = stall_on_put
         self.stalled = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -158,7 +159,7 @@ class StallingRelay:
     def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
-                if outbound and data.startswith(b"PUT "):
+                if outbound and self.stall_on_put and data.startswith(b"PUT "):
                     dst.sendall(data[: len(data) // 2])  # half the first piece gets through
                     self.stalled.set()
                     continue
@@ -166,6 +167,8 @@ class StallingRelay:
                     dst.sendall(data)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
         self._listener.close()
         for sock in self._socks:
             with contextlib.suppress(OSError):
@@ -202,3 +205,27 @@ def test_a_store_that_stops_answering_mid_upload_fails_the_job(
         asyncio.run(main())
     finally:
         relay.close()
+
+
+def test_an_image_fetch_from_an_unreachable_store_is_a_503_naming_it(
+    bucket: str, moto_port: int
+) -> None:
+    """The store goes away after the job: GET /v1/images/{id} is a 503 naming the s3 store
+    and its error, not a 500 or a traceback."""
+    relay = StallingRelay(moto_port, stall_on_put=False)
+    storage = _storage(bucket, moto_port, timeout_s=0.5).model_copy(
+        update={"endpoint": f"http://127.0.0.1:{relay.port}"}
+    )
+    settings = fake_settings(["p"]).model_copy(update={"storage": storage})
+    with live(settings, providers={"p": Fake("p")}) as server:
+        answer = httpx.post(
+            f"{server.url}/v1/images/generations",
+            json={"prompt": "a fox", "response_format": "url"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        relay.close()  # the store stops listening
+        got = httpx.get(answer.json()["data"][0]["url"], timeout=30)
+    assert got.status_code == 503, got.text
+    assert "s3 storage" in got.json()["error"]["message"]
+    assert "Traceback" not in got.text

@@ -33,6 +33,7 @@ from imagegate.errors import (
     ProviderError,
     QueueFull,
     RateLimited,
+    StorageError,
     Timeout,
     Unavailable,
 )
@@ -84,7 +85,8 @@ _MEANINGS = {
     429: "the queue is full, or the key is over its rate (`rate_limit_exceeded`) or budget "
     "(`insufficient_quota`): try again after Retry-After",
     502: "every provider on the route failed; `error.attempts` says how",
-    503: "the providers are unavailable or rate limited, or the job was interrupted",
+    503: "the providers are unavailable or rate limited, the job was interrupted, or the "
+    "image store did not answer",
     504: "the providers timed out",
 }
 
@@ -208,7 +210,7 @@ def _status(exc: ImagegateError) -> int:
         return 400
     if isinstance(exc, Cancelled):
         return 409
-    if isinstance(exc, Interrupted | MissingDependency):
+    if isinstance(exc, Interrupted | MissingDependency | StorageError):
         return 503
     if isinstance(exc, AllProvidersFailed):
         return _upstream_status(exc.last)

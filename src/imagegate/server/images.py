@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
 
@@ -70,13 +71,22 @@ async def get_image(image_id: str, ctx: Ctx, caller: CallerDep) -> Response:
             return _missing(image_id)
         return FileResponse(path, media_type="image/png", headers=headers)
     size = await store.images.size(record.sha256)
-    if not size:
+    chunks = store.images.chunks(record.sha256)
+    try:  # the first chunk before the answer starts: a store error is still a clean 503
+        first = await anext(chunks)
+    except (FileNotFoundError, StopAsyncIteration):
         return _missing(image_id)
     return StreamingResponse(
-        store.images.chunks(record.sha256),
+        _then(first, chunks),
         media_type="image/png",
         headers={**headers, "content-length": str(size)},
     )
+
+
+async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _missing(image_id: str) -> Response:

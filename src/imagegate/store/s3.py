@@ -117,8 +117,11 @@ class S3Images:
             raise self._fail("reading", exc) from exc
         body = got["Body"]
         async with body:
-            async for chunk in body.iter_chunks(self.chunk_size):
-                yield chunk
+            try:
+                async for chunk in body.iter_chunks(self.chunk_size):
+                    yield chunk
+            except Exception as exc:
+                raise self._fail("reading", exc) from exc
 
     async def read(self, sha256: str) -> bytes:
         return await read_all(self.chunks(sha256))
