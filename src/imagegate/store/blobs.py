@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
 from sqlalchemy import CursorResult, delete, exists, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegate.config import StorageSettings
@@ -280,9 +281,15 @@ class DatabaseImages:
             return found.first() is not None
 
     async def size(self, sha256: str) -> int:
-        async with self._engine().connect() as conn:
-            found = await conn.execute(select(ImageBlob.size).where(ImageBlob.sha256 == sha256))
-            return int(found.scalar() or 0)
+        try:
+            async with self._engine().connect() as conn:
+                found = await conn.execute(select(ImageBlob.size).where(ImageBlob.sha256 == sha256))
+                return int(found.scalar() or 0)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(
+                f"reading image {sha256[:12]} failed: {type(exc).__name__}: {exc}",
+                backend=self.backend,
+            ) from exc
 
     async def delete(self, sha256: str) -> None:
         async with self._engine().begin() as conn:
