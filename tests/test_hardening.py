@@ -168,3 +168,35 @@ def test_the_connection_cap_leaves_half_the_file_descriptors_free() -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     cap = connection_cap(ServerSettings(max_connections=65536))
     assert cap == (65536 if soft == resource.RLIM_INFINITY else max(8, min(65536, soft // 2)))
+
+
+@pytest.fixture
+def quick() -> Iterator[Live]:
+    """A server with one fake provider that answers at once."""
+    with live(fake_settings(["quick"]), {"quick": Fake("quick")}) as s:
+        yield s
+
+
+def _one_image(server: Live) -> tuple[str, str]:
+    made = httpx.post(f"{server.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=10)
+    assert made.status_code == 200
+    image = httpx.get(f"{server.url}/v1/images", timeout=5).json()["data"][0]
+    return image["id"], image["sha256"]
+
+
+def test_a_stored_image_whose_bytes_changed_is_not_served(
+    quick: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GET /v1/images/{id} checks the sha256: a corrupted file is a clear error, logged."""
+    image_id, sha256 = _one_image(quick)
+    assert httpx.get(f"{quick.url}/v1/images/{image_id}", timeout=5).status_code == 200
+    store = quick.gateway.store
+    assert store is not None
+    path = store.images.local_path(sha256)
+    assert path is not None
+    path.write_bytes(path.read_bytes()[:-8] + b"corrupt!")
+    answer = httpx.get(f"{quick.url}/v1/images/{image_id}", timeout=5)
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == "image_corrupted"
+    assert answer.headers["content-type"].startswith("application/json")
+    assert any("integrity check" in r.getMessage() for r in caplog.records)

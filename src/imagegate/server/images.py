@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import hashlib
+import logging
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from imagegate.server.deps import BaseUrl, Ctx
 from imagegate.server.errors import error_responses, openai_error
 from imagegate.server.tenants import CallerDep, only_owner, sees
+
+log = logging.getLogger("imagegate.server")
 
 router = APIRouter(tags=["images"], responses=error_responses(400, 401))
 
@@ -65,28 +69,30 @@ async def get_image(image_id: str, ctx: Ctx, caller: CallerDep) -> Response:
         "x-imagegate-job": record.job_id,
         "cache-control": "private, max-age=31536000, immutable",
     }
-    path = store.images.local_path(record.sha256)
-    if path is not None:
-        if not path.is_file():
-            return _missing(image_id)
-        return FileResponse(path, media_type="image/png", headers=headers)
-    size = await store.images.size(record.sha256)
-    chunks = store.images.chunks(record.sha256)
-    try:  # the first chunk before the answer starts: a store error is still a clean 503
-        first = await anext(chunks)
-    except (FileNotFoundError, StopAsyncIteration):
+    try:
+        data = await store.images.read(record.sha256)
+    except FileNotFoundError:
         return _missing(image_id)
-    return StreamingResponse(
-        _then(first, chunks),
-        media_type="image/png",
-        headers={**headers, "content-length": str(size)},
-    )
-
-
-async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for chunk in rest:
-        yield chunk
+    if not data:
+        return _missing(image_id)
+    actual = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+    if actual != record.sha256:
+        log.error(
+            "image %s (job %s) fails its integrity check: stored sha256 %s, bytes hash to %s",
+            image_id,
+            record.job_id,
+            record.sha256,
+            actual,
+        )
+        return openai_error(
+            500,
+            "server_error",
+            f"the stored file of image {image_id!r} is corrupted: its bytes no longer match "
+            f"its sha256 {record.sha256}; not served",
+            param="id",
+            code="image_corrupted",
+        )
+    return Response(data, media_type="image/png", headers=headers)
 
 
 def _missing(image_id: str) -> Response:
