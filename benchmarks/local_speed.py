@@ -18,6 +18,16 @@ its peak memory is its own:
   (``max_batch = 4``) against one call each (``max_batch = 1``), in the same process on the
   same loaded pipeline, alternating; and which of the two the device's default picks.
 
+- ``img2img_diffusers`` and ``img2img_imagegate``: image to image on a 512x512 input at
+  strength 0.5 (at least 2 steps, so ``int(steps x strength)`` runs at least one): plain
+  ``AutoPipelineForImage2Image.from_pretrained`` against imagegate's provider, which makes the
+  image-to-image pipeline from the text-to-image one it already loaded (``from_pipe``); the
+  imagegate process makes a text-to-image image first, as a server would have, and reports its
+  peak memory before and after the edit.
+- ``img2img_second_load``: plain diffusers doing what ``from_pipe`` avoids: a text-to-image
+  pipeline and then a second ``from_pretrained`` of the image-to-image one, one image each;
+  its peak memory against ``img2img_imagegate``'s is what ``from_pipe`` saves.
+
 - ``imagegate_channels_last``, ``imagegate_compile_cold``, ``imagegate_compile_warm``: the
   provider with one opt-in speed-up each (``channels_last``; ``compile`` with an empty compile
   cache, then again in a new process with the cache the cold run left), for the first-call
@@ -59,10 +69,13 @@ PROFILES: dict[str, dict[str, Any]] = {
     "gpu": {"arch": "sd15", "size": 512, "steps": 20, "guidance": 7.5, "device": "cuda",
             "concurrent": 8},
 }  # fmt: skip
+EDIT_VARIANTS = ("img2img_diffusers", "img2img_imagegate", "img2img_second_load")
+EDIT_STRENGTH = 0.5
 CPU_VARIANTS = (
     "diffusers",
     "imagegate",
     "diffusers_tuned_malloc",
+    *EDIT_VARIANTS,
     "batching",
     "imagegate_channels_last",
     "imagegate_compile_cold",
@@ -71,6 +84,7 @@ CPU_VARIANTS = (
 GPU_VARIANTS = (
     "diffusers",
     "imagegate",
+    *EDIT_VARIANTS,
     "imagegate_compile_cold",
     "imagegate_compile_warm",
     "batching",
@@ -225,10 +239,132 @@ def run_batching(variant: str, folder: Path, runs: int) -> dict[str, Any]:
     }
 
 
+def edit_steps() -> int:
+    """The steps of an edit: the profile's, at least 2 (strength 0.5 then runs one)."""
+    return edit_steps_of(profile())
+
+
+def init_image() -> bytes:
+    """The edits' input: a size x size PNG, a smooth gradient (the same in every process)."""
+    import io
+
+    from PIL import Image
+
+    size = profile()["size"]
+    image = Image.linear_gradient("L").resize((size, size)).convert("RGB")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _peak_mib() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def run_edit(variant: str, folder: Path, runs: int) -> dict[str, Any]:
+    """Image to image at strength 0.5: load, a first edit, ``runs`` timed ones; peak memory
+    (for imagegate also after its text-to-image image, before the first edit)."""
+    started = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if variant == "img2img_imagegate":
+        make = _imagegate_edit(folder, extra)
+    elif variant == "img2img_second_load":
+        make = _plain_edit(folder, second_load=True, extra=extra)
+    else:
+        make = _plain_edit(folder, second_load=False, extra=extra)
+    loaded = time.perf_counter()
+    make(0)
+    first = time.perf_counter()
+    times = []
+    for seed in range(1, runs + 1):
+        t0 = time.perf_counter()
+        make(seed)
+        times.append(time.perf_counter() - t0)
+    return {
+        "sec_per_image": round(statistics.median(times), 3) if times else None,
+        "runs_s": [round(t, 3) for t in times],
+        "load_s": round(loaded - started, 3),
+        "first_call_s": round(first - started, 3),
+        "steps": edit_steps(),
+        "steps_run": int(edit_steps() * EDIT_STRENGTH),
+        "strength": EDIT_STRENGTH,
+        "peak_rss_mib": _peak_mib(),
+        **extra,
+    }
+
+
+def _plain_edit(folder: Path, *, second_load: bool, extra: dict[str, Any]) -> Any:
+    import io
+
+    import diffusers
+    import torch
+    from PIL import Image
+
+    lib: Any = diffusers
+    prof = profile()
+    cuda = prof["device"] == "cuda"
+    kwargs: dict[str, Any] = {"torch_dtype": torch.float16} if cuda else {}
+    path = str(folder / "pipe")
+    if second_load:  # a text-to-image pipeline first, as a server would have loaded
+        first = lib.AutoPipelineForText2Image.from_pretrained(path, **kwargs)
+        first = first.to("cuda") if cuda else first
+        first.set_progress_bar_config(disable=True)
+        seeded = torch.Generator("cpu").manual_seed(0)
+        first(PROMPT, height=prof["size"], width=prof["size"], num_inference_steps=1,
+              guidance_scale=prof["guidance"], generator=seeded)  # fmt: skip
+        extra["peak_rss_mib_after_txt2img"] = _peak_mib()
+    pipe = lib.AutoPipelineForImage2Image.from_pretrained(path, **kwargs)
+    pipe = pipe.to("cuda") if cuda else pipe
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.open(io.BytesIO(init_image())).convert("RGB")
+
+    kept = [first] if second_load else []  # both pipelines stay loaded, as in a server
+
+    def make(seed: int) -> None:
+        assert kept or not second_load
+        generator = torch.Generator("cpu").manual_seed(seed)
+        pipe(PROMPT, image=image, strength=EDIT_STRENGTH, generator=generator,
+             num_inference_steps=edit_steps(), guidance_scale=prof["guidance"])  # fmt: skip
+
+    return make
+
+
+def _imagegate_edit(folder: Path, extra: dict[str, Any]) -> Any:
+    from imagegate.inputs import InputImage
+    from imagegate.providers.base import Deadline
+    from imagegate.providers.local import DiffusersConfig, DiffusersProvider
+    from imagegate.request import ImageRequest
+
+    prof = profile()
+    provider = DiffusersProvider("local", DiffusersConfig(**provider_settings("imagegate", folder)))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(provider.load())
+    size, guidance = prof["size"], prof["guidance"]
+    text = ImageRequest(prompt=PROMPT, width=size, height=size, steps=1, guidance=guidance, seed=0)
+    loop.run_until_complete(provider.generate(text, Deadline(3600), None))
+    extra["peak_rss_mib_after_txt2img"] = _peak_mib()
+    init = InputImage.from_bytes(init_image())
+
+    def make(seed: int) -> None:
+        request = ImageRequest(
+            prompt=PROMPT,
+            images=(init,),
+            strength=EDIT_STRENGTH,
+            steps=edit_steps(),
+            guidance=guidance,
+            seed=seed,
+        )
+        loop.run_until_complete(provider.generate(request, Deadline(3600), None))
+
+    return make
+
+
 def run_variant(variant: str, folder: Path, runs: int) -> dict[str, Any]:
     """Load, make a first image, then time ``runs`` more; report seconds and peak memory."""
     if variant.startswith("batching"):
         return run_batching(variant, folder, runs)
+    if variant in EDIT_VARIANTS:
+        return run_edit(variant, folder, runs)
     started = time.perf_counter()
     ours = variant.startswith("imagegate")
     make = _imagegate(variant, folder) if ours else _plain(folder)
@@ -479,6 +615,9 @@ def report(
         out["speedup_vs_diffusers_tuned_malloc"] = round(
             tuned["sec_per_image"] / ours["sec_per_image"], 2
         )
+    edits = {v: results[v] for v in EDIT_VARIANTS if v in results}
+    if edits:
+        out["img2img"] = _edit_report(prof, edits)
     out["sec_per_image"] = {
         v: r["sec_per_image"] for v, r in results.items() if "sec_per_image" in r
     }
@@ -500,6 +639,36 @@ def report(
     out["environment"] = environment()  # a load average above the CPU count: shared, noisy
     out["total_s"] = round(total, 1)
     return out
+
+
+def _edit_report(prof: dict[str, Any], edits: dict[str, Any]) -> dict[str, Any]:
+    """The edits' figures: imagegate against plain diffusers, and what from_pipe saves."""
+    size = prof["size"]
+    out: dict[str, Any] = {
+        "what": f"image to image on a {size}x{size} input at strength {EDIT_STRENGTH}, "
+        f"{edit_steps_of(prof)} steps ({int(edit_steps_of(prof) * EDIT_STRENGTH)} run); "
+        "median seconds per image after a first one",
+        **edits,
+    }
+    ours, plain = edits.get("img2img_imagegate"), edits.get("img2img_diffusers")
+    if ours and plain and ours["sec_per_image"] and plain["sec_per_image"]:
+        out["speedup_vs_diffusers_from_pretrained"] = round(
+            plain["sec_per_image"] / ours["sec_per_image"], 2
+        )
+    twice = edits.get("img2img_second_load")
+    if ours and twice:
+        out["peak_rss_mib"] = {
+            "imagegate_txt2img_then_img2img_from_pipe": ours["peak_rss_mib"],
+            "imagegate_txt2img_only": ours.get("peak_rss_mib_after_txt2img"),
+            "diffusers_txt2img_then_img2img_second_from_pretrained": twice["peak_rss_mib"],
+            "diffusers_txt2img_only": twice.get("peak_rss_mib_after_txt2img"),
+        }
+    return out
+
+
+def edit_steps_of(prof: dict[str, Any]) -> int:
+    """The steps of an edit in ``prof``: its steps, at least 2."""
+    return max(2, int(prof["steps"]))
 
 
 def _child(args: list[str], prof: dict[str, Any], *, tuned: bool = False) -> list[dict[str, Any]]:
