@@ -4,12 +4,15 @@ event streams are capped (issue 16 item 1). Against a live server on loopback, b
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -200,3 +203,25 @@ def test_a_stored_image_whose_bytes_changed_is_not_served(
     assert answer.json()["error"]["code"] == "image_corrupted"
     assert answer.headers["content-type"].startswith("application/json")
     assert any("integrity check" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failed_result_write_ends_the_job_failed_with_the_reason(
+    quick: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while the images are written: the job is failed saying so, not left running."""
+
+    def disk_full(data_dir: Path, data: bytes) -> tuple[str, str]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("imagegate.store.blobs.write_png", disk_full)
+    answer = httpx.post(f"{quick.url}/v1/jobs", json={"prompt": "a fox"}, timeout=10)
+    assert answer.status_code == 202
+    job_id = answer.json()["id"]
+    deadline = time.monotonic() + 10
+    while (job := httpx.get(f"{quick.url}/v1/jobs/{job_id}", timeout=5).json())["status"] in (
+        "queued",
+        "running",
+    ) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job["status"] == "failed"
+    assert "No space left on device" in json.dumps(job["error"])

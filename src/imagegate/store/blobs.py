@@ -102,11 +102,18 @@ class FileImages:
         self.chunk_size = chunk_size
 
     def put_blocking(self, data: bytes) -> tuple[str, str]:
-        """:meth:`put` on this thread (the SQLite writer's thread stores files this way)."""
-        return write_png(self.data_dir, data)
+        """:meth:`put` on this thread (the SQLite writer's thread stores files this way); a
+        failed write (a full disk, a read-only data dir) is a StorageError saying why."""
+        try:
+            return write_png(self.data_dir, data)
+        except OSError as exc:
+            raise StorageError(
+                f"writing the image under {self.data_dir} failed: {type(exc).__name__}: {exc}",
+                backend=self.backend,
+            ) from exc
 
     async def put(self, data: bytes) -> tuple[str, str]:
-        return await asyncio.to_thread(write_png, self.data_dir, data)
+        return await asyncio.to_thread(self.put_blocking, data)
 
     def _path(self, sha256: str) -> Path:
         return self.data_dir / relative_path(sha256)
