@@ -7,7 +7,15 @@ import random
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from imagegate.attempts import Attempt, AttemptError, Outcome
 from imagegate.errors import InvalidRequest
@@ -48,6 +56,13 @@ __all__ = [
 ]
 
 
+_ENCODED_IMAGE = {
+    "type": "string",
+    "description": "a PNG, JPEG or WebP image as base64 or a data: URI",
+}
+"""How the JSON surfaces send an input image (the schema of ``images`` and ``mask``)."""
+
+
 class ImageRequest(BaseModel):
     """One generation request (text to image, or an edit of ``images``); every limit is
     checked here and named when broken."""
@@ -69,9 +84,19 @@ class ImageRequest(BaseModel):
     route: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     safety: bool = True
     output_format: Literal["png"] = "png"
-    images: Annotated[tuple[InputImage, ...], Field(max_length=MAX_INPUT_IMAGES)] = ()
+    images: Annotated[
+        tuple[InputImage, ...],
+        Field(max_length=MAX_INPUT_IMAGES),
+        WithJsonSchema(
+            {"type": "array", "items": _ENCODED_IMAGE, "maxItems": MAX_INPUT_IMAGES},
+            mode="validation",
+        ),
+    ] = ()
     """Input images (image to image, inpainting, variations); none = text to image."""
-    mask: InputImage | None = None
+    mask: Annotated[
+        InputImage | None,
+        WithJsonSchema({"anyOf": [_ENCODED_IMAGE, {"type": "null"}]}, mode="validation"),
+    ] = None
     """The area to repaint of the first image, in the internal form (inputs.normalize_mask)."""
     strength: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     """The share of the input re-noised (0-1); none = the provider's default."""
