@@ -225,3 +225,23 @@ def test_a_failed_result_write_ends_the_job_failed_with_the_reason(
         time.sleep(0.05)
     assert job["status"] == "failed"
     assert "No space left on device" in json.dumps(job["error"])
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_deleted_or_replaced_database_makes_the_server_not_ready(quick: Live, how: str) -> None:
+    """The SQLite file gone or swapped while serving: /readyz 503 with the reason, work refused."""
+    assert httpx.get(f"{quick.url}/readyz", timeout=5).status_code == 200
+    store = quick.gateway.store
+    assert store is not None
+    database = store.data_dir / "imagegate.db"
+    database.rename(database.with_name("moved-aside.db"))
+    if how == "replaced":
+        database.write_bytes(b"")
+    ready = httpx.get(f"{quick.url}/readyz", timeout=5)
+    assert ready.status_code == 503
+    assert how.split()[0] in ready.json()["reason"]
+    submitted = httpx.post(f"{quick.url}/v1/jobs", json={"prompt": "a fox"}, timeout=5)
+    assert submitted.status_code == 503
+    assert str(database) in submitted.json()["error"]["message"]
+    made = httpx.post(f"{quick.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=5)
+    assert made.status_code == 503

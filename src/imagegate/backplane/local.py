@@ -112,6 +112,7 @@ class LocalJobStore(JobStore):
         return {str(status): int(count) for status, count in rows}
 
     async def ping(self) -> None:
+        self._store.check_database()
         async with self._store.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 

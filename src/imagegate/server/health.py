@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
+from imagegate.errors import StorageError
 from imagegate.router import configured_timeouts
 from imagegate.server.deps import Ctx
 from imagegate.server.errors import error_responses
@@ -110,6 +111,9 @@ async def healthz() -> Health:
 async def readyz(ctx: Ctx) -> Response:
     try:
         await ctx.backplane.store.ping()
+    except StorageError as exc:  # the store answers but would lose what it is given
+        log.warning("readyz: %s", exc.message)
+        return JSONResponse({"status": "unavailable", "reason": exc.message}, status_code=503)
     except Exception as exc:  # any failure to reach the store means not ready
         log.warning("readyz: the store does not answer: %s", type(exc).__name__)
         return JSONResponse({"status": "unavailable"}, status_code=503)

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from imagegate.config import StorageSettings
-from imagegate.errors import ImagegateError
+from imagegate.errors import ImagegateError, StorageError
 from imagegate.request import Attempt, ImageRequest, ImageResult, Reported
 from imagegate.store import jobsql
 from imagegate.store.blobs import FileImages, ImageStore, image_store
@@ -130,6 +130,15 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of ``path``, or None when it is gone."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 class Store:
     """Job and image history: ``async with Store(data_dir) as store: ...``."""
 
@@ -145,6 +154,7 @@ class Store:
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._writer: jobsql.SQLiteWriter | None = None
         self._last_now: datetime | None = None
+        self._db_file: tuple[Path, tuple[int, int] | None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -175,8 +185,25 @@ class Store:
                 await engine.dispose()
                 raise
             self._writer = writer
+            self._db_file = (path, _identity(path))
         self._engine = engine
         self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+
+    def check_database(self) -> None:
+        """Raise StorageError when the SQLite file opened is gone or replaced (another inode):
+        what is written now would be lost at the next start."""
+        if self._db_file is None:
+            return
+        path, opened = self._db_file
+        now = _identity(path)
+        if now != opened:
+            what = "deleted" if now is None else "replaced by another file"
+            raise StorageError(
+                f"the database {path} was {what} while imagegate ran; new work is refused "
+                "because it would be lost",
+                backend="sqlite",
+                fix="restore the file, or restart imagegate to open the database at that path",
+            )
 
     async def close(self) -> None:
         """Close every connection; the store may be opened again."""
@@ -302,6 +329,7 @@ class Store:
         backplane enqueues the job there); it takes the SQLAlchemy path on every database.
         Returns the job's id and the stored events, in order, for the caller to fan out.
         """
+        self.check_database()
         _check("status", status, ("queued", "running"))
         _check("source", source, SOURCES)
         for kind, _ in events:
