@@ -245,3 +245,41 @@ def test_a_deleted_or_replaced_database_makes_the_server_not_ready(quick: Live, 
     assert str(database) in submitted.json()["error"]["message"]
     made = httpx.post(f"{quick.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=5)
     assert made.status_code == 503
+
+
+def test_a_cli_job_whose_process_died_is_ended_as_interrupted_by_the_next_process(
+    tmp_path: Path,
+) -> None:
+    """An in-process job marked with a pid that is gone is failed (interrupted) at the next
+    opening of the store; one whose process lives is left running."""
+    import asyncio
+    import socket as sockets
+
+    from sqlalchemy import update
+
+    from imagegate.request import ImageRequest
+    from imagegate.store import Store
+    from imagegate.store.models import Job
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True)  # fmt: skip
+    dead = f"{int(done.stdout)}@{sockets.gethostname()}"
+
+    async def scenario() -> tuple[str, str, str]:
+        async with Store(tmp_path) as store:
+            killed = await store.create_job(ImageRequest(prompt="a fox"), route=["x"], source="cli")
+            alive = await store.create_job(ImageRequest(prompt="a cat"), route=["x"], source="cli")
+            async with store.engine.begin() as conn:
+                await conn.execute(update(Job).where(Job.id == killed).values(runner=dead))
+        async with Store(tmp_path) as later:
+            ended = await later.get_job(killed)
+            running = await later.get_job(alive)
+        assert ended is not None
+        assert running is not None
+        return ended.status, json.dumps(ended.error), running.status
+
+    status, error, other = asyncio.run(scenario())
+    assert status == "failed"
+    assert "is gone" in error
+    assert "Interrupted" in error
+    assert other == "running"

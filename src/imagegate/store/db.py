@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -32,7 +34,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from imagegate.config import StorageSettings
-from imagegate.errors import ImagegateError, StorageError
+from imagegate.errors import ImagegateError, Interrupted, StorageError
 from imagegate.request import Attempt, ImageRequest, ImageResult, Reported
 from imagegate.store import jobsql
 from imagegate.store.blobs import FileImages, ImageStore, image_store
@@ -53,6 +55,10 @@ from imagegate.store.records import DeliveryRecord, EventRecord, ImageRecord, Jo
 
 DB_FILENAME = "imagegate.db"
 SOURCES = ("library", "cli", "openai", "a1111", "jobs")
+IN_PROCESS_SOURCES = ("library", "cli")
+"""Jobs run in the caller's own process: no backplane puts them back in a queue."""
+RUNNER = f"{os.getpid()}@{socket.gethostname()}"
+"""This process, as a job's ``runner`` mark."""
 SQLITE_BUSY_TIMEOUT_MS = 5000
 MIGRATION_LOCK = 0x1A6E_0001  # PostgreSQL advisory lock: one process migrates a blank database
 _NOT_OPEN = "the store is not open; use `async with Store(data_dir)` or await store.open()"
@@ -130,6 +136,17 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     """The (device, inode) of ``path``, or None when it is gone."""
     try:
@@ -188,6 +205,29 @@ class Store:
             self._db_file = (path, _identity(path))
         self._engine = engine
         self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        await self.end_dead_runs()
+
+    async def end_dead_runs(self) -> list[str]:
+        """End as interrupted the in-process jobs left queued or running by a process of this
+        host that is gone (killed, crashed); their ids."""
+        host = socket.gethostname()
+        query = (
+            select(Job.id, Job.runner)
+            .where(Job.status.in_(("queued", "running")))
+            .where(Job.source.in_(IN_PROCESS_SOURCES))
+            .where(Job.runner.like(f"%@{host}"))
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        ended = []
+        for job_id, runner in rows:
+            pid = (runner or "").split("@", 1)[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            gone = Interrupted(f"the process that ran it (pid {pid} on {host}) is gone")
+            await self.record_failure(job_id, gone, [], 0.0, event=True)
+            ended.append(job_id)
+        return ended
 
     def check_database(self) -> None:
         """Raise StorageError when the SQLite file opened is gone or replaced (another inode):
@@ -364,6 +404,7 @@ class Store:
             "owner": owner,
             "webhook": dict(webhook) if webhook is not None else None,
             "traceparent": traceparent,
+            "runner": RUNNER if source in IN_PROCESS_SOURCES else None,
         }
         job_id: str = values["id"]
         stamped = [(kind, dict(data), self._now()) for kind, data in events]

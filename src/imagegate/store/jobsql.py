@@ -39,7 +39,7 @@ __all__ = [
 JOB_COLUMNS = (
     "id", "status", "request", "route", "provider", "model", "seed", "progress", "step",
     "steps", "attempts", "error", "cost", "priority", "queue", "created_at", "started_at",
-    "finished_at", "elapsed_s", "source", "retries", "owner", "webhook", "traceparent",
+    "finished_at", "elapsed_s", "source", "retries", "owner", "webhook", "traceparent", "runner",
 )  # fmt: skip
 IMAGE_COLUMNS = (
     "id", "job_id", "sha256", "path", "width", "height", "seed", "provider", "model", "prompt",

@@ -117,6 +117,9 @@ class Job(Base):
     """Where the job's end is posted: ``{"url": ..., "base": ...}`` (the server's base URL
     the job was submitted to, for its image URLs); None = no webhook."""
     traceparent: Mapped[str | None] = mapped_column(String(55))
+    runner: Mapped[str | None] = mapped_column(String(128))
+    """``pid@host`` of the process running an in-process job (``cli``, ``library``); a later
+    process on that host ends the job as interrupted once that pid is gone."""
     """The W3C trace context of the submitting request, continued by whoever runs the job."""
 
     __table_args__ = (
