@@ -283,3 +283,35 @@ def test_a_cli_job_whose_process_died_is_ended_as_interrupted_by_the_next_proces
     assert "is gone" in error
     assert "Interrupted" in error
     assert other == "running"
+
+
+def test_a_running_server_stops_reporting_a_dead_cli_job(quick: Live) -> None:
+    """/sdapi/v1/progress and the metrics end a dead in-process job instead of counting it."""
+    import asyncio
+    import socket as sockets
+
+    from sqlalchemy import update
+
+    from imagegate.request import ImageRequest
+    from imagegate.store import Store
+    from imagegate.store.models import Job
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True)  # fmt: skip
+    store = quick.gateway.store
+    assert store is not None
+
+    async def dead_cli_job() -> str:
+        async with Store(store.data_dir) as other:  # as `imagegate generate` would
+            job_id = await other.create_job(ImageRequest(prompt="a fox"), route=["x"], source="cli")
+            async with other.engine.begin() as conn:
+                runner = f"{int(done.stdout)}@{sockets.gethostname()}"
+                await conn.execute(update(Job).where(Job.id == job_id).values(runner=runner))
+        return job_id
+
+    job_id = asyncio.run(dead_cli_job())
+    progress = httpx.get(f"{quick.url}/sdapi/v1/progress", timeout=5).json()
+    assert progress["state"]["job_count"] == 0
+    metrics = httpx.get(f"{quick.url}/metrics", timeout=5).text
+    assert 'status="running"} 1' not in metrics
+    assert httpx.get(f"{quick.url}/v1/jobs/{job_id}", timeout=5).json()["status"] == "failed"

@@ -106,6 +106,7 @@ class LocalJobStore(JobStore):
         return await self._store.list_images(limit=limit, before=before, owner=owner)
 
     async def counts(self) -> dict[str, int]:
+        await self._store.end_dead_runs()  # an `imagegate generate` killed meanwhile
         query = select(_JOBS.c.status, func.count()).group_by(_JOBS.c.status)
         async with self._store.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
