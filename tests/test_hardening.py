@@ -315,3 +315,17 @@ def test_a_running_server_stops_reporting_a_dead_cli_job(quick: Live) -> None:
     metrics = httpx.get(f"{quick.url}/metrics", timeout=5).text
     assert 'status="running"} 1' not in metrics
     assert httpx.get(f"{quick.url}/v1/jobs/{job_id}", timeout=5).json()["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("seed", "7"), ("n", True), ("steps", 20.0), ("guidance", "7.5"), ("size", "0512x0512")],
+)
+def test_the_openai_surface_refuses_values_it_would_have_to_convert(
+    quick: Live, field: str, value: object
+) -> None:
+    """`seed: "7"`, `n: true`, `size: "0512x0512"`...: a 400 naming the field, nothing coerced."""
+    body = {"prompt": "a fox", field: value}
+    answer = httpx.post(f"{quick.url}/v1/images/generations", json=body, timeout=10)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == field

@@ -222,7 +222,7 @@ def parse_size(size: str, *, field: str = "size") -> dict[str, int]:
     """``"512x512"`` (or ``512X512``, ``512*512``) as ``{"width": 512, "height": 512}``;
     InvalidRequest naming ``field`` otherwise. The limits are ImageRequest's to check."""
     match = _SIZE.fullmatch(size)
-    if match is None:
+    if match is None or match[1].startswith("0") or match[2].startswith("0"):
         raise InvalidRequest(
             f"{field}: must look like WIDTHxHEIGHT, e.g. 512x512; got {_short(size)}",
             field="size",

@@ -38,9 +38,10 @@ router = APIRouter(
 
 
 class ImageGenerationBody(BaseModel):
-    """OpenAI's image generation request, plus imagegate's extension fields."""
+    """OpenAI's image generation request, plus imagegate's extension fields. Strict: a number
+    or boolean sent as a string (or one as the other) is refused, never converted."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
     model: str | None = Field(
