@@ -329,3 +329,17 @@ def test_the_openai_surface_refuses_values_it_would_have_to_convert(
     answer = httpx.post(f"{quick.url}/v1/images/generations", json=body, timeout=10)
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == field
+
+
+@pytest.mark.parametrize("path", ["/v1/images/generations", "/v1/jobs", "/sdapi/v1/txt2img"])
+def test_a_duplicate_json_key_is_refused_on_every_surface(quick: Live, path: str) -> None:
+    """`{"seed": 1, "seed": 2}`: a 4xx naming the key on OpenAI, jobs and A1111, not last-wins."""
+    body = b'{"prompt": "a fox", "seed": 1, "seed": 2}'
+    answer = httpx.post(
+        f"{quick.url}{path}",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert 400 <= answer.status_code < 500
+    assert "duplicate key 'seed'" in answer.text

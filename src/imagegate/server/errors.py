@@ -323,12 +323,24 @@ async def _on_imagegate_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, exc)
 
 
+def _duplicate_key(error: Any) -> str:
+    """The strict parser's "duplicate key 'x'" reason of a json_invalid error, or ""."""
+    reason = str((error.get("ctx") or {}).get("error", ""))
+    return reason if reason.startswith("duplicate key") else ""
+
+
+def _a1111_msg(error: Any) -> str:
+    msg = str(error.get("msg", ""))
+    duplicate = _duplicate_key(error) if error.get("type") == "json_invalid" else ""
+    return f"{msg}: {duplicate}" if duplicate else msg
+
+
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     if is_a1111(request):
         detail = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            {"loc": list(e.get("loc", ())), "msg": _a1111_msg(e), "type": e.get("type")}
             for e in errors
         ]
         return JSONResponse({"detail": detail}, status_code=422)
@@ -336,7 +348,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     param = _param(first.get("loc", ()))
     msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "json_invalid":
-        param, msg = "body", "the body is not valid JSON"
+        duplicate = _duplicate_key(first)
+        param, msg = "body", "the body is not valid JSON" + (f" ({duplicate})" if duplicate else "")
     elif first.get("type") == "extra_forbidden":
         msg = "is not a known field"
     return openai_error(

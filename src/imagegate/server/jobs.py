@@ -18,6 +18,7 @@ from imagegate.errors import ConnectError, ImagegateError, InvalidRequest
 from imagegate.request import ImageRequest, ImageResult
 from imagegate.server.deps import BaseUrl, Ctx, ServerContext
 from imagegate.server.errors import error_responses, http_error, openai_error
+from imagegate.server.strictjson import StrictJsonRoute
 from imagegate.server.tenants import Caller, CallerDep, Refused, admit, only_owner, sees
 from imagegate.store.records import JobRecord
 from imagegate.transport import safe_url
@@ -26,7 +27,7 @@ from imagegate.transport.guard import check_url, resolve
 RESOLVE_S = 2.0
 """How long a submit waits for a webhook host name to resolve (to check where it leads)."""
 
-router = APIRouter(tags=["jobs"], responses=error_responses(400, 401))
+router = APIRouter(route_class=StrictJsonRoute, tags=["jobs"], responses=error_responses(400, 401))
 
 MAX_LIST = 200
 

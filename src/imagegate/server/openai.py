@@ -30,10 +30,13 @@ from imagegate.request import (
 from imagegate.server.deps import Ctx, ServerContext, base_url
 from imagegate.server.errors import error_responses
 from imagegate.server.jobs import run_to_end
+from imagegate.server.strictjson import StrictJsonRoute
 from imagegate.server.tenants import CallerDep
 
 router = APIRouter(
-    tags=["openai"], responses=error_responses(400, 401, 403, 409, 413, 429, 502, 503, 504)
+    route_class=StrictJsonRoute,
+    tags=["openai"],
+    responses=error_responses(400, 401, 403, 409, 413, 429, 502, 503, 504),
 )
 
 
@@ -283,6 +286,6 @@ def _form_body(form: dict[str, Any], own: tuple[str, ...]) -> ImageGenerationBod
         raise InvalidRequest(f"{name}: is not a known field", field=name, limit="a known field")
     fields = {k: v for k, v in form.items() if k in EDIT_FIELDS and v != ""}
     try:
-        return ImageGenerationBody.model_validate(fields)
+        return ImageGenerationBody.model_validate(fields, strict=False)  # form text is text
     except ValidationError as exc:
         raise invalid_request_from(exc) from None

@@ -21,9 +21,12 @@ from imagegate.server.a1111.models import (
 )
 from imagegate.server.deps import Ctx
 from imagegate.server.errors import A1111_RESPONSES
+from imagegate.server.strictjson import StrictJsonRoute
 from imagegate.server.tenants import CallerDep, only_owner
 
-router = APIRouter(prefix="/sdapi/v1", tags=["a1111"], responses=A1111_RESPONSES)
+router = APIRouter(
+    route_class=StrictJsonRoute, prefix="/sdapi/v1", tags=["a1111"], responses=A1111_RESPONSES
+)
 
 _EMPTY_LISTS = (
     "sd-vae", "loras", "prompt-styles", "hypernetworks", "face-restorers", "realesrgan-models",
