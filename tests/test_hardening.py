@@ -343,3 +343,23 @@ def test_a_duplicate_json_key_is_refused_on_every_surface(quick: Live, path: str
     )
     assert 400 <= answer.status_code < 500
     assert "duplicate key 'seed'" in answer.text
+
+
+@pytest.mark.parametrize("field", ["override_settings", "alwayson_scripts", "unknown_extra"])
+def test_a_body_nested_300_deep_is_refused_before_the_provider_is_called(
+    quick: Live, field: str
+) -> None:
+    """A1111 txt2img with a field nested 300 deep: a 422 naming the limit, never a 500 after
+    the generation (the provider is not called)."""
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(300):
+        inner["a"] = {}
+        inner = inner["a"]  # type: ignore[assignment]
+    fake = quick.gateway.router.providers["quick"]
+    before = fake.calls  # type: ignore[attr-defined]
+    body = {"prompt": "a fox", field: deep}
+    answer = httpx.post(f"{quick.url}/sdapi/v1/txt2img", json=body, timeout=10)
+    assert answer.status_code == 422
+    assert "nested deeper than 32 levels" in answer.text
+    assert fake.calls == before  # type: ignore[attr-defined]

@@ -324,9 +324,10 @@ async def _on_imagegate_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _duplicate_key(error: Any) -> str:
-    """The strict parser's "duplicate key 'x'" reason of a json_invalid error, or ""."""
+    """The strict parser's reason ("duplicate key 'x'", "nested deeper than N levels") of a
+    json_invalid error, or ""."""
     reason = str((error.get("ctx") or {}).get("error", ""))
-    return reason if reason.startswith("duplicate key") else ""
+    return reason if reason.startswith(("duplicate key", "nested deeper")) else ""
 
 
 def _a1111_msg(error: Any) -> str:

@@ -1,4 +1,5 @@
-"""One strict JSON body parser for every surface: a duplicate key is refused, never "last wins".
+"""One strict JSON body parser for every surface: a duplicate key is refused, never "last wins",
+and so is nesting deeper than ``MAX_DEPTH``.
 
 ``APIRouter(route_class=StrictJsonRoute)``: FastAPI reads a JSON body with ``request.json()``;
 here that parser refuses an object with the same key twice, as a JSON decode error, which
@@ -14,6 +15,10 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+MAX_DEPTH = 32
+"""The deepest nesting of objects and arrays a body may have: deeper is refused before any
+provider is called (a 300-deep ignored field once failed the answer after the generation)."""
+
 
 def loads_strict(text: str | bytes) -> Any:
     """``json.loads``, refusing duplicate keys in any object (JSONDecodeError naming the key)."""
@@ -27,7 +32,26 @@ def loads_strict(text: str | bytes) -> Any:
             seen[key] = value
         return seen
 
-    return json.loads(document, object_pairs_hook=pairs)
+    parsed = json.loads(document, object_pairs_hook=pairs)
+    if _depth(parsed) > MAX_DEPTH:
+        raise json.JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels", document, 0)
+    return parsed
+
+
+def _depth(value: Any) -> int:
+    """How deep objects and arrays nest in ``value`` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_DEPTH:
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 class StrictJsonRequest(Request):
