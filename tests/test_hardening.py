@@ -363,3 +363,14 @@ def test_a_body_nested_300_deep_is_refused_before_the_provider_is_called(
     assert answer.status_code == 422
     assert "nested deeper than 32 levels" in answer.text
     assert fake.calls == before  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("field", "value"), [("seed", "7"), ("width", "512.0"), ("n", True)])
+def test_the_jobs_surface_refuses_values_it_would_have_to_convert(
+    quick: Live, field: str, value: object
+) -> None:
+    """POST /v1/jobs with `seed: "7"`, `width: "512.0"`, `n: true`: a 400 naming the field."""
+    body = {"prompt": "a fox", field: value}
+    answer = httpx.post(f"{quick.url}/v1/jobs", json=body, timeout=10)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == field

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import httpx
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from imagegate.backplane import JobOutcome
 from imagegate.errors import ConnectError, ImagegateError, InvalidRequest
@@ -51,7 +51,10 @@ class JobImage(BaseModel):
 
 
 class JobSubmit(ImageRequest):
-    """What POST /v1/jobs takes: a generation, and where to post its end."""
+    """What POST /v1/jobs takes: a generation, and where to post its end. Strict: a number or
+    boolean sent as a string (or one as the other) is refused, never converted."""
+
+    model_config = ConfigDict(**ImageRequest.model_config, strict=True)
 
     webhook_url: str | None = Field(
         default=None,
