@@ -157,31 +157,31 @@ async def standing(
     its traffic: its jobs in the minute before ``now`` (counted up to its rate, 0 without
     one), the oldest of those, and what it spent in its current budget period (0 without a
     budget; the key row's ``spent``, summed from the jobs again only when a period starts)."""
-    count, oldest, used = 0, None, 0.0
+    minute = now - timedelta(minutes=1)
+    mine = (Job.owner == key.name, Job.created_at > minute)
+    recent = select(Job.created_at).where(*mine).limit(key.rate_per_min or 0).subquery()
+    query = select(  # one round trip: the rate's two figures and the spend on the key's row
+        select(func.count()).select_from(recent).scalar_subquery(),
+        select(func.min(Job.created_at)).where(*mine).scalar_subquery(),
+        ApiKey.spent,
+        ApiKey.spent_since,
+    ).where(ApiKey.name == key.name)
     async with store.engine.connect() as conn:
-        if key.rate_per_min is not None:
-            recent = (
-                select(Job.created_at)
-                .where(Job.owner == key.name, Job.created_at > now - timedelta(minutes=1))
-                .order_by(Job.created_at)
-                .limit(key.rate_per_min)
-                .subquery()
-            )
-            row = (await conn.execute(select(func.count(), func.min(recent.c.created_at)))).one()
-            count, oldest = int(row[0]), _aware(row[1])
+        row = (await conn.execute(query)).first()
+        if row is None:  # revoked meanwhile
+            return 0, None, 0.0
+        used = 0.0
         if key.budget is not None and key.period is not None:
-            used = await _spent(conn, key.name, period_start(key.period, now))
-    return count, oldest, used
+            start = period_start(key.period, now)
+            fresh = _aware(row[3]) == start
+            used = float(row[2]) if fresh else await _sum_spent(conn, key.name, start)
+    count = int(row[0]) if key.rate_per_min is not None else 0
+    return count, _aware(row[1]), used
 
 
-async def _spent(conn: AsyncConnection, name: str, start: datetime) -> float:
-    """The key's spend since ``start``: kept on its row by each job's end (Store.record_success);
-    summed from its jobs, and kept, when the row counts another period."""
-    row = (
-        await conn.execute(select(ApiKey.spent, ApiKey.spent_since).where(ApiKey.name == name))
-    ).first()
-    if row is not None and _aware(row.spent_since) == start:
-        return float(row.spent)
+async def _sum_spent(conn: AsyncConnection, name: str, start: datetime) -> float:
+    """The key's spend since ``start`` summed from its jobs, and kept on its row (which each
+    job's end then adds to, Store.record_success): once a period."""
     total = await conn.scalar(
         select(func.coalesce(func.sum(Job.cost), 0.0)).where(
             Job.owner == name, Job.created_at >= start
