@@ -56,9 +56,14 @@ from imagegate.backplane.base import (
 from imagegate.errors import Cancelled, ImagegateError
 from imagegate.request import ImageRequest, ImageResult
 from imagegate.store import Store
-from imagegate.store.db import ended_event_data, succeeded_event_data
 from imagegate.store.models import Job, JobEvent
-from imagegate.store.records import EventRecord, ImageRecord, JobRecord
+from imagegate.store.records import (
+    EventRecord,
+    ImageRecord,
+    JobRecord,
+    ended_event_data,
+    succeeded_event_data,
+)
 
 __all__ = [
     "SERVER_SOURCES",

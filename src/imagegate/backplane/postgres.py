@@ -70,9 +70,8 @@ from imagegate.config import Settings
 from imagegate.errors import Cancelled, ImagegateError
 from imagegate.request import Attempt, GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
-from imagegate.store.db import ended_event_data, succeeded_event_data
 from imagegate.store.models import Job
-from imagegate.store.records import JobRecord
+from imagegate.store.records import JobRecord, ended_event_data, succeeded_event_data
 
 if TYPE_CHECKING:
     from imagegate.gateway import Gateway

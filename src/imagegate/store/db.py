@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, Self, cast
 from uuid import uuid4
 
-from sqlalchemy import URL, CursorResult, bindparam, event, make_url, select, text, update
+from sqlalchemy import CursorResult, bindparam, event, select, text, update
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -51,35 +51,29 @@ from imagegate.store.models import (
     budget_periods,
 )
 from imagegate.store.pngmeta import infotext, png_with_metadata, provenance
-from imagegate.store.records import DeliveryRecord, EventRecord, ImageRecord, JobRecord
+from imagegate.store.records import (
+    DeliveryRecord,
+    EventRecord,
+    ImageRecord,
+    JobRecord,
+    ended_event_data,
+)
+from imagegate.store.sqlite import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    default_url,
+    file_identity,
+    process_alive,
+    sqlite_file,
+    sqlite_pragmas,
+)
 
-DB_FILENAME = "imagegate.db"
 SOURCES = ("library", "cli", "openai", "a1111", "jobs")
 IN_PROCESS_SOURCES = ("library", "cli")
 """Jobs run in the caller's own process: no backplane puts them back in a queue."""
 RUNNER = f"{os.getpid()}@{socket.gethostname()}"
 """This process, as a job's ``runner`` mark."""
-SQLITE_BUSY_TIMEOUT_MS = 5000
 MIGRATION_LOCK = 0x1A6E_0001  # PostgreSQL advisory lock: one process migrates a blank database
 _NOT_OPEN = "the store is not open; use `async with Store(data_dir)` or await store.open()"
-
-
-def default_url(data_dir: Path) -> str:
-    """The SQLite database in the data dir."""
-    url = URL.create("sqlite+aiosqlite", database=str(data_dir / DB_FILENAME))
-    return url.render_as_string(hide_password=False)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # WAL + NORMAL: a commit survives the process being killed (kill -9) without an fsync per
-    # commit, which would cost milliseconds on every job; only a power loss can drop the last
-    # commits before a checkpoint.
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
 
 
 def _check(name: str, value: str, allowed: Sequence[str]) -> None:
@@ -105,55 +99,6 @@ the same on the SQLite writer's connection)."""
 
 def _image_record(row: Image) -> ImageRecord:
     return ImageRecord.model_validate(row)
-
-
-def succeeded_event_data(result: ImageResult) -> dict[str, Any]:
-    """The ``succeeded`` event of a job: the provider, the stored image ids, attempts made."""
-    return {
-        "provider": result.provider,
-        "images": [image.id for image in result.images],
-        "attempts": len(result.attempts),
-    }
-
-
-def ended_event_data(error: BaseException | None, attempts: int) -> dict[str, Any]:
-    """The ``failed`` or ``cancelled`` event of a job: the error's type and message."""
-    message = getattr(error, "message", None)
-    return {
-        "error": {
-            "type": type(error).__name__ if error is not None else "Unknown",
-            "message": message if isinstance(message, str) else str(error or ""),
-        },
-        "attempts": attempts,
-    }
-
-
-def _sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL, or None (another database, or in memory)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """The (device, inode) of ``path``, or None when it is gone."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_dev, stat.st_ino
 
 
 class Store:
@@ -182,7 +127,7 @@ class Store:
         await asyncio.to_thread((self.data_dir / IMAGES_DIR).mkdir, parents=True, exist_ok=True)
         engine = create_async_engine(self.url)
         if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         try:
             async with engine.begin() as connection:
                 if engine.dialect.name == "postgresql":  # held until this transaction ends
@@ -193,7 +138,7 @@ class Store:
         except BaseException:
             await engine.dispose()
             raise
-        path = _sqlite_file(self.url)
+        path = sqlite_file(self.url)
         if path is not None:
             writer = jobsql.SQLiteWriter(path, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
             try:
@@ -202,7 +147,7 @@ class Store:
                 await engine.dispose()
                 raise
             self._writer = writer
-            self._db_file = (path, _identity(path))
+            self._db_file = (path, file_identity(path))
         self._engine = engine
         self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         await self.end_dead_runs()
@@ -222,7 +167,7 @@ class Store:
         ended = []
         for job_id, runner in rows:
             pid = (runner or "").split("@", 1)[0]
-            if not pid.isdigit() or _alive(int(pid)):
+            if not pid.isdigit() or process_alive(int(pid)):
                 continue
             gone = Interrupted(f"the process that ran it (pid {pid} on {host}) is gone")
             await self.record_failure(job_id, gone, [], 0.0, event=True)
@@ -235,7 +180,7 @@ class Store:
         if self._db_file is None:
             return
         path, opened = self._db_file
-        now = _identity(path)
+        now = file_identity(path)
         if now != opened:
             what = "deleted" if now is None else "replaced by another file"
             raise StorageError(

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from imagegate.request import ImageResult
+
 
 class ImageRecord(BaseModel):
     """One stored image; ``path`` is relative to the data dir (``Store.image_path`` resolves)."""
@@ -85,3 +87,24 @@ class EventRecord(BaseModel):
     kind: str
     data: dict[str, Any]
     created_at: datetime
+
+
+def succeeded_event_data(result: ImageResult) -> dict[str, Any]:
+    """The ``succeeded`` event of a job: the provider, the stored image ids, attempts made."""
+    return {
+        "provider": result.provider,
+        "images": [image.id for image in result.images],
+        "attempts": len(result.attempts),
+    }
+
+
+def ended_event_data(error: BaseException | None, attempts: int) -> dict[str, Any]:
+    """The ``failed`` or ``cancelled`` event of a job: the error's type and message."""
+    message = getattr(error, "message", None)
+    return {
+        "error": {
+            "type": type(error).__name__ if error is not None else "Unknown",
+            "message": message if isinstance(message, str) else str(error or ""),
+        },
+        "attempts": attempts,
+    }
