@@ -14,12 +14,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import os
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagegate import redaction
+from imagegate.server.asgi import send_json
 from imagegate.server.presign import UrlSigner, is_signed
 from imagegate.server.tenants import ADMIN, Caller, KeyCache
 from imagegate.store.keys import key_hash
@@ -93,7 +93,7 @@ class AuthMiddleware:
             if why is None:
                 await self.app(scope, receive, send)
             else:
-                await _send_json(send, 403, _error("permission_error", why, "invalid_signature"))
+                await send_json(send, 403, _error("permission_error", why, "invalid_signature"))
             return
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -132,26 +132,8 @@ async def _refuse(scope: Scope, send: Send) -> None:
             "invalid_api_key",
         )
         challenge = b'Bearer realm="imagegate"'
-    await _send_json(send, 401, body, [(b"www-authenticate", challenge)])
+    await send_json(send, 401, body, [(b"www-authenticate", challenge)])
 
 
 def _error(kind: str, message: str, code: str) -> dict[str, object]:
     return {"error": {"type": kind, "message": message, "param": None, "code": code}}
-
-
-async def _send_json(
-    send: Send, status: int, body: object, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})

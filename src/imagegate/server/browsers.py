@@ -22,11 +22,12 @@ work or interrupt jobs. So, as pure ASGI in front of everything else:
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imagegate.server.asgi import send_json
 
 __all__ = ["SECURITY_HEADERS", "BrowserGuardMiddleware", "is_loopback_host"]
 
@@ -93,18 +94,7 @@ class BrowserGuardMiddleware:
             else {"error": {"type": "permission_error", "message": why, "param": None,
                             "code": "forbidden_origin"}}
         )  # fmt: skip
-        payload = json.dumps(body).encode()
-        await secured(
-            {
-                "type": "http.response.start",
-                "status": 403,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await secured({"type": "http.response.body", "body": payload})
+        await send_json(secured, 403, body)
 
     def _refusal(self, scope: Scope, headers: dict[str, str], host: str) -> str | None:
         """Why the request is refused, or None."""

@@ -7,10 +7,10 @@ is counted as it arrives and refused once it passes the limit.
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imagegate.server.asgi import send_json
 
 TOO_LARGE = "the request body is too large; send less (see server.{key})"
 EDIT_PATHS = ("/v1/images/edits", "/v1/images/variations", "/sdapi/v1/img2img", "/v1/jobs")
@@ -65,16 +65,4 @@ async def _too_large(scope: Scope, send: Send, key: str) -> None:
                 "code": None,
             }
         }
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    await send_json(send, 413, body, [(b"connection", b"close")])
