@@ -12,9 +12,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import webuiapi
 from faults import serve_app
 from PIL import Image
 from serverkit import NUMPY_COPY_WARNING, Fake, Live, fake_settings, live, tiny_settings
+from vendor_a1111 import A1111Fake
 from vendor_openai import OpenAIFake
 
 from imagegate.config import parse_settings
@@ -164,3 +166,43 @@ def test_edits_take_bodies_past_the_generation_limit(local: Live) -> None:
         headers={"content-type": "application/json"},
     )  # fmt: skip
     assert generation.status_code == 413
+
+
+def test_the_openai_client_edits_with_a_mask_through_a_remote_provider() -> None:
+    """images.edit(image, mask) on a GPT-image upstream: the mask reaches it with alpha."""
+    with upstream("gpt-image-1") as (server, fake), client(server) as c:
+        answer = c.images.edit(
+            image=("in.png", png(), "image/png"),
+            mask=("mask.png", openai_mask(), "image/png"),
+            prompt="a blue door",
+        )
+    assert answer.data
+    _, parts = fake.edit_forms[-1]
+    mask = next(data for name, _, _, data in parts if name == "mask")
+    assert "A" in Image.open(io.BytesIO(mask)).getbands()
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_webuiapi_img2img_through_a_remote_a1111(masked: bool) -> None:
+    """webuiapi.img2img against imagegate serve in front of the A1111 fake, with and without
+    a mask: the fake receives the init image (and the mask) and the answer has its image."""
+    fake = A1111Fake(step_s=0.0)
+    with serve_app(fake.app()) as backend:
+        settings = parse_settings(
+            {"gateway": {"route": ["a1111"]},
+             "providers": {"a1111": {"type": "a1111", "url": backend}}}
+        )  # fmt: skip
+        with live(settings) as server:
+            host, port = server.url.removeprefix("http://").split(":")
+            api = webuiapi.WebUIApi(host=host, port=int(port))
+            mask = Image.new("L", (64, 64), 0)
+            mask.paste(255, (0, 0, 32, 64))
+            result = api.img2img(
+                images=[Image.new("RGB", (64, 64), (200, 80, 40))],
+                mask_image=mask if masked else None,
+                prompt="a door", denoising_strength=0.6, width=64, height=64, steps=4,
+            )  # fmt: skip
+    assert result.image.size == (64, 64)
+    sent = fake.edits[-1]
+    assert sent["init_images"]
+    assert bool(sent.get("mask")) is masked
