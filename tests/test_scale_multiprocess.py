@@ -97,10 +97,12 @@ def test_two_replicas_two_workers_lose_nothing_when_a_worker_is_killed(
             assert answer.status_code == 202, answer.text
             ids[prompt] = answer.json()["id"]
 
+        # kill when more calls are in flight than one worker makes at once (3): the doomed
+        # worker is then surely running jobs (halfway was not enough when it started last)
         deadline = time.monotonic() + 30
-        while len(fake.bodies) < JOBS // 2:
-            assert time.monotonic() < deadline, f"only {len(fake.bodies)} calls in 30 s"
-            time.sleep(0.02)
+        while len(fake.bodies) < JOBS // 4 or fake.in_flight < 4:
+            assert time.monotonic() < deadline, (len(fake.bodies), fake.in_flight)
+            time.sleep(0.005)
         os.kill(doomed.pid, signal.SIGKILL)
         doomed.wait(10)
 
