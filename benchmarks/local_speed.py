@@ -261,6 +261,18 @@ def _peak_mib() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def _timed(make: Any, runs: int) -> tuple[float, list[float]]:
+    """Make a first (warm-up) image, then ``runs`` more; when the first ended, and each time."""
+    make(0)
+    first = time.perf_counter()
+    times = []
+    for seed in range(1, runs + 1):
+        t0 = time.perf_counter()
+        make(seed)
+        times.append(time.perf_counter() - t0)
+    return first, times
+
+
 def run_edit(variant: str, folder: Path, runs: int) -> dict[str, Any]:
     """Image to image at strength 0.5: load, a first edit, ``runs`` timed ones; peak memory
     (for imagegate also after its text-to-image image, before the first edit)."""
@@ -273,13 +285,7 @@ def run_edit(variant: str, folder: Path, runs: int) -> dict[str, Any]:
     else:
         make = _plain_edit(folder, second_load=False, extra=extra)
     loaded = time.perf_counter()
-    make(0)
-    first = time.perf_counter()
-    times = []
-    for seed in range(1, runs + 1):
-        t0 = time.perf_counter()
-        make(seed)
-        times.append(time.perf_counter() - t0)
+    first, times = _timed(make, runs)
     return {
         "sec_per_image": round(statistics.median(times), 3) if times else None,
         "runs_s": [round(t, 3) for t in times],
@@ -370,13 +376,7 @@ def run_variant(variant: str, folder: Path, runs: int) -> dict[str, Any]:
     make = _imagegate(variant, folder) if ours else _plain(folder)
     malloc = os.environ.get("GLIBC_TUNABLES", "default")
     loaded = time.perf_counter()
-    make(0)
-    first = time.perf_counter()
-    times = []
-    for seed in range(1, runs + 1):
-        t0 = time.perf_counter()
-        make(seed)
-        times.append(time.perf_counter() - t0)
+    first, times = _timed(make, runs)
     import torch
 
     if ours:

@@ -60,18 +60,25 @@ def _png() -> bytes:
 PNG = _png()
 
 
-async def _handler(job: JobContext) -> ImageResult:
-    """The fast fake provider: one tiny image, recorded through the backplane."""
-    assert job.recorder is not None
-    result = ImageResult(
-        images=[GeneratedImage(png=PNG, width=64, height=64, seed=1)],
-        provider="fake",
-        model="fake",
-        attempts=[],
-        elapsed_s=0.0,
-        request=job.request,
-    )
-    return await job.recorder.finish_job(job.job_id, result)
+def _handler_for(png: bytes) -> Any:
+    """The fast fake provider: one ``png`` image, recorded through the backplane."""
+
+    async def handler(job: JobContext) -> ImageResult:
+        assert job.recorder is not None
+        result = ImageResult(
+            images=[GeneratedImage(png=png, width=64, height=64, seed=1)],
+            provider="fake",
+            model="fake",
+            attempts=[],
+            elapsed_s=0.0,
+            request=job.request,
+        )
+        return await job.recorder.finish_job(job.job_id, result)
+
+    return handler
+
+
+_handler = _handler_for(PNG)
 
 
 async def _measure(store: Store, submit: Backplane, jobs: int, probes: int) -> dict[str, Any]:
@@ -166,22 +173,6 @@ def _noise_png(approx_bytes: int) -> bytes:
     buf = io.BytesIO()
     Image.frombytes("RGB", (side, side), random.randbytes(side * side * 3)).save(buf, "PNG")
     return buf.getvalue()
-
-
-def _handler_for(png: bytes) -> Any:
-    async def handler(job: JobContext) -> ImageResult:
-        assert job.recorder is not None
-        result = ImageResult(
-            images=[GeneratedImage(png=png, width=64, height=64, seed=1)],
-            provider="fake",
-            model="fake",
-            attempts=[],
-            elapsed_s=0.0,
-            request=job.request,
-        )
-        return await job.recorder.finish_job(job.job_id, result)
-
-    return handler
 
 
 async def _storage(
