@@ -28,6 +28,7 @@ from typing import Any
 from PIL import Image
 
 from imagegate.backplane import Backplane, JobContext, LocalBackplane
+from imagegate.jobend import Succeeded
 from imagegate.request import GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
 
@@ -58,7 +59,7 @@ class Handler:
             elapsed_s=self.job_s,
             request=job.request,
         )
-        return await self.store.finish_job(job.job_id, result)
+        return (await self.store.end(job.job_id, Succeeded(result))).result
 
 
 @contextmanager

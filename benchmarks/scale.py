@@ -44,6 +44,7 @@ from PIL import Image
 
 from imagegate.backplane import Backplane, JobContext, LocalBackplane
 from imagegate.config import StorageSettings
+from imagegate.jobend import Succeeded
 from imagegate.request import GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
 
@@ -73,7 +74,7 @@ def _handler_for(png: bytes) -> Any:
             elapsed_s=0.0,
             request=job.request,
         )
-        return await job.recorder.finish_job(job.job_id, result)
+        return (await job.recorder.end(job.job_id, Succeeded(result))).result
 
     return handler
 

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"errors"},
     {"sampling", "inputs"},
     {"tracing"},
-    {"deadline", "request", "images", "hedging", "latency", "allocator", "console"},
+    {"deadline", "request", "jobend", "images", "hedging", "latency", "allocator", "console"},
     {"config", "registry", "config_keys"},
     {"transport", "hubcache"},
     {"providers"},

@@ -19,6 +19,7 @@ from serverkit import tiny_png
 
 from imagegate.backplane import Backplane, JobContext, LocalBackplane, QueueFull
 from imagegate.errors import Cancelled
+from imagegate.jobend import Failed, Succeeded
 from imagegate.providers.base import Progress
 from imagegate.request import GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
@@ -52,7 +53,7 @@ class Handler:
                 elapsed_s=0.0,
                 request=job.request,
             )
-            return await self.store.finish_job(job.job_id, result)
+            return (await self.store.end(job.job_id, Succeeded(result))).result
         finally:
             self.active -= 1
 
@@ -207,7 +208,7 @@ class RecordingHandler(Handler):
             elapsed_s=0.0,
             request=job.request,
         )
-        return await job.recorder.finish_job(job.job_id, result)
+        return (await job.recorder.end(job.job_id, Succeeded(result))).result
 
 
 def test_run_starts_a_job_at_once_when_a_slot_is_free(make: Make) -> None:
@@ -360,9 +361,7 @@ class Blocking(RecordingHandler):
         except asyncio.CancelledError:
             self.cancelled_at = time.monotonic()
             assert job.recorder is not None
-            await job.recorder.fail_job(
-                job.job_id, Cancelled("cancelled"), [], 0.0, status="cancelled"
-            )
+            await job.recorder.end(job.job_id, Failed(Cancelled("cancelled"), status="cancelled"))
             raise
         return await super().__call__(job)
 

@@ -18,6 +18,7 @@ from test_backplane import _database
 from test_cli import cli
 
 from imagegate.config import GatewaySettings, ProviderConfig, ServerSettings, Settings
+from imagegate.jobend import Succeeded
 from imagegate.request import GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
 from imagegate.store.models import Image
@@ -61,7 +62,7 @@ async def _image(store: Store, colour: int, age_days: float, prompt: str = "a fo
         elapsed_s=0.0,
         request=request,
     )
-    stored = await store.finish_job(job_id, result)
+    stored = (await store.end(job_id, Succeeded(result))).result
     image_id = stored.images[0].id
     assert image_id is not None
     when = datetime.now(UTC) - timedelta(days=age_days)

@@ -20,6 +20,7 @@ from test_backplane import _database
 from test_cli import cli
 
 from imagegate.config import StorageSettings
+from imagegate.jobend import Succeeded
 from imagegate.request import GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
 from imagegate.store.blobs import DatabaseImages, FileImages
@@ -58,7 +59,7 @@ async def _finish(store: Store, png: bytes, prompt: str = "a fox") -> str:
         elapsed_s=0.0,
         request=request,
     )
-    stored = await store.finish_job(job_id, result)
+    stored = (await store.end(job_id, Succeeded(result))).result
     image_id = stored.images[0].id
     assert image_id is not None
     return image_id

@@ -16,6 +16,7 @@ from PIL import Image
 from sqlalchemy import text
 
 from imagegate.errors import Timeout
+from imagegate.jobend import Failed, Succeeded
 from imagegate.request import Attempt, AttemptError, GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import (
     EventRecord,
@@ -65,7 +66,7 @@ def _result(*pngs: bytes, request: ImageRequest = REQUEST, model: str = "tiny") 
 
 async def _stored(store: Store, result: ImageResult) -> ImageResult:
     job_id = await store.create_job(result.request, route=["local"], source="library")
-    return await store.finish_job(job_id, result)
+    return (await store.end(job_id, Succeeded(result))).result
 
 
 def test_open_creates_the_data_dir_its_images_folder_and_database(tmp_path: Path) -> None:
@@ -142,7 +143,7 @@ def test_create_job_refuses_an_unknown_source(tmp_path: Path) -> None:
         run_with_store(tmp_path, body)
 
 
-def test_finish_job_fills_id_path_and_sha256(tmp_path: Path) -> None:
+def test_end_succeeded_fills_id_path_and_sha256(tmp_path: Path) -> None:
     """The returned result names the job, and each image its id, absolute path and digest."""
     result = run_with_store(tmp_path, lambda store: _stored(store, _result(_png())))
 
@@ -163,12 +164,12 @@ def test_stored_file_is_addressed_by_its_content(tmp_path: Path) -> None:
     assert result.images[0].path == str(tmp_path / "images" / sha[:2] / f"{sha}.png")
 
 
-def test_finish_job_marks_the_job_succeeded(tmp_path: Path) -> None:
+def test_end_succeeded_marks_the_job_succeeded(tmp_path: Path) -> None:
     """The job records provider, model, first seed, attempts, time, cost and its images."""
 
     async def body(store: Store) -> JobRecord | None:
         job_id = await store.create_job(REQUEST, route=["local"], source="library")
-        await store.finish_job(job_id, _result(_png(), _png((0, 0, 255))), cost=0.02)
+        await store.end(job_id, Succeeded(_result(_png(), _png((0, 0, 255))), cost=0.02))
         return await store.get_job(job_id)
 
     job = run_with_store(tmp_path, body)
@@ -208,7 +209,11 @@ def test_effective_settings_fill_what_the_request_left_open(tmp_path: Path) -> N
     async def body(store: Store) -> ImageResult:
         job_id = await store.create_job(request, route=["local"], source="library")
         effective = {"steps": 4, "sampler": "Euler a", "guidance": 0.0}
-        return await store.finish_job(job_id, _result(_png(), request=request), effective=effective)
+        return (
+            await store.end(
+                job_id, Succeeded(_result(_png(), request=request), effective=effective)
+            )
+        ).result
 
     result = run_with_store(tmp_path, body)
 
@@ -248,7 +253,7 @@ def test_no_temporary_files_are_left_behind(tmp_path: Path) -> None:
     assert [p.suffix for p in (tmp_path / "images").rglob("*") if p.is_file()] == [".png"]
 
 
-def test_fail_job_records_the_reason(tmp_path: Path) -> None:
+def test_end_failed_records_the_reason(tmp_path: Path) -> None:
     """A failed job keeps the error's type, message and stage, the attempts and the time."""
     attempts = [
         Attempt(
@@ -262,7 +267,7 @@ def test_fail_job_records_the_reason(tmp_path: Path) -> None:
     async def body(store: Store) -> JobRecord | None:
         job_id = await store.create_job(REQUEST, route=["space"], source="library")
         error = Timeout("connect took over 2 s", provider="space", stage="connect")
-        await store.fail_job(job_id, error, attempts, 2.5)
+        await store.end(job_id, Failed(error, attempts, 2.5))
         return await store.get_job(job_id)
 
     job = run_with_store(tmp_path, body)
@@ -280,12 +285,12 @@ def test_fail_job_records_the_reason(tmp_path: Path) -> None:
     assert job.finished_at is not None
 
 
-def test_fail_job_can_record_a_cancellation(tmp_path: Path) -> None:
+def test_end_failed_can_record_a_cancellation(tmp_path: Path) -> None:
     """A cancelled job is stored as cancelled, with a stage of None for a plain error."""
 
     async def body(store: Store) -> JobRecord | None:
         job_id = await store.create_job(REQUEST, route=["local"], source="library")
-        await store.fail_job(job_id, asyncio.CancelledError(), [], 0.1, status="cancelled")
+        await store.end(job_id, Failed(asyncio.CancelledError(), elapsed_s=0.1, status="cancelled"))
         return await store.get_job(job_id)
 
     job = run_with_store(tmp_path, body)
@@ -299,7 +304,7 @@ def test_finishing_an_unknown_job_raises_lookup_error(tmp_path: Path) -> None:
     """A job id the store never issued is refused, not silently created."""
 
     async def body(store: Store) -> None:
-        await store.fail_job("missing", RuntimeError("x"), [], 0.0)
+        await store.end("missing", Failed(RuntimeError("x")))
 
     with pytest.raises(LookupError, match="missing"):
         run_with_store(tmp_path, body)
@@ -375,7 +380,7 @@ def test_list_images_pages_newest_first(tmp_path: Path) -> None:
 
 
 def test_get_image_resolves_to_the_stored_file(tmp_path: Path) -> None:
-    """An image record's path, resolved by the store, is the file finish_job wrote."""
+    """An image record's path, resolved by the store, is the file ending the job wrote."""
 
     async def body(store: Store) -> tuple[str | None, Path]:
         result = await _stored(store, _result(_png()))
@@ -434,12 +439,13 @@ def test_events_after_replays_later_events_in_order(tmp_path: Path) -> None:
     assert data == [{"step": 1, "steps": 2}, {}]
 
 
-def test_record_success_can_write_the_succeeded_event_with_the_job(tmp_path: Path) -> None:
-    """record_success(event=True) stores the succeeded event naming the stored image ids."""
+def test_end_can_write_the_succeeded_event_with_the_job(tmp_path: Path) -> None:
+    """end(Succeeded, event=True) stores the succeeded event naming the stored image ids."""
 
     async def body(store: Store) -> tuple[ImageResult, list[EventRecord], EventRecord | None]:
         job_id = await store.create_job(REQUEST, route=["local"], source="jobs")
-        stored, event = await store.record_success(job_id, _result(_png()), event=True)
+        ended = await store.end(job_id, Succeeded(_result(_png())), event=True)
+        stored, event = ended.result, ended.event
         return stored, await store.events_after(job_id), event
 
     stored, logged, event = run_with_store(tmp_path, body)

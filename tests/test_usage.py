@@ -20,6 +20,7 @@ from test_server_openai import client as openai_client
 from vendor_openai import OpenAIFake, gpt_image_usage
 
 from imagegate.config import ProviderConfig, parse_settings
+from imagegate.jobend import Succeeded
 from imagegate.request import GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
 
@@ -165,7 +166,7 @@ def _seed(data: Path) -> None:
                     elapsed_s=0.5,
                     request=request,
                 )
-                await store.finish_job(job_id, result, cost=0.01 * n)
+                await store.end(job_id, Succeeded(result, cost=0.01 * n))
 
     asyncio.run(main())
 
@@ -246,7 +247,7 @@ def test_a_keys_spend_is_kept_on_its_row_and_summed_again_when_a_period_starts(
                     images=[image], provider="p", model="m", attempts=[], elapsed_s=0.1,
                     request=request,
                 )  # fmt: skip
-                await store.finish_job(job_id, result, cost=cost)
+                await store.end(job_id, Succeeded(result, cost=cost))
             kept = (await standing(store, key, now))[2]
             async with store.engine.begin() as conn:  # as if the row counted last month
                 stale = now - timedelta(days=40)

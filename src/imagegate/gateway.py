@@ -26,6 +26,7 @@ from imagegate.errors import (
     StorageError,
     Timeout,
 )
+from imagegate.jobend import Failed, JobRecorder, Succeeded
 from imagegate.providers.base import (
     Deadline,
     ProgressCallback,
@@ -38,7 +39,6 @@ from imagegate.router import Router
 from imagegate.sampling import SAMPLERS, SCHEDULERS
 
 if TYPE_CHECKING:
-    from imagegate.backplane.base import JobRecorder
     from imagegate.store import Store
 
 T = TypeVar("T")
@@ -340,17 +340,18 @@ class Gateway:
                 outcome = await self.router.run(request, route, deadline, progress, policy=policy)
         except ImagegateError as exc:
             if recorder is not None and job_id is not None:
-                await recorder.fail_job(job_id, exc, exc.attempts, time.monotonic() - started)
+                await recorder.end(job_id, Failed(exc, exc.attempts, time.monotonic() - started))
             raise
         except asyncio.CancelledError:
             if recorder is not None and job_id is not None:
                 await asyncio.shield(
-                    recorder.fail_job(
+                    recorder.end(
                         job_id,
-                        Cancelled("cancelled by the caller"),
-                        [],
-                        time.monotonic() - started,
-                        status="cancelled",
+                        Failed(
+                            Cancelled("cancelled by the caller"),
+                            elapsed_s=time.monotonic() - started,
+                            status="cancelled",
+                        ),
                     )
                 )
             raise
@@ -366,15 +367,18 @@ class Gateway:
         )
         if recorder is not None and job_id is not None:
             try:
-                result = await recorder.finish_job(
+                ended = await recorder.end(
                     job_id,
-                    result,
-                    cost=provider.config.cost_of([(i.width, i.height) for i in result.images]),
-                    effective=effective_params(provider, request),
+                    Succeeded(
+                        result,
+                        cost=provider.config.cost_of([(i.width, i.height) for i in result.images]),
+                        effective=effective_params(provider, request),
+                    ),
                 )
+                result = ended.result
             except StorageError as exc:  # the image was not kept: the job failed
                 exc.attempts = list(outcome.attempts)
-                await recorder.fail_job(job_id, exc, exc.attempts, time.monotonic() - started)
+                await recorder.end(job_id, Failed(exc, exc.attempts, time.monotonic() - started))
                 raise
         return result
 

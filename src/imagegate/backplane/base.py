@@ -29,9 +29,10 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from imagegate.errors import Cancelled, ImagegateError, Interrupted, QueueFull, error_from_dict
+from imagegate.jobend import Ended, Failed, JobRecorder, Succeeded
 from imagegate.providers.base import Progress, Provider
 from imagegate.request import Attempt, ImageRequest, ImageResult
 from imagegate.store.records import EventRecord, ImageRecord, JobRecord
@@ -161,33 +162,6 @@ class JobOutcome:
         if status == "cancelled" and not isinstance(error, Cancelled):
             error = Cancelled(error.message or "cancelled")
         return cls(job.id, status, error=error)
-
-
-class JobRecorder(Protocol):
-    """Where a job's end is recorded (``Store`` has the same two methods).
-
-    ``finish_job`` stores the images and marks the job succeeded, and returns the result with
-    the stored images; ``fail_job`` marks it failed or cancelled with the reason.
-    """
-
-    async def finish_job(
-        self,
-        job_id: str,
-        result: ImageResult,
-        *,
-        cost: float = 0.0,
-        effective: Mapping[str, Any] | None = None,
-    ) -> ImageResult: ...
-
-    async def fail_job(
-        self,
-        job_id: str,
-        error: BaseException,
-        attempts: Sequence[Attempt],
-        elapsed_s: float,
-        *,
-        status: str = "failed",
-    ) -> None: ...
 
 
 @dataclass
@@ -442,37 +416,19 @@ class Recorder:
         self._on_event = on_event
         self.ended = False
 
-    async def finish_job(
-        self,
-        job_id: str,
-        result: ImageResult,
-        *,
-        cost: float = 0.0,
-        effective: Mapping[str, Any] | None = None,
-    ) -> ImageResult:
-        await self._pump.flush()  # no progress row may land after the end
-        stored, event = await self._store.record_success(
-            job_id, result, cost=cost, effective=effective, event=True
-        )
-        self._ended(event)
-        return stored
+    @overload
+    async def end(self, job_id: str, how: Succeeded) -> Ended[ImageResult]: ...
 
-    async def fail_job(
-        self,
-        job_id: str,
-        error: BaseException,
-        attempts: Sequence[Attempt],
-        elapsed_s: float,
-        *,
-        status: str = "failed",
-    ) -> None:
-        await self._pump.flush()
-        if status == "cancelled" and self._stopping():
-            return  # stopped by a shutdown: back to the queue, no end recorded
-        event = await self._store.record_failure(
-            job_id, error, attempts, elapsed_s, status=status, event=True
-        )
-        self._ended(event)
+    @overload
+    async def end(self, job_id: str, how: Failed) -> Ended[None]: ...
+
+    async def end(self, job_id: str, how: Succeeded | Failed) -> Ended[ImageResult] | Ended[None]:
+        await self._pump.flush()  # no progress row may land after the end
+        if isinstance(how, Failed) and how.status == "cancelled" and self._stopping():
+            return Ended(None)  # stopped by a shutdown: back to the queue, no end recorded
+        ended = await self._store.end(job_id, how, event=True)
+        self._ended(ended.event)
+        return ended
 
     def _ended(self, event: EventRecord | None) -> None:
         self.ended = True

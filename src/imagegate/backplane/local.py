@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import Table, func, select, text, update
 
@@ -54,6 +54,7 @@ from imagegate.backplane.base import (
     instead_of_requeue,
 )
 from imagegate.errors import Cancelled, ImagegateError
+from imagegate.jobend import Failed
 from imagegate.request import ImageRequest, ImageResult
 from imagegate.store import Store
 from imagegate.store.models import Job, JobEvent
@@ -323,9 +324,11 @@ class LocalJobQueue(JobQueue):
             self._active.discard(job_id)
             self._release(queue)
 
-    async def _end_unrun(self, job_id: str, error: ImagegateError, status: str = "failed") -> None:
+    async def _end_unrun(
+        self, job_id: str, error: ImagegateError, status: Literal["failed", "cancelled"] = "failed"
+    ) -> None:
         """End a job no handler is running (no attempts) with its terminal event, fanned out."""
-        event = await self.store.record_failure(job_id, error, [], 0.0, status=status, event=True)
+        event = (await self.store.end(job_id, Failed(error, status=status), event=True)).event
         if event is not None:
             self.events.fan_out(event)
 
@@ -521,8 +524,8 @@ class LocalJobQueue(JobQueue):
             try:
                 parsed = await self.store.load_request(request)
             except ValueError:
-                await self.store.fail_job(
-                    job_id, ImagegateError("the stored request no longer validates"), [], 0.0
+                await self.store.end(
+                    job_id, Failed(ImagegateError("the stored request no longer validates"))
                 )
                 continue
             if status == "running":

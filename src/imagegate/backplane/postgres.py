@@ -68,6 +68,7 @@ from imagegate.backplane.pgbus import (
 )
 from imagegate.config import Settings
 from imagegate.errors import Cancelled, ImagegateError
+from imagegate.jobend import Failed
 from imagegate.request import Attempt, GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
 from imagegate.store.models import Job
@@ -236,9 +237,7 @@ class PostgresJobQueue(JobQueue):
                 self._depth = max(0, self._depth - 1)
                 error = Cancelled("cancelled before it started")
                 with contextlib.suppress(LookupError):
-                    await self.store.record_failure(
-                        job_id, error, [], 0.0, status="cancelled", event=True
-                    )
+                    await self.store.end(job_id, Failed(error, status="cancelled"), event=True)
                 return await self.store.get_job(job_id)
             found = await self._task_id(job_id)
         if found is not None and found[1] == "doing":
@@ -307,7 +306,7 @@ class PostgresJobQueue(JobQueue):
         try:
             request = await self.store.load_request(job.request)
         except ValueError as exc:
-            await self.store.fail_job(job_id, ImagegateError(str(exc)), [], 0.0)
+            await self.store.end(job_id, Failed(ImagegateError(str(exc))))
             return
         pump = ProgressPump(self.store, job_id, every_s=PROGRESS_EVERY_S)
         recorder = Recorder(self.store, pump, stopping=lambda: self.stopping)
@@ -346,7 +345,7 @@ class PostgresJobQueue(JobQueue):
         )
         if ended is not None:
             with contextlib.suppress(LookupError):
-                await self.store.record_failure(job_id, ended, [], 0.0, event=True)
+                await self.store.end(job_id, Failed(ended), event=True)
             return
         if requeue:  # the worker is shutting down: back to the queue for another worker
             async with self.store.engine.begin() as conn:
@@ -367,9 +366,7 @@ class PostgresJobQueue(JobQueue):
         if not recorder.ended:
             error = Cancelled("cancelled while running")
             with contextlib.suppress(LookupError):
-                await self.store.record_failure(
-                    job_id, error, [], 0.0, status="cancelled", event=True
-                )
+                await self.store.end(job_id, Failed(error, status="cancelled"), event=True)
 
     async def _record_end(self, job_id: str, outcome: JobOutcome) -> None:
         if outcome.status == "succeeded" and outcome.result is not None:
@@ -416,7 +413,7 @@ class PostgresJobQueue(JobQueue):
                         else None
                     )
                     if ended is not None:
-                        await self.store.record_failure(job_id, ended, [], 0.0, event=True)
+                        await self.store.end(job_id, Failed(ended), event=True)
                         assert stalled.id is not None
                         await manager.finish_job_by_id_async(
                             stalled.id, procrastinate.jobs.Status.FAILED, delete_job=True

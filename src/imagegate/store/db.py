@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self, cast, overload
 from uuid import uuid4
 
 from sqlalchemy import CursorResult, bindparam, event, select, text, update
@@ -35,7 +35,8 @@ from sqlalchemy.ext.asyncio import (
 
 from imagegate.config import StorageSettings
 from imagegate.errors import ImagegateError, Interrupted, StorageError
-from imagegate.request import Attempt, ImageRequest, ImageResult, Reported
+from imagegate.jobend import Ended, Failed, Succeeded
+from imagegate.request import ImageRequest, ImageResult, Reported
 from imagegate.store import jobsql
 from imagegate.store.blobs import FileImages, ImageStore, image_store
 from imagegate.store.files import IMAGES_DIR
@@ -170,7 +171,7 @@ class Store:
             if not pid.isdigit() or process_alive(int(pid)):
                 continue
             gone = Interrupted(f"the process that ran it (pid {pid} on {host}) is gone")
-            await self.record_failure(job_id, gone, [], 0.0, event=True)
+            await self.end(job_id, Failed(gone), event=True)
             ended.append(job_id)
         return ended
 
@@ -397,35 +398,32 @@ class Store:
         records = _event_records(job_id, ids, stamped)
         return records[0] if records else None
 
-    async def finish_job(
-        self,
-        job_id: str,
-        result: ImageResult,
-        *,
-        cost: float = 0.0,
-        effective: Mapping[str, Any] | None = None,
-    ) -> ImageResult:
-        """Store the images (files, then rows) and mark the job succeeded.
+    @overload
+    async def end(
+        self, job_id: str, how: Succeeded, *, event: bool = False
+    ) -> Ended[ImageResult]: ...
 
-        ``effective`` carries the steps, sampler and guidance the provider really used, for
-        the infotext; where it has no value the request's is written, and where neither has
-        one the key is left out. Returns a copy of ``result`` whose images carry ``id``,
-        ``path`` (absolute), ``sha256`` and ``png`` of the stored files, with ``job_id`` set.
+    @overload
+    async def end(self, job_id: str, how: Failed, *, event: bool = False) -> Ended[None]: ...
+
+    async def end(
+        self, job_id: str, how: Succeeded | Failed, *, event: bool = False
+    ) -> Ended[ImageResult] | Ended[None]:
+        """End the job, the one way every path does: :class:`Succeeded` stores the images
+        (files, then rows) and marks it succeeded; :class:`Failed` marks it failed or
+        cancelled with the reason. With ``event``, the terminal event is written in the same
+        transaction. Either way its webhook (if any) is queued in that transaction.
+
+        A success's result is a copy whose images carry ``id``, ``path`` (absolute),
+        ``sha256`` and ``png`` of the stored files, with ``job_id`` set. Raises LookupError
+        for an unknown job, StorageError when the image store fails (nothing is recorded).
         """
-        stored, _ = await self.record_success(job_id, result, cost=cost, effective=effective)
-        return stored
+        if isinstance(how, Succeeded):
+            return await self._succeed(job_id, how, event)
+        return Ended(None, await self._fail(job_id, how, event))
 
-    async def record_success(
-        self,
-        job_id: str,
-        result: ImageResult,
-        *,
-        cost: float = 0.0,
-        effective: Mapping[str, Any] | None = None,
-        event: bool = False,
-    ) -> tuple[ImageResult, EventRecord | None]:
-        """:meth:`finish_job`, plus the ``succeeded`` event in the same transaction when
-        ``event``; the stored result and that event."""
+    async def _succeed(self, job_id: str, how: Succeeded, event: bool) -> Ended[ImageResult]:
+        result, cost, effective = how.result, how.cost, how.effective
         now = self._now()
         meta = provenance(result, created_at=now)
         image_ids = [uuid4().hex for _ in result.images]
@@ -545,7 +543,7 @@ class Store:
             if event_id is None
             else _event_records(job_id, [event_id], [("succeeded", done, event_at)])[0]
         )
-        return result.model_copy(update={"images": images, "job_id": job_id}), record
+        return Ended(result.model_copy(update={"images": images, "job_id": job_id}), record)
 
     def _write_images(
         self, result: ImageResult, meta: dict[str, Any], effective: Mapping[str, Any]
@@ -590,30 +588,8 @@ class Store:
             stored.append(png_with_metadata(image.png, parameters, meta))
         return stored
 
-    async def fail_job(
-        self,
-        job_id: str,
-        error: BaseException,
-        attempts: Sequence[Attempt],
-        elapsed_s: float,
-        *,
-        status: str = "failed",
-    ) -> None:
-        """Mark the job failed (or cancelled) with the reason: error type, message and stage."""
-        await self.record_failure(job_id, error, attempts, elapsed_s, status=status)
-
-    async def record_failure(
-        self,
-        job_id: str,
-        error: BaseException,
-        attempts: Sequence[Attempt],
-        elapsed_s: float,
-        *,
-        status: str = "failed",
-        event: bool = False,
-    ) -> EventRecord | None:
-        """:meth:`fail_job`, plus the ``failed`` or ``cancelled`` event in the same
-        transaction when ``event``; that event."""
+    async def _fail(self, job_id: str, how: Failed, event: bool) -> EventRecord | None:
+        error, attempts, elapsed_s, status = how.error, how.attempts, how.elapsed_s, how.status
         _check("status", status, ("failed", "cancelled"))
         values: dict[str, Any] = {
             "status": status,

@@ -181,7 +181,7 @@ async def standing(
 
 async def _sum_spent(conn: AsyncConnection, name: str, start: datetime) -> float:
     """The key's spend since ``start`` summed from its jobs, and kept on its row (which each
-    job's end then adds to, Store.record_success): once a period."""
+    job's end then adds to, Store.end): once a period."""
     total = await conn.scalar(
         select(func.coalesce(func.sum(Job.cost), 0.0)).where(
             Job.owner == name, Job.created_at >= start

@@ -1,7 +1,7 @@
 """The webhook outbox: which job ends are still to be posted, and how each attempt went.
 
-A row is written in the transaction that ends a job with a webhook (``Store.record_success``,
-``Store.record_failure``), so no end is lost between the job's row and its event. Any process
+A row is written in the transaction that ends a job with a webhook (``Store.end``),
+so no end is lost between the job's row and its event. Any process
 with the store may send it: one first ``claim``s it (a lease until ``locked_until``), so two
 processes rarely post the same end; a process killed mid-send leaves the lease to run out and
 another sends it again (at least once, never lost).
