@@ -18,7 +18,7 @@ import pytest
 from serverkit import tiny_png
 
 from imagegate.backplane import Backplane, JobContext, LocalBackplane, QueueFull
-from imagegate.errors import Cancelled
+from imagegate.errors import Cancelled, StorageError
 from imagegate.jobend import Failed, Succeeded
 from imagegate.providers.base import Progress
 from imagegate.request import GeneratedImage, ImageRequest, ImageResult
@@ -664,3 +664,87 @@ def test_contract_kill_9_of_a_worker_mid_job_finishes_it_once(pg_url: str, tmp_p
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+class StoreFails(RecordingHandler):
+    """A handler whose image store fails (StorageError) on its first ``failures`` calls: the
+    end is recorded as the gateway records it, then the error is raised."""
+
+    def __init__(self, store: Store, failures: int) -> None:
+        super().__init__(store)
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(self, job: JobContext) -> ImageResult:
+        self.calls += 1
+        if self.calls > self.failures:
+            return await super().__call__(job)
+        assert job.recorder is not None
+        error = StorageError("s3 storage: the store did not answer in 0.5 s")
+        await job.recorder.end(job.job_id, Failed(error))
+        raise error
+
+
+def test_contract_a_job_whose_store_fails_runs_again_once(make: Make) -> None:
+    """An unpaid job whose images the store could not keep goes back to the queue and runs
+    again; the caller waiting on run() gets the second run's images."""
+
+    async def main() -> None:
+        store, bp = await make()
+        handler = StoreFails(store, failures=1)
+        await bp.start(handler)
+        outcome = await asyncio.wait_for(
+            bp.jobs.run(REQUEST, route=["p"], source="openai", queue="p"), 20
+        )
+        assert outcome.status == "succeeded", repr(outcome.error)
+        assert handler.calls == 2
+        job = await store.get_job(outcome.job_id)
+        assert job is not None
+        assert (job.status, job.retries, len(job.images)) == ("succeeded", 1, 1)
+        kinds = [e.kind for e in await store.events_after(outcome.job_id)]
+        assert kinds == ["queued", "started", "queued", "started", "succeeded"], kinds
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_contract_a_store_that_keeps_failing_fails_the_job_after_one_retry(make: Make) -> None:
+    """The second failed store ends the job failed with the StorageError and its reason."""
+
+    async def main() -> None:
+        store, bp = await make()
+        handler = StoreFails(store, failures=5)
+        await bp.start(handler)
+        submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
+        outcome = await asyncio.wait_for(bp.jobs.wait(submitted.job_id), 20)
+        assert outcome.status == "failed"
+        assert isinstance(outcome.error, StorageError), repr(outcome.error)
+        assert "did not answer" in outcome.error.message
+        assert handler.calls == 2
+        job = await store.get_job(submitted.job_id)
+        assert job is not None
+        assert job.error is not None
+        assert (job.status, job.retries, job.error["type"]) == ("failed", 1, "StorageError")
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_contract_a_paid_job_whose_store_fails_is_not_run_again(make: Make) -> None:
+    """A job on a paid route may have been billed: a failed store ends it failed at once."""
+
+    async def main() -> None:
+        store, bp = await make(paid=["p"])
+        handler = StoreFails(store, failures=1)
+        await bp.start(handler)
+        submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
+        outcome = await asyncio.wait_for(bp.jobs.wait(submitted.job_id), 20)
+        assert outcome.status == "failed"
+        assert isinstance(outcome.error, StorageError), repr(outcome.error)
+        assert handler.calls == 1
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())

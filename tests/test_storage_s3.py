@@ -229,3 +229,29 @@ def test_an_image_fetch_from_an_unreachable_store_is_a_503_naming_it(
     assert got.status_code == 503, got.text
     assert "s3 storage" in got.json()["error"]["message"]
     assert "Traceback" not in got.text
+
+
+def test_a_served_job_whose_store_stops_answering_runs_again_once_then_fails(
+    bucket: str, moto_port: int
+) -> None:
+    """Through the server: the upload stalls, the unpaid job runs once more (the provider is
+    called twice), then the caller gets the StorageError with the store's reason."""
+    relay = StallingRelay(moto_port)
+    storage = _storage(bucket, moto_port, timeout_s=0.5).model_copy(
+        update={"endpoint": f"http://127.0.0.1:{relay.port}"}
+    )
+    settings = fake_settings(["p"]).model_copy(update={"storage": storage})
+    provider = Fake("p")
+    try:
+        with live(settings, providers={"p": provider}) as server:
+            answer = httpx.post(
+                f"{server.url}/v1/images/generations", json={"prompt": "lost"}, timeout=60
+            )
+            jobs = httpx.get(f"{server.url}/v1/jobs", timeout=10).json()["data"]
+    finally:
+        relay.close()
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["type"] == "StorageError"
+    assert "the store did not answer" in answer.json()["error"]["message"]
+    assert provider.calls == 2
+    assert [(job["status"], job["retries"]) for job in jobs] == [("failed", 1)]

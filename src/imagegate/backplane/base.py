@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from imagegate.errors import Cancelled, ImagegateError, Interrupted, QueueFull, error_from_dict
+from imagegate.errors import (
+    Cancelled,
+    ImagegateError,
+    Interrupted,
+    QueueFull,
+    StorageError,
+    error_from_dict,
+)
 from imagegate.jobend import Ended, Failed, JobRecorder, Succeeded
 from imagegate.providers.base import Progress, Provider
 from imagegate.request import Attempt, ImageRequest, ImageResult
@@ -103,15 +110,17 @@ def instead_of_requeue(
     route: Sequence[str],
     paid: Collection[str],
     *,
-    stopped_by: Literal["restart", "a shutdown", "a stalled worker"],
+    stopped_by: Literal["restart", "a shutdown", "a stalled worker", "a storage failure"],
     retries: int | None = None,
 ) -> Interrupted | None:
-    """The one requeue rule, for a job that was running when its process stopped.
+    """The one requeue rule, for a job that was running when its process stopped, or whose
+    images the image store failed to keep.
 
     It goes back to the queue (None) unless its route has a paid provider, which may have
-    billed it, so it must not run twice; or, after a crash (``retries`` given; a clean
-    shutdown does not count), it ran again ``MAX_RETRIES`` times already. Then it ends with
-    the Interrupted returned, which says why.
+    billed it, so it must not run twice; or, after a crash or a failed store (``retries``
+    given; a clean shutdown does not count), it ran again ``MAX_RETRIES`` times already. Then
+    it ends with the Interrupted returned, which says why (a failed store ends with its own
+    StorageError instead).
     """
     if paid_route(route, paid):
         why = "its route has a paid provider, which may have billed it"
@@ -399,7 +408,9 @@ class Recorder:
     Written after the job's last progress row. ``on_event`` hands the event to an in-process
     fan-out (the local bus; PostgreSQL's NOTIFY needs none). A job cancelled because its
     backplane is ``stopping`` is not ended: it stays ``running`` for the backplane to put
-    back in the queue.
+    back in the queue. A job whose images the image store failed to keep (StorageError) goes
+    back to the queue to run again once where the requeue rule allows (``paid`` names the
+    paid providers), and ends failed with that error where it does not.
     """
 
     def __init__(
@@ -409,12 +420,17 @@ class Recorder:
         *,
         stopping: Callable[[], bool],
         on_event: Callable[[EventRecord], None] | None = None,
+        paid: Collection[str] = (),
     ) -> None:
         self._store = store
         self._pump = pump
         self._stopping = stopping
         self._on_event = on_event
+        self._paid = paid
         self.ended = False
+        self.requeued = False
+        """The image store failed and the job went back to the queue to run again (the
+        requeue rule allowed it): the backplane queues it again instead of ending it."""
 
     @overload
     async def end(self, job_id: str, how: Succeeded) -> Ended[ImageResult]: ...
@@ -426,9 +442,31 @@ class Recorder:
         await self._pump.flush()  # no progress row may land after the end
         if isinstance(how, Failed) and how.status == "cancelled" and self._stopping():
             return Ended(None)  # stopped by a shutdown: back to the queue, no end recorded
+        storage_failed = isinstance(how, Failed) and isinstance(how.error, StorageError)
+        if storage_failed and await self._requeue(job_id):
+            return Ended(None)  # back to the queue: it runs again
         ended = await self._store.end(job_id, how, event=True)
         self._ended(ended.event)
         return ended
+
+    async def _requeue(self, job_id: str) -> bool:
+        """Put the job back in the queue after a failed image store, where the one requeue
+        rule allows (an unpaid route, not yet retried); whether it did."""
+        job = await self._store.get_job(job_id)
+        if job is None or job.status != "running":
+            return False
+        rule = instead_of_requeue(
+            job.route, self._paid, stopped_by="a storage failure", retries=job.retries
+        )
+        if rule is not None:
+            return False
+        event = await self._store.requeue_job(job_id, ran=True)
+        if event is None:
+            return False
+        self.requeued = True
+        if self._on_event is not None:
+            self._on_event(event)
+        return True
 
     def _ended(self, event: EventRecord | None) -> None:
         self.ended = True

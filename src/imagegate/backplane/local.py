@@ -319,10 +319,11 @@ class LocalJobQueue(JobQueue):
             self.events.fan_out(event)
         self._active.add(job_id)
         try:
-            return await self._execute(job_id, _Pending(request, source, queue, owner=owner))
+            outcome = await self._execute(job_id, _Pending(request, source, queue, owner=owner))
         finally:
             self._active.discard(job_id)
             self._release(queue)
+        return outcome if outcome is not None else await self.wait(job_id)
 
     async def _end_unrun(
         self, job_id: str, error: ImagegateError, status: Literal["failed", "cancelled"] = "failed"
@@ -434,13 +435,18 @@ class LocalJobQueue(JobQueue):
             self._active.discard(job_id)
             self._release(pending.queue)
 
-    async def _execute(self, job_id: str, pending: _Pending) -> JobOutcome:
-        """Run the handler on a claimed job; record and publish how it ended."""
+    async def _execute(self, job_id: str, pending: _Pending) -> JobOutcome | None:
+        """Run the handler on a claimed job; record and publish how it ended. None when it
+        went back to the queue instead (its images could not be stored; it runs again)."""
         handler = self._handler
         assert handler is not None
         pump = ProgressPump(self.store, job_id, on_event=self.events.fan_out)
         recorder = Recorder(
-            self.store, pump, stopping=lambda: self.stopping, on_event=self.events.fan_out
+            self.store,
+            pump,
+            stopping=lambda: self.stopping,
+            on_event=self.events.fan_out,
+            paid=self._paid,
         )
         context = JobContext(
             job_id,
@@ -465,6 +471,11 @@ class LocalJobQueue(JobQueue):
             self._running.pop(job_id, None)
         await pump.flush()
         outcome = self._outcome_of(job_id, task)
+        if recorder.requeued:  # the image store failed: it runs again, first in its queue
+            waiting = self._waiting.setdefault(pending.queue, OrderedDict())
+            waiting[job_id] = pending
+            waiting.move_to_end(job_id, last=False)
+            return None
         self._durations[pending.queue] = time.monotonic() - started
         if not recorder.ended and not self.stopping:
             await self.events.publish(job_id, outcome.status, _event_data(outcome))

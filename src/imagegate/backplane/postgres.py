@@ -40,7 +40,7 @@ import procrastinate
 import psycopg
 from procrastinate.job_context import AbortReason
 from procrastinate.job_context import JobContext as TaskContext
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate import tracing
@@ -309,7 +309,7 @@ class PostgresJobQueue(JobQueue):
             await self.store.end(job_id, Failed(ImagegateError(str(exc))))
             return
         pump = ProgressPump(self.store, job_id, every_s=PROGRESS_EVERY_S)
-        recorder = Recorder(self.store, pump, stopping=lambda: self.stopping)
+        recorder = Recorder(self.store, pump, stopping=lambda: self.stopping, paid=self._paid)
         queued_s = max(0.0, (datetime.now(UTC) - job.created_at).total_seconds())
         ctx = JobContext(
             job_id,
@@ -331,8 +331,10 @@ class PostgresJobQueue(JobQueue):
             await asyncio.shield(self._after_abort(job_id, recorder, requeue=shutdown))
             raise
         await pump.flush()
-        if not recorder.ended:
-            outcome = _outcome_of(job_id, task)
+        outcome = _outcome_of(job_id, task)
+        if recorder.requeued:  # the image store failed: it runs again, on any worker
+            await self._defer_again(job_id)
+        elif not recorder.ended:
             with contextlib.suppress(LookupError):
                 await self._record_end(job_id, outcome)
 
@@ -348,25 +350,24 @@ class PostgresJobQueue(JobQueue):
                 await self.store.end(job_id, Failed(ended), event=True)
             return
         if requeue:  # the worker is shutting down: back to the queue for another worker
-            async with self.store.engine.begin() as conn:
-                await conn.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == "running")
-                    .values(status="queued", started_at=None)
-                )
-            job = await self.store.get_job(job_id)
-            if job is not None and job.status == "queued":
-                await self.app.configure_task(
-                    TASK_NAME,
-                    queue=job.queue,
-                    priority=fair_priority(job.priority, 0),
-                    queueing_lock=job_id,
-                ).defer_async(job_id=job_id)
+            if await self.store.requeue_job(job_id, ran=False) is not None:
+                await self._defer_again(job_id)
             return
         if not recorder.ended:
             error = Cancelled("cancelled while running")
             with contextlib.suppress(LookupError):
                 await self.store.end(job_id, Failed(error, status="cancelled"), event=True)
+
+    async def _defer_again(self, job_id: str) -> None:
+        """Queue the task of a job put back in the queue, for any worker to claim."""
+        job = await self.store.get_job(job_id)
+        if job is not None and job.status == "queued":
+            await self.app.configure_task(
+                TASK_NAME,
+                queue=job.queue,
+                priority=fair_priority(job.priority, 0),
+                queueing_lock=job_id,
+            ).defer_async(job_id=job_id)
 
     async def _record_end(self, job_id: str, outcome: JobOutcome) -> None:
         if outcome.status == "succeeded" and outcome.result is not None:
@@ -419,17 +420,8 @@ class PostgresJobQueue(JobQueue):
                             stalled.id, procrastinate.jobs.Status.FAILED, delete_job=True
                         )
                     else:
-                        async with self.store.engine.begin() as conn:
-                            await conn.execute(
-                                update(Job)
-                                .where(Job.id == job_id)
-                                .values(
-                                    status="queued",
-                                    started_at=None,
-                                    retries=job.retries + (1 if ran else 0),
-                                )
-                            )
-                        await self.events.publish(job_id, "queued", {"position": None})
+                        if ran:  # with its queued event
+                            await self.store.requeue_job(job_id, ran=True)
                         await manager.retry_job(stalled)
                     handled.append(job_id)
             finally:

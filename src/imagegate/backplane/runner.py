@@ -25,6 +25,7 @@ from imagegate.backplane.base import (
     Backplane,
     BreakerSnapshot,
     JobContext,
+    Recorder,
     paid_providers,
 )
 from imagegate.backplane.local import LocalBackplane
@@ -120,6 +121,9 @@ class JobRunner:
                     caller_waits=job.caller_waits,
                 )
             except ImagegateError as exc:
+                if isinstance(job.recorder, Recorder) and job.recorder.requeued:
+                    tracing.set_attributes(span, {"imagegate.outcome": "requeued"})
+                    raise  # not an end: the job runs again
                 tracing.set_attributes(span, {"imagegate.outcome": "failed"})
                 tracing.error(span, exc.message)
                 self._ended(job, None, "failed", exc, started)

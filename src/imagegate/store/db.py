@@ -371,6 +371,25 @@ class Store:
                     await within(session, job_id)
         return job_id, _event_records(job_id, ids, stamped)
 
+    async def requeue_job(self, job_id: str, *, ran: bool) -> EventRecord | None:
+        """Put a running job back in the queue, with its ``queued`` event, in one transaction:
+        ``started_at`` cleared, and ``retries`` counted up when it ``ran`` (a crash or a
+        failed end, not a clean shutdown). None (nothing written) when it was not running."""
+        stamped: list[tuple[str, dict[str, Any], datetime]] = [
+            ("queued", {"position": None}, self._now())
+        ]
+        values: dict[str, Any] = {"status": "queued", "started_at": None}
+        if ran:
+            values["retries"] = Job.retries + 1
+        async with self._session() as session, session.begin():
+            done = await session.execute(
+                update(Job).where(Job.id == job_id, Job.status == "running").values(**values)
+            )
+            if cast("CursorResult[Any]", done).rowcount != 1:
+                return None
+            ids = await _add_events(session, job_id, stamped)
+        return _event_records(job_id, ids, stamped)[0]
+
     async def claim_job(self, job_id: str) -> EventRecord | None:
         """Mark a queued job running and append its ``started`` event, in one transaction.
 
