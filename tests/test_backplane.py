@@ -748,3 +748,33 @@ def test_contract_a_paid_job_whose_store_fails_is_not_run_again(make: Make) -> N
         await store.close()
 
     asyncio.run(main())
+
+
+class Crashing(Handler):
+    """A handler with a bug: it raises a plain exception and records nothing."""
+
+    async def __call__(self, job: JobContext) -> ImageResult:
+        raise RuntimeError("a bug")
+
+
+def test_contract_a_handler_that_crashes_ends_its_job_failed(make: Make) -> None:
+    """A handler that raises without recording the end leaves no job running: the job ends
+    failed with the error named, and its terminal event."""
+
+    async def main() -> None:
+        store, bp = await make()
+        await bp.start(Crashing(store))
+        submitted = await bp.jobs.submit(REQUEST, route=["p"], source="jobs", queue="p")
+        outcome = await asyncio.wait_for(bp.jobs.wait(submitted.job_id), 20)
+        assert outcome.status == "failed"
+        job = await store.get_job(submitted.job_id)
+        assert job is not None
+        assert job.error is not None
+        assert job.status == "failed"
+        assert "RuntimeError: a bug" in job.error["message"]
+        kinds = [e.kind for e in await store.events_after(submitted.job_id)]
+        assert kinds == ["queued", "started", "failed"], kinds
+        await bp.stop()
+        await store.close()
+
+    asyncio.run(main())

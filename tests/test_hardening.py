@@ -18,6 +18,10 @@ import httpx
 import pytest
 from serverkit import Fake, Live, fake_settings, free_port, live, stopped_at_exit, wait_until_up
 
+from imagegate.deadline import Deadline
+from imagegate.providers.base import ProgressCallback
+from imagegate.request import GeneratedImage, ImageRequest
+
 HEADER_TIMEOUT_S = 1.0
 MAX_CONNECTIONS = 8
 MAX_HEADER_BYTES = 4096
@@ -374,3 +378,59 @@ def test_the_jobs_surface_refuses_values_it_would_have_to_convert(
     answer = httpx.post(f"{quick.url}/v1/jobs", json=body, timeout=10)
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == field
+
+
+class BrokenFake(Fake):
+    """A provider with a bug: it raises a KeyError (not a ProviderError) once called."""
+
+    async def generate(
+        self, request: ImageRequest, deadline: Deadline, progress: ProgressCallback | None
+    ) -> list[GeneratedImage]:
+        await super().generate(request, deadline, progress)
+        raise KeyError("b64_json")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/images/generations", {"prompt": "a fox"}), ("/sdapi/v1/txt2img", {"prompt": "a fox"})],
+)
+def test_a_provider_that_breaks_once_called_is_a_502_naming_the_stage(
+    path: str, body: dict[str, object]
+) -> None:
+    """A bug in a provider after it was called answers 502 naming the stage, never a 500; the
+    job is recorded failed with that error, not left running."""
+    with live(fake_settings(["broken"]), {"broken": BrokenFake("broken")}) as server:
+        answer = httpx.post(f"{server.url}{path}", json=body, timeout=10)
+        jobs = httpx.get(f"{server.url}/v1/jobs", timeout=5).json()["data"]
+    assert answer.status_code == 502, answer.text
+    assert "ProtocolError (runtime)" in answer.text
+    assert [job["status"] for job in jobs] == ["failed"]
+    attempt_error = jobs[0]["attempts"][0]["error"]
+    assert (attempt_error["type"], attempt_error["stage"]) == ("ProtocolError", "runtime")
+
+
+@pytest.mark.parametrize(
+    ("path", "patched"),
+    [
+        ("/v1/images/generations", "imagegate.server.openai.images_response"),
+        ("/sdapi/v1/txt2img", "imagegate.server.a1111.answers.info_of"),
+    ],
+)
+def test_a_failure_building_the_answer_is_a_502_naming_the_job_that_keeps_the_images(
+    quick: Live, monkeypatch: pytest.MonkeyPatch, path: str, patched: str
+) -> None:
+    """The generation succeeded and was stored, then building the answer failed: a 502 that
+    names the stage and the job, whose images GET /v1/jobs/{id} still has."""
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise TypeError("cannot build the answer")
+
+    monkeypatch.setattr(patched, broken)
+    answer = httpx.post(f"{quick.url}{path}", json={"prompt": "a fox"}, timeout=10)
+    assert answer.status_code == 502, answer.text
+    assert "ResponseError" in answer.text
+    assert "in stage respond (TypeError)" in answer.text
+    job_id = answer.text.split("(job ", 1)[1].split(")", 1)[0]
+    job = httpx.get(f"{quick.url}/v1/jobs/{job_id}", timeout=5).json()
+    assert job["status"] == "succeeded"
+    assert len(job["images"]) == 1

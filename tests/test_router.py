@@ -14,6 +14,7 @@ from imagegate.errors import (
     ConnectError,
     ContentFiltered,
     InvalidRequest,
+    ProtocolError,
     ProviderError,
     Timeout,
     UpstreamError,
@@ -296,3 +297,39 @@ def test_trial_ended_by_the_callers_fault_passes_the_trial_on() -> None:
         asyncio.run(run(router))
     assert breaker.state == "half_open"
     assert not breaker.trial_running
+
+
+class Buggy(Scripted):
+    """A provider that raises a plain exception; ``answered``: after its upstream answered."""
+
+    def __init__(self, name: str, *, answered: bool, paid: bool = False) -> None:
+        super().__init__(name, paid=paid)
+        self.answered = answered
+
+    async def generate(
+        self, request: ImageRequest, deadline: Deadline, progress: ProgressCallback | None
+    ) -> list[GeneratedImage]:
+        self.calls += 1
+        if self.answered and deadline.control is not None:
+            deadline.control.stages.update({"connect": 0.001, "first_byte": 0.01})
+        raise KeyError("b64_json")
+
+
+@pytest.mark.parametrize(("answered", "stage"), [(True, "read"), (False, "runtime")])
+def test_a_provider_bug_is_a_protocol_error_naming_the_stage(answered: bool, stage: str) -> None:
+    """A plain exception from a provider becomes a ProtocolError: stage read once the
+    upstream answered, else runtime; a paid one may have billed, so it does not fail over."""
+    router = make_router(Buggy("a", answered=answered, paid=True), Scripted("b"))
+    with pytest.raises(AllProvidersFailed) as caught:
+        asyncio.run(run(router))
+    error = caught.value.__cause__
+    assert isinstance(error, ProtocolError)
+    assert (error.provider, error.stage) == ("a", stage)
+    assert f"failed unexpectedly in stage {stage}: KeyError" in error.message
+    assert router.providers["b"].calls == 0  # type: ignore[attr-defined]
+
+
+def test_an_unpaid_provider_bug_fails_over_to_the_next() -> None:
+    """An unpaid provider's bug is one failed attempt: the next provider serves."""
+    router = make_router(Buggy("a", answered=True), Scripted("b"))
+    assert asyncio.run(run(router)) == ["a:error", "b:ok"]

@@ -154,3 +154,36 @@ def test_providers_shows_the_breaker_the_replicas_share(pg_url: str, tmp_path: P
     assert run.returncode == 0, run.stderr
     breakers = {p["name"]: p["breaker"] for p in json.loads(run.stdout)["providers"]}
     assert (breakers["down"], breakers["up"]) == ("open", "closed")
+
+
+def test_a_database_dropped_and_created_again_makes_the_server_not_ready(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Scaled out, the database swapped under a running server (dropped, created again and
+    migrated by another process): /readyz 503 with the reason, and new work is refused."""
+    import psycopg
+
+    server_url, name = pg_url.rsplit("/", 1)
+    settings = fake_settings(["p"]).model_copy(update={"scale": ScaleSettings(backplane=pg_url)})
+    with live(settings, providers={"p": Fake("p")}) as server:
+        assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+        with psycopg.connect(f"{server_url}/postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+            admin.execute(f"CREATE DATABASE {name}")
+        from imagegate.backplane.postgres import sqlalchemy_url
+
+        async def migrate() -> None:  # another process opens the new, blank database
+            async with Store(tmp_path, url=sqlalchemy_url(pg_url)):
+                pass
+
+        asyncio.run(migrate())
+        deadline = time.monotonic() + 10  # the first check may meet a connection the drop cut
+        ready = httpx.get(f"{server.url}/readyz", timeout=10)
+        while "reason" not in ready.json() and time.monotonic() < deadline:
+            assert ready.status_code == 503, ready.text
+            ready = httpx.get(f"{server.url}/readyz", timeout=10)
+        assert ready.status_code == 503, ready.text
+        assert "dropped and created again" in ready.json()["reason"]
+        submitted = httpx.post(f"{server.url}/v1/jobs", json={"prompt": "a fox"}, timeout=10)
+        assert submitted.status_code == 503, submitted.text
+        assert "dropped and created again" in submitted.json()["error"]["message"]

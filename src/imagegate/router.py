@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,7 +32,9 @@ from imagegate.errors import (
     AllProvidersFailed,
     ImagegateError,
     InvalidRequest,
+    ProtocolError,
     ProviderError,
+    Stage,
     Timeout,
 )
 from imagegate.hedging import (
@@ -51,6 +54,8 @@ from imagegate.latency import LatencyMemory, Shape, shape_of
 from imagegate.providers.base import Deadline, ProgressCallback, Provider, ProviderConfig
 from imagegate.request import Attempt, AttemptError, GeneratedImage, ImageRequest
 from imagegate.request import Outcome as AttemptOutcome
+
+log = logging.getLogger("imagegate.router")
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
@@ -593,6 +598,12 @@ async def _bounded(
         except ProviderError as exc:
             tracing.provider_failed(span, exc)
             raise
+        except ImagegateError:  # raised on purpose (a missing extra): it stands as it is
+            raise
+        except Exception as exc:  # a bug in the provider: a 502 naming the stage, not a 500
+            error = _unexpected(provider.name, exc, attempt, time.monotonic() - started)
+            tracing.provider_failed(span, error)
+            raise error from exc
         finally:
             control = attempt.control
             stages = control.stages if control is not None else {}
@@ -604,6 +615,22 @@ async def _bounded(
                     **{f"imagegate.{stage}_s": seconds for stage, seconds in stages.items()},
                 },
             )
+
+
+def _unexpected(name: str, exc: Exception, attempt: Deadline, elapsed_s: float) -> ProtocolError:
+    """A provider that raised something other than a ProviderError: a ProtocolError naming
+    the stage it failed in: ``read`` once the upstream answered (the answer could not be
+    handled; it may have been billed), else ``runtime``."""
+    stages = attempt.control.stages if attempt.control is not None else {}
+    stage: Stage = "read" if "first_byte" in stages else "runtime"
+    log.error("provider %s failed unexpectedly in stage %s: %s", name, stage, type(exc).__name__)
+    return ProtocolError(
+        f"failed unexpectedly in stage {stage}: {type(exc).__name__}: {exc}",
+        provider=name,
+        stage=stage,
+        elapsed_s=elapsed_s,
+        fix="this is a bug in the provider; the server log names it",
+    )
 
 
 def _since(started: float) -> float:

@@ -42,7 +42,13 @@ from imagegate.errors import (
 from imagegate.jobend import Ended, Failed, JobRecorder, Succeeded
 from imagegate.providers.base import Progress, Provider
 from imagegate.request import Attempt, ImageRequest, ImageResult
-from imagegate.store.records import EventRecord, ImageRecord, JobRecord
+from imagegate.store.records import (
+    EventRecord,
+    ImageRecord,
+    JobRecord,
+    ended_event_data,
+    succeeded_event_data,
+)
 
 if TYPE_CHECKING:
     from imagegate.store import Store
@@ -67,6 +73,7 @@ __all__ = [
     "QueueFull",
     "Recorder",
     "Submitted",
+    "end_unrecorded",
     "fair_priority",
     "instead_of_requeue",
     "paid_providers",
@@ -154,6 +161,20 @@ class JobOutcome:
     status: Literal["succeeded", "failed", "cancelled"]
     result: ImageResult | None = None
     error: ImagegateError | None = None
+
+    @classmethod
+    def of_task(cls, job_id: str, task: asyncio.Task[ImageResult]) -> JobOutcome:
+        """How a handler's finished task ended the job; an exception that is not an
+        ImagegateError (a bug) becomes one that names it."""
+        if task.cancelled():
+            return cls(job_id, "cancelled", error=Cancelled("cancelled while running"))
+        error = task.exception()
+        if error is None:
+            return cls(job_id, "succeeded", result=task.result())
+        if isinstance(error, ImagegateError):
+            return cls(job_id, "failed", error=error)
+        wrapped = ImagegateError(f"the job failed unexpectedly: {type(error).__name__}: {error}")
+        return cls(job_id, "failed", error=wrapped)
 
     @classmethod
     def unsuccessful(cls, job: JobRecord) -> JobOutcome:
@@ -349,6 +370,36 @@ class Backplane(ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Stop the workers; jobs still running go back to the queue for the next start."""
+
+
+async def end_unrecorded(
+    store: Store,
+    events: EventBus,
+    outcome: JobOutcome,
+    on_event: Callable[[EventRecord], None] | None = None,
+) -> None:
+    """The end of a job whose handler did not record it through its recorder: a job still
+    open ends (failed or cancelled) with the outcome's error and its terminal event, so no
+    row stays ``running`` after its run; otherwise only the terminal event is published.
+    ``on_event`` hands a written end's event to an in-process fan-out."""
+    job_id, error = outcome.job_id, outcome.error
+    if outcome.status != "succeeded":
+        job = await store.get_job(job_id)
+        if job is not None and job.status not in TERMINAL_STATUSES:
+            failed = Failed(
+                error or ImagegateError(f"the job ended {outcome.status}"),
+                error.attempts if error is not None else (),
+                status="cancelled" if outcome.status == "cancelled" else "failed",
+            )
+            event = (await store.end(job_id, failed, event=True)).event
+            if event is not None and on_event is not None:
+                on_event(event)
+            return
+    if outcome.result is not None:
+        data = succeeded_event_data(outcome.result)
+    else:
+        data = ended_event_data(error, len(error.attempts) if error is not None else 0)
+    await events.publish(job_id, outcome.status, data)
 
 
 class ProgressPump:

@@ -50,6 +50,7 @@ from imagegate.backplane.base import (
     QueueFull,
     Recorder,
     Submitted,
+    end_unrecorded,
     fair_priority,
     instead_of_requeue,
 )
@@ -62,8 +63,6 @@ from imagegate.store.records import (
     EventRecord,
     ImageRecord,
     JobRecord,
-    ended_event_data,
-    succeeded_event_data,
 )
 
 __all__ = [
@@ -119,7 +118,7 @@ class LocalJobStore(JobStore):
         return {str(status): int(count) for status, count in rows}
 
     async def ping(self) -> None:
-        self._store.check_database()
+        await self._store.verify_database()
         async with self._store.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
@@ -470,7 +469,7 @@ class LocalJobQueue(JobQueue):
         finally:
             self._running.pop(job_id, None)
         await pump.flush()
-        outcome = self._outcome_of(job_id, task)
+        outcome = JobOutcome.of_task(job_id, task)
         if recorder.requeued:  # the image store failed: it runs again, first in its queue
             waiting = self._waiting.setdefault(pending.queue, OrderedDict())
             waiting[job_id] = pending
@@ -478,21 +477,9 @@ class LocalJobQueue(JobQueue):
             return None
         self._durations[pending.queue] = time.monotonic() - started
         if not recorder.ended and not self.stopping:
-            await self.events.publish(job_id, outcome.status, _event_data(outcome))
+            await end_unrecorded(self.store, self.events, outcome, self.events.fan_out)
         self._resolve(job_id, outcome)
         return outcome
-
-    @staticmethod
-    def _outcome_of(job_id: str, task: asyncio.Task[ImageResult]) -> JobOutcome:
-        if task.cancelled():
-            return JobOutcome(job_id, "cancelled", error=Cancelled("cancelled while running"))
-        error = task.exception()
-        if error is None:
-            return JobOutcome(job_id, "succeeded", result=task.result())
-        if isinstance(error, ImagegateError):
-            return JobOutcome(job_id, "failed", error=error)
-        wrapped = ImagegateError(f"the job failed unexpectedly: {type(error).__name__}: {error}")
-        return JobOutcome(job_id, "failed", error=wrapped)
 
     def _resolve(self, job_id: str, outcome: JobOutcome) -> None:
         for future in self._waiters.pop(job_id, []):
@@ -567,13 +554,6 @@ class LocalJobQueue(JobQueue):
                 .where(*running)
                 .values(status="queued", started_at=None, finished_at=None, error=None)
             )
-
-
-def _event_data(outcome: JobOutcome) -> dict[str, Any]:
-    if outcome.result is not None:
-        return succeeded_event_data(outcome.result)
-    error = outcome.error
-    return ended_event_data(error, len(error.attempts) if error is not None else 0)
 
 
 class LocalBackplane(Backplane):

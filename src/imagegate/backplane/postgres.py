@@ -55,6 +55,7 @@ from imagegate.backplane.base import (
     QueueFull,
     Recorder,
     Submitted,
+    end_unrecorded,
     fair_priority,
     instead_of_requeue,
     paid_providers,
@@ -72,7 +73,7 @@ from imagegate.jobend import Failed
 from imagegate.request import Attempt, GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
 from imagegate.store.models import Job
-from imagegate.store.records import JobRecord, ended_event_data, succeeded_event_data
+from imagegate.store.records import JobRecord
 
 if TYPE_CHECKING:
     from imagegate.gateway import Gateway
@@ -331,12 +332,12 @@ class PostgresJobQueue(JobQueue):
             await asyncio.shield(self._after_abort(job_id, recorder, requeue=shutdown))
             raise
         await pump.flush()
-        outcome = _outcome_of(job_id, task)
+        outcome = JobOutcome.of_task(job_id, task)
         if recorder.requeued:  # the image store failed: it runs again, on any worker
             await self._defer_again(job_id)
         elif not recorder.ended:
             with contextlib.suppress(LookupError):
-                await self._record_end(job_id, outcome)
+                await end_unrecorded(self.store, self.events, outcome)
 
     async def _after_abort(self, job_id: str, recorder: Recorder, *, requeue: bool) -> None:
         job = await self.store.get_job(job_id)
@@ -368,14 +369,6 @@ class PostgresJobQueue(JobQueue):
                 priority=fair_priority(job.priority, 0),
                 queueing_lock=job_id,
             ).defer_async(job_id=job_id)
-
-    async def _record_end(self, job_id: str, outcome: JobOutcome) -> None:
-        if outcome.status == "succeeded" and outcome.result is not None:
-            await self.events.publish(job_id, "succeeded", succeeded_event_data(outcome.result))
-            return
-        error = outcome.error
-        data = ended_event_data(error, len(error.attempts) if error is not None else 0)
-        await self.events.publish(job_id, outcome.status, data)
 
     # -- the sweeper ---------------------------------------------------------------------------
 
@@ -427,19 +420,6 @@ class PostgresJobQueue(JobQueue):
             finally:
                 await lock_conn.execute(text(f"SELECT pg_advisory_unlock({SWEEP_LOCK})"))
         return handled
-
-
-def _outcome_of(job_id: str, task: asyncio.Task[ImageResult]) -> JobOutcome:
-    if task.cancelled():
-        return JobOutcome(job_id, "cancelled", error=Cancelled("cancelled while running"))
-    error = task.exception()
-    if error is None:
-        return JobOutcome(job_id, "succeeded", result=task.result())
-    if isinstance(error, ImagegateError):
-        return JobOutcome(job_id, "failed", error=error)
-    return JobOutcome(
-        job_id, "failed", error=ImagegateError(f"the job failed unexpectedly: {error!r}")
-    )
 
 
 class PostgresBackplane(Backplane):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,10 @@ from imagegate.errors import (
 from imagegate.request import Attempt
 
 log = logging.getLogger("imagegate.server")
+
+MADE: ContextVar[str | None] = ContextVar("imagegate_made_job", default=None)
+"""The job whose images this request has made (set once it succeeded): a failure after it
+answers 502 naming the job, whose images stay at ``GET /v1/jobs/{id}``, never a bare 500."""
 
 HTTP_TYPES = {
     400: "invalid_request_error",
@@ -374,6 +379,15 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    made = MADE.get()
+    if made is not None:  # the generation is done and stored: say where, with a 502
+        message = (
+            f"the images were made and stored (job {made}), but building the answer failed "
+            f"in stage respond ({type(exc).__name__}); GET /v1/jobs/{made} has them"
+        )
+        if is_a1111(request):
+            return a1111_error(502, "ResponseError", message)
+        return openai_error(502, "ResponseError", message, code="respond_failed")
     message = "an internal error occurred; the server log has the details"
     if isinstance(exc, ConfigError):
         message = str(exc)

@@ -17,7 +17,7 @@ from imagegate.backplane import JobOutcome
 from imagegate.errors import ConnectError, ImagegateError, InvalidRequest
 from imagegate.request import ImageRequest, ImageResult
 from imagegate.server.deps import BaseUrl, Ctx, ServerContext
-from imagegate.server.errors import error_responses, http_error, openai_error
+from imagegate.server.errors import MADE, error_responses, http_error, openai_error
 from imagegate.server.strictjson import StrictJsonRoute
 from imagegate.server.tenants import Caller, CallerDep, Refused, admit, only_owner, sees
 from imagegate.store.records import JobRecord
@@ -226,6 +226,7 @@ async def run_to_end(
     A managed key's routes, rate and budget are checked first (``tenants.admit``)."""
     outcome = await _submit_and_wait(ctx, request, source, caller)
     if outcome.status == "succeeded" and outcome.result is not None:
+        MADE.set(outcome.job_id)
         return outcome.result
     raise outcome.error or ImagegateError(f"the job ended {outcome.status}")
 

@@ -34,12 +34,13 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from imagegate.config import StorageSettings
-from imagegate.errors import ImagegateError, Interrupted, StorageError
+from imagegate.errors import ImagegateError, Interrupted
 from imagegate.jobend import Ended, Failed, Succeeded
 from imagegate.request import ImageRequest, ImageResult, Reported
 from imagegate.store import jobsql
 from imagegate.store.blobs import FileImages, ImageStore, image_store
 from imagegate.store.files import IMAGES_DIR
+from imagegate.store.identity import PG_EVERY_S, DatabaseIdentity
 from imagegate.store.migrate import upgrade
 from imagegate.store.models import (
     EVENT_KINDS,
@@ -62,7 +63,6 @@ from imagegate.store.records import (
 from imagegate.store.sqlite import (
     SQLITE_BUSY_TIMEOUT_MS,
     default_url,
-    file_identity,
     process_alive,
     sqlite_file,
     sqlite_pragmas,
@@ -117,7 +117,8 @@ class Store:
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._writer: jobsql.SQLiteWriter | None = None
         self._last_now: datetime | None = None
-        self._db_file: tuple[Path, tuple[int, int] | None] | None = None
+        self.identity = DatabaseIdentity()
+        """The database opened, to notice it deleted or replaced (``verify_database``)."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -135,6 +136,7 @@ class Store:
                     await connection.exec_driver_sql(
                         f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"
                     )
+                    await self.identity.remember_database(connection)
                 await connection.run_sync(upgrade)
         except BaseException:
             await engine.dispose()
@@ -148,7 +150,7 @@ class Store:
                 await engine.dispose()
                 raise
             self._writer = writer
-            self._db_file = (path, file_identity(path))
+            self.identity.remember_file(path)
         self._engine = engine
         self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         await self.end_dead_runs()
@@ -175,21 +177,11 @@ class Store:
             ended.append(job_id)
         return ended
 
-    def check_database(self) -> None:
-        """Raise StorageError when the SQLite file opened is gone or replaced (another inode):
-        what is written now would be lost at the next start."""
-        if self._db_file is None:
-            return
-        path, opened = self._db_file
-        now = file_identity(path)
-        if now != opened:
-            what = "deleted" if now is None else "replaced by another file"
-            raise StorageError(
-                f"the database {path} was {what} while imagegate ran; new work is refused "
-                "because it would be lost",
-                backend="sqlite",
-                fix="restore the file, or restart imagegate to open the database at that path",
-            )
+    async def verify_database(self, *, every_s: float = 0.0) -> None:
+        """Raise StorageError when the database opened is gone or replaced: the SQLite file
+        deleted or another inode, or a PostgreSQL database dropped and created again (its oid
+        read again at most every ``every_s``). What is written now would be lost."""
+        await self.identity.verify(self.engine, every_s=every_s)
 
     async def close(self) -> None:
         """Close every connection; the store may be opened again."""
@@ -315,7 +307,7 @@ class Store:
         backplane enqueues the job there); it takes the SQLAlchemy path on every database.
         Returns the job's id and the stored events, in order, for the caller to fan out.
         """
-        self.check_database()
+        await self.verify_database(every_s=PG_EVERY_S)
         _check("status", status, ("queued", "running"))
         _check("source", source, SOURCES)
         for kind, _ in events:
