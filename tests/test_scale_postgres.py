@@ -187,3 +187,37 @@ def test_a_database_dropped_and_created_again_makes_the_server_not_ready(
         submitted = httpx.post(f"{server.url}/v1/jobs", json={"prompt": "a fox"}, timeout=10)
         assert submitted.status_code == 503, submitted.text
         assert "dropped and created again" in submitted.json()["error"]["message"]
+
+
+def test_a_scaled_out_server_ends_a_dead_cli_job_it_reports(pg_url: str, tmp_path: Path) -> None:
+    """On PostgreSQL too, an `imagegate generate` job whose process is gone is ended as
+    interrupted by a running server that counts jobs (progress, metrics), not reported."""
+    import socket
+    import sys
+
+    from sqlalchemy import update
+
+    from imagegate.backplane.postgres import sqlalchemy_url
+    from imagegate.store.models import Job
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True)  # fmt: skip
+    settings = fake_settings(["p"]).model_copy(update={"scale": ScaleSettings(backplane=pg_url)})
+    with live(settings, providers={"p": Fake("p")}) as server:
+
+        async def dead_cli_job() -> str:
+            async with Store(tmp_path, url=sqlalchemy_url(pg_url)) as other:  # the CLI's store
+                job_id = await other.create_job(
+                    ImageRequest(prompt="a fox"), route=["p"], source="cli"
+                )
+                runner = f"{int(done.stdout)}@{socket.gethostname()}"
+                async with other.engine.begin() as conn:
+                    await conn.execute(update(Job).where(Job.id == job_id).values(runner=runner))
+            return job_id
+
+        job_id = asyncio.run(dead_cli_job())
+        progress = httpx.get(f"{server.url}/sdapi/v1/progress", timeout=10).json()
+        job = httpx.get(f"{server.url}/v1/jobs/{job_id}", timeout=10).json()
+    assert progress["state"]["job_count"] == 0
+    assert job["status"] == "failed"
+    assert "is gone" in job["error"]["message"]
