@@ -5,8 +5,9 @@ run side by side from the same config, with keys on (so every attack is unauthen
 
 - ``old``: uvicorn as ``imagegate serve`` ran it before issue 16 (its default parser, httptools,
   no header limit, no head timeout, no connection cap);
-- ``new``: ``imagegate serve``'s own settings (h11, ``server.max_header_bytes`` 64 KiB,
-  ``header_timeout_s`` 10 s, ``max_connections`` 512; the defaults).
+- ``new``: ``imagegate serve``'s own settings (httptools with bounds added,
+  ``server.max_header_bytes`` 64 KiB, ``header_timeout_s`` 10 s, ``max_connections`` 512; the
+  defaults).
 
 Both run with ``RLIMIT_NOFILE`` lowered to ``--nofile`` (default 256) so file-descriptor
 exhaustion shows with a few hundred connections. Per server, the latency of an authorised

@@ -9,7 +9,10 @@ with one keep-alive connection (a shared pool throttles the client itself).
 
 imagegate reaches the upstream through its ``type = "openai"`` provider. ``floor`` is a bare
 ASGI proxy on the same stack (uvicorn, httpx's connection pool): what any gateway built on it
-adds before doing any work of its own, on this machine, in this run.
+adds before doing any work of its own, on this machine, in this run. Both parse HTTP with
+httptools: the floor with uvicorn's own protocol, imagegate with the bounded one ``imagegate
+serve`` runs (server/connections.py: head size cap, head timeout, connection cap); the JSON's
+``protocols`` says so.
 
 LiteLLM runs from its own venv: ``--litellm PATH`` or ``LITELLM_BIN`` names the ``litellm``
 executable; without one, LiteLLM is skipped with a note.
@@ -114,7 +117,7 @@ FLOOR = textwrap.dedent(
         await send({"type": "http.response.body", "body": reply})
 
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
-                access_log=False, lifespan="off")
+                access_log=False, lifespan="off", http="httptools")
     """
 )
 
@@ -384,6 +387,10 @@ def main() -> int:
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "litellm": litellm or None,
+        "protocols": {
+            "floor": "httptools (uvicorn's HttpToolsProtocol)",
+            "imagegate": "httptools (imagegate.server.connections.BoundedHttpToolsProtocol)",
+        },
         "notes": [],
     }
     if litellm is None:
