@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -45,15 +45,27 @@ class PostgresEventBus(EventBus):
     async def publish(self, job_id: str, kind: str, data: Mapping[str, Any]) -> EventRecord:
         return await self._store.add_event(job_id, kind, data)  # the trigger NOTIFYs
 
+    @contextlib.contextmanager
+    def _waker(self, job_id: str) -> Iterator[asyncio.Event]:
+        """An event that :meth:`wake` sets for ``job_id`` while the block runs."""
+        waker = asyncio.Event()
+        self._wakers.setdefault(job_id, set()).add(waker)
+        try:
+            yield waker
+        finally:
+            wakers = self._wakers.get(job_id)
+            if wakers is not None:
+                wakers.discard(waker)
+                if not wakers:
+                    del self._wakers[job_id]
+
     def wake(self, job_id: str) -> None:
         for waker in self._wakers.get(job_id, ()):
             waker.set()
 
     async def until_ended(self, job_id: str) -> None:
         """Return once the job's row is in a terminal status (one read per NOTIFY)."""
-        waker = asyncio.Event()
-        self._wakers.setdefault(job_id, set()).add(waker)
-        try:
+        with self._waker(job_id) as waker:
             while True:
                 waker.clear()
                 async with self._store.engine.connect() as conn:
@@ -63,19 +75,11 @@ class PostgresEventBus(EventBus):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_S):
                         await waker.wait()
-        finally:
-            wakers = self._wakers.get(job_id)
-            if wakers is not None:
-                wakers.discard(waker)
-                if not wakers:
-                    del self._wakers[job_id]
 
     async def subscribe(self, job_id: str, after_id: int = 0) -> AsyncIterator[EventRecord]:
-        waker = asyncio.Event()
-        self._wakers.setdefault(job_id, set()).add(waker)
         last = after_id
         idle = 0
-        try:
+        with self._waker(job_id) as waker:
             while True:
                 waker.clear()
                 events = await self._store.events_after(job_id, last)
@@ -93,12 +97,6 @@ class PostgresEventBus(EventBus):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_S):
                         await waker.wait()
-        finally:
-            wakers = self._wakers.get(job_id)
-            if wakers is not None:
-                wakers.discard(waker)
-                if not wakers:
-                    del self._wakers[job_id]
 
 
 class PostgresBreakerStore(BreakerStore):
