@@ -18,6 +18,7 @@ from test_backplane import _database
 from test_cli import cli
 
 from imagegate.config import GatewaySettings, ProviderConfig, ServerSettings, Settings
+from imagegate.inputs import InputImage
 from imagegate.jobend import Succeeded
 from imagegate.request import GeneratedImage, ImageRequest, ImageResult
 from imagegate.store import Store
@@ -313,3 +314,30 @@ def test_cli_prune_bad_age_exits_2_naming_the_flag(isolated_env: Path, age: str)
     assert run.returncode == 2, run.stderr
     assert "--older-than" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_an_old_image_a_queued_edit_takes_as_input_keeps_its_bytes(open_store: OpenStore) -> None:
+    """ "Edit this" on an old image queues a job naming its bytes: pruning the old image's row
+    keeps the file until the edit has run, so the job does not fail with its input gone."""
+
+    async def main() -> None:
+        store = await open_store()
+        try:
+            old = await _image(store, 7, 40)
+            path = await _path_of(store, old)
+            edit = ImageRequest(
+                prompt="an edit", images=(InputImage.from_bytes(path.read_bytes()),)
+            )
+            job_id = await store.create_job(edit, route=["p"], source="jobs", status="queued")
+            report = await prune(
+                store, older_than=datetime.now(UTC) - timedelta(days=30), grace_s=0, settle_s=0
+            )
+            assert (report.images, await store.get_image(old)) == (1, None)
+            assert path.exists()
+            job = await store.get_job(job_id)
+            assert job is not None
+            await store.load_request(job.request)  # its input is still there
+        finally:
+            await store.close()
+
+    asyncio.run(main())

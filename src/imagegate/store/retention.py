@@ -22,17 +22,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, func, select
 
 from imagegate.config import GatewaySettings
 from imagegate.store.blobs import FileImages
 from imagegate.store.db import Store
-from imagegate.store.models import Image
+from imagegate.store.models import Image, Job
 
 log = logging.getLogger("imagegate.retention")
 
@@ -167,7 +168,8 @@ async def _prune(
 
 
 async def _named(store: Store, shas: Sequence[str]) -> set[str]:
-    """Which of ``shas`` some image row names."""
+    """Which of ``shas`` some image row names, or a job not yet ended takes as an input (an
+    "Edit this" of an old image keeps its bytes until the edit has run)."""
     found: set[str] = set()
     async with store.engine.connect() as conn:
         for chunk in _chunks(shas, BATCH):
@@ -175,7 +177,21 @@ async def _named(store: Store, shas: Sequence[str]) -> set[str]:
                 select(Image.sha256).where(Image.sha256.in_(chunk)).distinct()
             )
             found.update(named.scalars())
+        requests = await conn.execute(
+            select(Job.request).where(Job.status.in_(("queued", "running")))
+        )
+        found.update(
+            set(shas) & {sha for request in requests.scalars() for sha in _inputs(request)}
+        )
     return found
+
+
+def _inputs(request: Mapping[str, Any]) -> list[str]:
+    """The sha256 of a stored request's input images and mask."""
+    images = [*(request.get("images") or []), request.get("mask")]
+    return [
+        str(image["sha256"]) for image in images if isinstance(image, dict) and image.get("sha256")
+    ]
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
