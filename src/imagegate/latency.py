@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ddsketch import LogCollapsingLowestDenseDDSketch
 
@@ -37,6 +37,8 @@ WINDOW = 256
 RELATIVE_ACCURACY = 0.02
 BIN_LIMIT = 256
 MAX_SHAPES = 32
+STALE_FRACTION = 64
+"""Quantiles are worked out again once the samples since the last time reach 1/64 of them."""
 _SMALLEST_S = 1e-4  # a sketch needs positive values; nothing is faster than 0.1 ms
 
 
@@ -99,6 +101,7 @@ class Sketch:
         self._current = _sketch()
         self._previous: LogCollapsingLowestDenseDDSketch | None = None
         self._quantiles: Quantiles | None = None
+        self._computed_at = 0  # the samples the quantiles were worked out from
 
     @property
     def samples(self) -> int:
@@ -109,18 +112,30 @@ class Sketch:
         if self._current.count >= WINDOW:
             self._previous, self._current = self._current, _sketch()
         self._current.add(max(seconds, _SMALLEST_S))
-        self._quantiles = None
 
     def quantiles(self) -> Quantiles | None:
-        """p50 / p95 / p99 over both windows; None before the first sample."""
-        if self._quantiles is None and self.samples:
+        """p50 / p95 / p99 over both windows; None before the first sample.
+
+        Merging the windows costs more than the rest of a request's routing, and one more
+        sample barely moves a quantile: they are worked out again once the samples since
+        the last time reach 1/64 of them (every sample while there are fewer than 64); the
+        count is always the current one.
+        """
+        samples = self.samples
+        if not samples:
+            return None
+        cached = self._quantiles
+        if cached is None or abs(samples - self._computed_at) > samples // STALE_FRACTION:
             merged = _sketch()
             merged.merge(self._current)
             if self._previous is not None:
                 merged.merge(self._previous)
             p50, p95, p99 = (merged.get_quantile_value(q) or 0.0 for q in (0.5, 0.95, 0.99))
-            self._quantiles = Quantiles(self.samples, p50, p95, p99)
-        return self._quantiles
+            cached = self._quantiles = Quantiles(samples, p50, p95, p99)
+            self._computed_at = samples
+        elif cached.samples != samples:
+            cached = self._quantiles = replace(cached, samples=samples)
+        return cached
 
 
 class ShapeLatency:

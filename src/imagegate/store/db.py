@@ -491,15 +491,12 @@ class Store:
                 if stored is None:
                     stored = self._write_images(result, meta, effective or {})
                 with jobsql.transaction(conn):
-                    if jobsql.update_job(conn, job_id, values) != 1:
+                    webhook = jobsql.end_job(conn, job_id, values)
+                    if webhook is None:
                         raise LookupError(f"no job {job_id!r} in the store")
-                    conn.execute(
-                        "UPDATE jobs SET started_at = finished_at "
-                        "WHERE id = ? AND started_at IS NULL",
-                        (job_id,),
-                    )
                     jobsql.insert_images(conn, rows_for(stored))
-                    jobsql.queue_webhook(conn, job_id, now)
+                    if webhook:
+                        jobsql.queue_webhook(conn, job_id, now)
                     if cost:
                         jobsql.add_spend(conn, job_id, cost, budget_periods(now))
                     written = (

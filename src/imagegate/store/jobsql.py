@@ -28,6 +28,7 @@ T = TypeVar("T")
 __all__ = [
     "SQLiteWriter",
     "encode_time",
+    "end_job",
     "insert_event",
     "insert_images",
     "insert_job",
@@ -113,6 +114,21 @@ def update_job(
         sql += " AND status = ?"
         params.append(status)
     return conn.execute(sql, params).rowcount
+
+
+def end_job(conn: sqlite3.Connection, job_id: str, values: Mapping[str, Any]) -> bool | None:
+    """Set a job's end columns (``values`` has ``finished_at``), and its ``started_at`` to its
+    end where it never started, in one statement; whether the job has a webhook (None when
+    there is no such job)."""
+    sets = ", ".join(f"{column} = ?" for column in values)
+    params = [_encode(column, value) for column, value in values.items()]
+    params += [encode_time(values["finished_at"]), job_id]
+    rows = conn.execute(
+        f"UPDATE jobs SET {sets}, started_at = COALESCE(started_at, ?) "  # noqa: S608 (ours)
+        "WHERE id = ? RETURNING webhook IS NOT NULL",
+        params,
+    ).fetchall()
+    return bool(rows[0][0]) if rows else None
 
 
 def add_spend(
