@@ -21,6 +21,7 @@ work or interrupt jobs. So, as pure ASGI in front of everything else:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -42,6 +43,7 @@ SIMPLE_BODIES = ("application/x-www-form-urlencoded", "text/plain")
 """Body types a page may POST to another site without a preflight."""
 
 
+@functools.lru_cache(maxsize=256)  # every request asks, nearly always about the same host
 def is_loopback_host(host: str) -> bool:
     """Whether ``host`` (no port) names this machine: localhost, *.localhost, a loopback IP."""
     name = host.strip("[]").lower().rstrip(".")

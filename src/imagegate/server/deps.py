@@ -71,14 +71,19 @@ class ServerContext:
                 stats.last_error_at = when
 
 
+def context_of(request: Request) -> ServerContext:
+    """The app's ServerContext (set by create_app's lifespan)."""
+    ctx: ServerContext = request.app.state.ctx
+    return ctx
+
+
 async def get_ctx(request: Request) -> ServerContext:
-    """The app's ServerContext (set by create_app's lifespan).
+    """:func:`context_of`, as a dependency.
 
     Async on purpose, as every dependency here: FastAPI runs a plain ``def`` dependency in a
     worker thread, two thread hops a request for what is an attribute lookup.
     """
-    ctx: ServerContext = request.app.state.ctx
-    return ctx
+    return context_of(request)
 
 
 Ctx = Annotated[ServerContext, Depends(get_ctx)]

@@ -27,11 +27,11 @@ from imagegate.request import (
     invalid_request_from,
     parse_size,
 )
-from imagegate.server.deps import Ctx, ServerContext, base_url
+from imagegate.server.deps import Ctx, ServerContext, base_url, context_of
 from imagegate.server.errors import error_responses
 from imagegate.server.jobs import run_to_end
 from imagegate.server.strictjson import StrictJsonRoute
-from imagegate.server.tenants import CallerDep
+from imagegate.server.tenants import CallerDep, caller_of
 
 router = APIRouter(
     route_class=StrictJsonRoute,
@@ -151,11 +151,12 @@ def to_image_request(ctx: ServerContext, body: ImageGenerationBody, **inputs: An
     response_model=ImagesResponse,
     summary="Generate images (OpenAI images API)",
 )
-async def create_images(
-    body: ImageGenerationBody, ctx: Ctx, http: Request, caller: CallerDep
-) -> Response:
+async def create_images(body: ImageGenerationBody, http: Request) -> Response:
+    # the context and the caller are read here, not injected: the busiest route skips two
+    # dependency resolutions a request
+    ctx = context_of(http)
     request = to_image_request(ctx, body)
-    result = await run_to_end(ctx, request, "openai", caller)
+    result = await run_to_end(ctx, request, "openai", caller_of(http))
     return await images_response(ctx, http, result, body.response_format)
 
 

@@ -90,10 +90,15 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Refused, _refused)
 
 
-async def get_caller(request: Request) -> Caller | None:
+def caller_of(request: Request) -> Caller | None:
     """The request's caller (None with auth off)."""
     caller = request.scope.get("state", {}).get("caller")
     return caller if isinstance(caller, Caller) else None
+
+
+async def get_caller(request: Request) -> Caller | None:
+    """:func:`caller_of`, as a dependency."""
+    return caller_of(request)
 
 
 CallerDep = Annotated[Caller | None, Depends(get_caller)]

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import ipaddress
 import socket
 import ssl
@@ -73,6 +74,12 @@ __all__ = ["StreamResponse", "Transport", "cause_of", "env_proxy", "safe_url"]
 _DNS_CACHE_S = 60.0  # a resolved name is not checked again for this long
 _BACKSTOP_S = 1.0  # httpx's own timeouts fire this much later than ours, only if ours failed
 _TARGETS_KEPT = 256  # absolute URLs kept per transport (parsing one costs more than the rest)
+_TRACED = frozenset({
+    "connect_tcp.started", "connect_tcp.complete", "start_tls.started", "start_tls.complete",
+    "send_request_headers.started", "receive_response_headers.complete",
+})  # fmt: skip
+"""The httpcore trace events (after their ``connection.`` or ``http11.`` prefix) that move
+an attempt from one stage to the next."""
 
 
 class StreamResponse:
@@ -208,6 +215,8 @@ class _Tracker:
 
     async def trace(self, event: str, info: Mapping[str, Any]) -> None:
         """httpcore's ``trace`` extension: "connection.connect_tcp.started" and the like."""
+        if event[event.find(".") + 1 :] not in _TRACED:  # most events of a request
+            return
         if event.endswith("connect_tcp.started"):
             self.connected = True
             self.enter("connect")
@@ -764,6 +773,7 @@ def _span_attributes(request: httpx.Request, provider: str) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=256)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
