@@ -111,6 +111,24 @@ def test_bad_size_is_a_400_naming_the_field(oai: openai.OpenAI, local_server: Li
     assert body["type"] == "InvalidRequest"
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8"])
+def test_a_json_body_is_answered_alike_with_or_without_a_charset(
+    local_server: Live, content_type: str
+) -> None:
+    """The same body gets the same images and the same refusal whatever the JSON content type
+    says (the plain one takes the route's direct path, the other FastAPI's handler)."""
+    url = f"{local_server.url}/v1/images/generations"
+    good = b'{"prompt": "a fox", "size": "64x64", "seed": 3, "response_format": "b64_json"}'
+    bad = b'{"prompt": "a fox", "seed": "3"}'
+    headers = {"content-type": content_type}
+    answer = httpx.post(url, content=good, headers=headers, timeout=60)
+    assert answer.status_code == 200
+    assert answer.json()["data"][0]["b64_json"]
+    refused = httpx.post(url, content=bad, headers=headers, timeout=60)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "seed"
+
+
 def test_unknown_model_is_a_400_naming_the_field(oai: openai.OpenAI, local_server: Live) -> None:
     """A model that is no provider is refused, with param 'model' and the allowed names."""
     with pytest.raises(openai.BadRequestError) as caught:

@@ -30,7 +30,7 @@ from imagegate.request import (
 from imagegate.server.deps import Ctx, ServerContext, base_url, context_of
 from imagegate.server.errors import error_responses
 from imagegate.server.jobs import run_to_end
-from imagegate.server.strictjson import StrictJsonRoute
+from imagegate.server.strictjson import DirectJsonRoute, StrictJsonRoute
 from imagegate.server.tenants import CallerDep, caller_of
 
 router = APIRouter(
@@ -146,18 +146,23 @@ def to_image_request(ctx: ServerContext, body: ImageGenerationBody, **inputs: An
         raise
 
 
-@router.post(
-    "/v1/images/generations",
-    response_model=ImagesResponse,
-    summary="Generate images (OpenAI images API)",
-)
 async def create_images(body: ImageGenerationBody, http: Request) -> Response:
-    # the context and the caller are read here, not injected: the busiest route skips two
-    # dependency resolutions a request
+    # the busiest route: the context and the caller are read here, not injected, and a valid
+    # JSON body reaches it without FastAPI's dependency solving (DirectJsonRoute)
     ctx = context_of(http)
     request = to_image_request(ctx, body)
     result = await run_to_end(ctx, request, "openai", caller_of(http))
     return await images_response(ctx, http, result, body.response_format)
+
+
+router.add_api_route(
+    "/v1/images/generations",
+    create_images,
+    methods=["POST"],
+    response_model=ImagesResponse,
+    summary="Generate images (OpenAI images API)",
+    route_class_override=DirectJsonRoute,
+)
 
 
 async def images_response(

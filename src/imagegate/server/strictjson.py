@@ -9,11 +9,14 @@ FastAPI turns into the 4xx validation answer of the surface (naming the key).
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 MAX_DEPTH = 32
 """The deepest nesting of objects and arrays a body may have: deeper is refused before any
@@ -73,3 +76,38 @@ class StrictJsonRoute(APIRoute):
             return await handler(StrictJsonRequest(request.scope, request.receive))
 
         return strict
+
+
+class DirectJsonRoute(StrictJsonRoute):
+    """A strict JSON route for ``endpoint(body: Model, http: Request) -> Response``: a body sent
+    as ``application/json`` that parses and validates goes to the endpoint straight away,
+    without FastAPI's dependency solving, endpoint context and telemetry hooks (a tenth of a
+    millisecond a request, on the busiest route). Anything else (another content type, JSON
+    that does not parse, a body that does not validate) goes through FastAPI's own handler,
+    which reads the same body and answers exactly as it always did; so does an endpoint of
+    another shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = APIRoute.get_route_handler(self)
+        endpoint = self.endpoint
+        hints = typing.get_type_hints(endpoint)
+        model = hints.get("body")
+        if list(hints) != ["body", "http", "return"] or not (
+            isinstance(model, type) and issubclass(model, BaseModel)
+        ):
+            return super().get_route_handler()
+
+        async def direct(request: Request) -> Response:
+            strict = StrictJsonRequest(request.scope, request.receive)
+            if strict.headers.get("content-type") == "application/json":
+                try:
+                    body = model.model_validate(await strict.json())
+                except HTTPException:  # the body limit, as FastAPI lets it through
+                    raise
+                except Exception:  # not JSON, invalid, unreadable: FastAPI answers it as before
+                    return await handler(strict)
+                response: Response = await endpoint(body, strict)
+                return response
+            return await handler(strict)
+
+        return direct
