@@ -252,6 +252,6 @@ def test_a_served_job_whose_store_stops_answering_runs_again_once_then_fails(
         relay.close()
     assert answer.status_code == 503, answer.text
     assert answer.json()["error"]["type"] == "StorageError"
-    assert "the store did not answer" in answer.json()["error"]["message"]
+    assert "s3 storage: storing image" in answer.json()["error"]["message"]  # and its reason
     assert provider.calls == 2
     assert [(job["status"], job["retries"]) for job in jobs] == [("failed", 1)]
