@@ -18,6 +18,11 @@ LiteLLM runs from its own venv: ``--litellm PATH`` or ``LITELLM_BIN`` names the 
 executable; without one, LiteLLM is skipped with a note.
 
     python benchmarks/server_overhead.py [--litellm /tmp/litellm-venv/bin/litellm] [--quick]
+    python benchmarks/server_overhead.py --instructions
+
+``--instructions`` counts instead the user-space instructions each server runs per request
+(valgrind's cachegrind, floor and imagegate at c=1): on a shared machine the latencies move
+with everyone else's work, the instruction counts do not.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -161,8 +167,10 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -
 
 @contextmanager
 def process(
-    args: list[str], ready_url: str, env: dict[str, str] | None = None
+    args: list[str], ready_url: str, env: dict[str, str] | None = None, slow: bool = False
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """``args`` running until the block ends; ``slow`` (under valgrind) waits 20 times longer
+    for it to start and to stop."""
     proc = subprocess.Popen(
         args,
         env={**os.environ, **(env or {})},
@@ -170,12 +178,12 @@ def process(
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_ready(ready_url, proc)
+        wait_ready(ready_url, proc, timeout_s=1200 if slow else 60)
         yield proc
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(200 if slow else 10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -293,7 +301,9 @@ def measure(
 
 
 @contextmanager
-def imagegate_server(work: Path, upstream: str) -> Iterator[tuple[str, int]]:
+def imagegate_server(
+    work: Path, upstream: str, wrap: list[str] | None = None
+) -> Iterator[tuple[str, int]]:
     port = free_port()
     data = work / f"data-{port}"
     config = work / f"imagegate-{port}.toml"
@@ -316,9 +326,9 @@ def imagegate_server(work: Path, upstream: str) -> Iterator[tuple[str, int]]:
         "BENCH_UP_KEY": "sk-bench",
         "IMAGEGATE_API_KEYS": "",
     }
-    args = [sys.executable, "-m", "imagegate.cli", "serve", "--port", str(port)]
+    args = [*(wrap or []), sys.executable, "-m", "imagegate.cli", "serve", "--port", str(port)]
     args += ["--config", str(config)]
-    with process(args, f"http://127.0.0.1:{port}/healthz", env) as proc:
+    with process(args, f"http://127.0.0.1:{port}/healthz", env, slow=bool(wrap)) as proc:
         yield f"http://127.0.0.1:{port}", proc.pid
 
 
@@ -339,13 +349,52 @@ def litellm_server(work: Path, binary: str, upstream: str) -> Iterator[tuple[str
 
 
 @contextmanager
-def floor_server(work: Path, upstream: str) -> Iterator[tuple[str, int]]:
+def floor_server(
+    work: Path, upstream: str, wrap: list[str] | None = None
+) -> Iterator[tuple[str, int]]:
     port = free_port()
     script = work / "floor.py"
     script.write_text(FLOOR)
-    args = [sys.executable, str(script), str(port), f"{upstream}/v1"]
-    with process(args, f"http://127.0.0.1:{port}/healthz") as proc:
+    args = [*(wrap or []), sys.executable, str(script), str(port), f"{upstream}/v1"]
+    with process(args, f"http://127.0.0.1:{port}/healthz", slow=bool(wrap)) as proc:
         yield f"http://127.0.0.1:{port}", proc.pid
+
+
+def instructions(work: Path, short: int = 20, long: int = 220) -> dict[str, Any]:
+    """User-space instructions per request at c=1 (millions), floor and imagegate, each server
+    run twice under valgrind's cachegrind (``short`` and ``long`` requests after a warm-up):
+    the difference over ``long - short`` requests. Unlike latency, other work on the machine
+    does not change them; system calls (socket, file and SQLite writes) are not counted."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return {"skipped": "valgrind not found"}
+    port = free_port()
+    script = work / "upstream.py"
+    script.write_text(UPSTREAM)
+    result: dict[str, Any] = {"requests": long - short}
+    with process([sys.executable, str(script), str(port)], f"http://127.0.0.1:{port}/", {}):
+        upstream = f"http://127.0.0.1:{port}"
+        for name, server in (("floor", floor_server), ("imagegate", imagegate_server)):
+            counts = []
+            for total in (short, long):
+                log = work / f"cachegrind-{name}-{total}.log"
+                # children traced: `imagegate serve` re-executes itself once (allocator.py)
+                wrap = [valgrind, "--tool=cachegrind", "--cache-sim=no", "--trace-children=yes"]
+                wrap += ["--cachegrind-out-file=/dev/null", f"--log-file={log}"]
+                with server(work, upstream, wrap) as (url, _):
+                    path = url + "/v1/images/generations"
+                    asyncio.run(load(path, {}, concurrency=1, total=total, warmup=20))
+                found = re.search(r"I\s+refs:\s+([\d,]+)", log.read_text())
+                if found is None:
+                    return {"skipped": f"no instruction count in {log.name}"}
+                counts.append(int(found.group(1).replace(",", "")))
+            result[f"{name}_minstr_per_req"] = round(
+                (counts[1] - counts[0]) / (long - short) / 1e6, 3
+            )
+    result["own_share_minstr_per_req"] = round(
+        result["imagegate_minstr_per_req"] - result["floor_minstr_per_req"], 3
+    )
+    return result
 
 
 def run_phase(
@@ -379,7 +428,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--litellm", default=os.environ.get("LITELLM_BIN"))
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="only count user-space instructions per request under valgrind (floor and "
+        "imagegate at c=1): a figure a busy machine does not skew",
+    )
     args = parser.parse_args()
+    if args.instructions:
+        with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as tmp:
+            counted = instructions(Path(tmp))
+        print(json.dumps({"benchmark": "server_overhead", "instructions_c1": counted}, indent=2))
+        return 0
     litellm = args.litellm if args.litellm and shutil.which(args.litellm) else None
     n1, n32 = (100, 320) if args.quick else (600, 1600)
     report: dict[str, Any] = {
