@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -16,6 +17,7 @@ class Metrics:
     """Every series the server exports."""
 
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -93,15 +95,25 @@ class Metrics:
     ) -> None:
         """Count one finished generation and its attempts."""
         label = provider or "none"
-        self.requests.labels(label, outcome).inc()
-        self.latency.labels(label).observe(elapsed_s)
+        child = self._child
+        child(self.requests, label, outcome).inc()
+        child(self.latency, label).observe(elapsed_s)
         for attempt in attempts:
-            self.attempts.labels(attempt.provider, attempt.outcome).inc()
+            child(self.attempts, attempt.provider, attempt.outcome).inc()
             if attempt.outcome != "skipped":
-                self.attempt_latency.labels(attempt.provider).observe(attempt.elapsed_s)
+                child(self.attempt_latency, attempt.provider).observe(attempt.elapsed_s)
         if images:
-            self.images.labels(label).inc(images)
-            self.cost.labels(label).inc(cost)
+            child(self.images, label).inc(images)
+            child(self.cost, label).inc(cost)
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: every request looks up the same few (the labels
+        are provider names and outcomes, a bounded set)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def render(
         self, *, breakers: Mapping[str, bool], queue_depth: int, jobs: Mapping[str, int]
