@@ -49,6 +49,14 @@ class _HeadTimer:
     transport: asyncio.Transport
     connections: set[Any]
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]  # the protocol, next in the MRO
+        self._opened()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
     def waiting_for_head(self) -> bool:
         """True while no request is being read or answered on this connection."""
         raise NotImplementedError
@@ -86,14 +94,6 @@ class BoundedH11Protocol(_HeadTimer, H11Protocol):
     """uvicorn's h11 protocol with a request-head timeout and a cap on open connections (the
     head's size is capped by h11's ``max_incomplete_event_size``)."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._opened()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
-        super().connection_lost(exc)
-
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
@@ -124,14 +124,6 @@ if HttpToolsProtocol is not None:
         _head_bytes = 0  # bytes of the chunks received while the current head is incomplete
         _head_seen = 0  # its request target and headers, as parsed
         _began = False  # a request began in the chunk being parsed
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._opened()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_head_timer()
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             self._began = False
