@@ -118,7 +118,9 @@ def request_once(router: Router) -> tuple[str, list[tuple[str, str, str | None]]
 def test_stalled_handshake_is_raced_and_loses_after_half_a_second(
     tls_stall: str, client_ssl: ssl.SSLContext, healthy: tuple[str, list[float]]
 ) -> None:
-    """Route [stalled TLS, healthy]: served by the healthy one in about 0.5 s, stage tls named."""
+    """Route [stalled TLS, healthy]: served by the healthy one after about 0.5 s, before the
+    stalled handshake's 2 s TLS budget runs out (without the race it costs the whole budget,
+    see the next test), stage tls named."""
     router = make_router(
         NetProvider("stalled", tls_stall, client_ssl), NetProvider("ok", healthy[0])
     )
@@ -126,7 +128,7 @@ def test_stalled_handshake_is_raced_and_loses_after_half_a_second(
     served_by, attempts, elapsed = request_once(router)
     assert served_by == "ok"
     assert attempts == [("stalled", "error", "tls"), ("ok", "ok", None)]
-    assert 0.4 < elapsed < 1.5
+    assert 0.4 < elapsed < 1.9
 
 
 def test_without_hedging_the_stall_costs_the_tls_budget(
