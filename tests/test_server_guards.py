@@ -96,9 +96,12 @@ def test_malformed_json_is_400(small: Live) -> None:
     assert answer.json()["error"]["param"] == "body"
 
 
-def test_a_full_queue_is_429_with_retry_after(small: Live) -> None:
+def test_a_full_queue_is_429_with_retry_after() -> None:
     """Past max_queue waiting jobs, submitting is 429 with a Retry-After header."""
-    answers = [httpx.post(f"{small.url}/v1/jobs", json={"prompt": "x"}) for _ in range(4)]
+    settings = fake_settings(["slow"], max_queue=2)
+    # the running job outlasts the four submissions however slow the machine is
+    with live(settings, {"slow": Fake("slow", delay_s=30, concurrency=1)}) as server:
+        answers = [httpx.post(f"{server.url}/v1/jobs", json={"prompt": "x"}) for _ in range(4)]
     assert [a.status_code for a in answers[:3]] == [202, 202, 202]
     assert answers[3].status_code == 429
     assert int(answers[3].headers["retry-after"]) >= 1
